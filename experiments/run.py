@@ -1,0 +1,72 @@
+"""One training run recorded in MLflow: where the training loop and the tracking meet.
+
+Whatever ends the run (the last epoch, a NaN loss, a pruning callback, Ctrl-C or an
+exception) the MLflow run is closed with a status and a reason, so no run is left RUNNING
+by anything short of a hard kill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiments import plots
+from experiments.config import Config, as_dict, flatten
+from experiments.data import Mnist
+from experiments.tracking import Run
+from experiments.train import Callbacks, Diverged, EpochResult, Prepared, Stop, Trainer, fit
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    history: list[EpochResult] = field(default_factory=list)
+    diverged: Diverged | None = None
+    stopped: Stop | None = None
+
+    @property
+    def final(self) -> EpochResult | None:
+        return self.history[-1] if self.history else None
+
+
+def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Trainer, client: Any,
+                experiment: str, run_name: str, *, tags: dict[str, str] | None = None,
+                parent_run_id: str | None = None, callbacks: Callbacks | None = None,
+                diverged_status: str = "FAILED") -> Outcome:
+    """Train `config` and record it as one MLflow run; returns what happened."""
+    run = Run.start(client, experiment, run_name, flatten(config), tags, parent_run_id)
+    outcome = Outcome(run.run_id)
+    callbacks = callbacks or Callbacks()
+
+    def record(result: EpochResult) -> None:
+        run.log_epoch(result.epoch, result.metrics())
+        outcome.history.append(result)
+
+    callbacks.on_epoch_end.insert(0, record)
+    status = "FAILED"
+    try:
+        run.log_config(as_dict(config))
+        run.log_data(data, {"train": len(prepared.train_y), "test": len(prepared.test_y)})
+        fit(config, prepared, trainer, callbacks)
+        status = "FINISHED"
+    except Diverged as exc:
+        outcome.diverged = exc
+        run.set_tags({"outcome": "diverged", "failure_reason": f"non-finite loss: {exc}",
+                      "diverged_epoch": exc.epoch, "diverged_step": exc.step})
+        status = diverged_status
+    except Stop as exc:
+        outcome.stopped = exc
+        run.set_tags({"state": exc.state, "stop_reason": str(exc)})
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        run.set_tags({"failure_reason": "interrupted (Ctrl-C or SIGTERM)"})
+        status = "KILLED"
+        raise
+    except Exception as exc:
+        run.set_tags({"failure_reason": f"{type(exc).__name__}: {exc}"[:5000]})
+        raise
+    finally:
+        if outcome.history:
+            run.log_figure(plots.learning_curves(outcome.history, run_name), "learning_curves.png")
+        run.end(status)
+    return outcome

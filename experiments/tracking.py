@@ -54,14 +54,14 @@ def _store_lock() -> Iterator[None]:
 
 def client():  # noqa: ANN201 - MlflowClient, imported late: mlflow takes ~1.5 s to import
     """A client on the project's store, creating (and migrating) the store once, under a lock."""
-    import mlflow
     from mlflow import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # A local path as dataset source matches two equivalent source types; harmless.
     warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+    # No mlflow.set_tracking_uri(): it exports MLFLOW_TRACKING_URI, which would hide from
+    # the rest of this process whether the user chose the store.
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
         with _store_lock():
             c = MlflowClient(uri)

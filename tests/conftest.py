@@ -1,0 +1,68 @@
+"""Shared fixtures: the offline digits, one compiled trainer per grad mode, a temp store.
+
+Everything is real: MindSpore trains, MLflow writes an SQLite store in a temp folder.
+Trainers are shared per session because compiling costs seconds and `fit` resets them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from experiments.data import load_offline_sample
+
+    return load_offline_sample(reason="tests run offline")
+
+
+@pytest.fixture(scope="session")
+def prepared(mnist):
+    from experiments.train import Prepared
+
+    return Prepared.from_mnist(mnist)
+
+
+@pytest.fixture(scope="session")
+def trainers():
+    from experiments.train import Trainer
+
+    cache: dict = {}
+
+    def get(mode: str):
+        if mode not in cache:
+            cache[mode] = Trainer(mode)
+        return cache[mode]
+
+    return get
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh project folder: cwd is tmp_path, so mlruns/ lands there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
+    """Run runner.py as a user would, in `cwd`; returns the CompletedProcess."""
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_client(folder: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from experiments import data
+
+
+def test_offline_sample_is_stratified_and_deterministic(mnist):
+    assert mnist.train_images.shape == (4000, 28, 28) and mnist.test_images.shape == (1000, 28, 28)
+    assert np.bincount(mnist.train_labels).tolist() == [400] * 10
+    assert np.bincount(mnist.test_labels).tolist() == [100] * 10
+    assert data.load_offline_sample().digest == mnist.digest
+
+
+def write_folder(root, mnist):
+    for split, (images, labels, _) in data.SPLITS.items():
+        (root / split).mkdir(parents=True)
+        x = mnist.train_images if split == "train" else mnist.test_images
+        y = mnist.train_labels if split == "train" else mnist.test_labels
+        data.write_idx(root / split / images, x)
+        data.write_idx(root / split / labels, y)
+
+
+def test_fast_transforms_equal_the_seed_pipeline(tmp_path, mnist):
+    """The in-memory path gives the same tensors as the seed's MnistDataset map pipeline."""
+    write_folder(tmp_path / "MNIST_Data", mnist)
+    loaded = data.load_folder(tmp_path / "MNIST_Data")
+    assert loaded.digest == mnist.digest
+    pipe = data.seed_datapipe(str(tmp_path / "MNIST_Data" / "test"), batch_size=1000)
+    images, labels = next(pipe.create_tuple_iterator(output_numpy=True))
+    assert labels.dtype == np.int32 and images.shape == (1000, 1, 28, 28)
+    np.testing.assert_allclose(data.normalize(mnist.test_images), images, rtol=0, atol=1e-6)
+    assert (labels == mnist.test_labels).all()
+
+
+def test_corrupt_idx_is_named(tmp_path, mnist):
+    write_folder(tmp_path / "MNIST_Data", mnist)
+    bad = tmp_path / "MNIST_Data" / "test" / "t10k-images-idx3-ubyte"
+    bad.write_bytes(bad.read_bytes()[:-100])
+    with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte.*truncated"):
+        data.load_folder(tmp_path / "MNIST_Data")
+    bad.write_bytes(b"\x00\x00\x08\x01" + bytes(20))
+    with pytest.raises(data.DataError, match="magic number 2051"):
+        data.load_folder(tmp_path / "MNIST_Data")
+
+
+def test_failed_download_leaves_nothing_and_falls_back(tmp_path):
+    warnings = []
+    dest = tmp_path / "MNIST_Data"
+    # Port 9 on loopback refuses at once: a real failed download, no network needed.
+    with pytest.raises(data.DataError, match="download of http://127.0.0.1:9"):
+        data.download_mnist(dest, url="http://127.0.0.1:9/MNIST_Data.zip")
+    assert list(tmp_path.iterdir()) == []
+    mnist = data.resolve(str(dest), download=False, warn=warnings.append)
+    assert mnist.name == "mnist-5k-offline" and "data.download=false" in mnist.fallback_reason
+    assert not dest.exists()
+
+
+def test_normalize_uses_mnist_statistics():
+    x = np.array([[[0, 255]]], dtype=np.uint8)
+    back = data.denormalize(data.normalize(x))
+    np.testing.assert_allclose(back[0, 0], [[0.0, 1.0]], atol=1e-6)

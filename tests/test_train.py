@@ -1,0 +1,88 @@
+"""The compiled functional loop on real MindSpore and the offline digits."""
+
+import numpy as np
+import pytest
+from mindspore import Tensor
+
+from experiments import config as cfg
+from experiments.train import Diverged, fit
+
+
+def batch(prepared, n=64, start=0):
+    idx = np.arange(start, start + n) * (len(prepared.train_y) // n)
+    return Tensor(prepared.train_x[idx]), Tensor(prepared.train_y[idx])
+
+
+@pytest.mark.parametrize("mode", ["has_aux", "no_aux", "stop_gradient"])
+def test_compiled_step_applies_its_own_gradient(prepared, trainers, mode):
+    """One compiled step moves every weight by exactly -lr x the mode's gradient."""
+    trainer = trainers(mode)
+    lr = 1e-3
+    trainer.reset(seed=0, learning_rate=lr)
+    x, y = batch(prepared)
+    before = trainer.weights()
+    grads = trainer.gradients(x, y)["has_aux" if mode != "no_aux" else "no_aux"]
+    trainer.model.set_train()
+    trainer.train_step(x, y)
+    after = trainer.weights()
+    for w0, w1, g in zip(before, after, grads, strict=True):
+        assert not np.array_equal(w0, w1)
+        np.testing.assert_allclose(w1, w0 - lr * g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["has_aux", "stop_gradient"])
+def test_loss_falls_over_two_epochs(prepared, trainers, mode):
+    config = cfg.build({"epochs": 2, "grad_mode": mode, "learning_rate": 0.05})
+    history = fit(config, prepared, trainers(mode))
+    assert [r.epoch for r in history] == [1, 2]
+    assert history[1].train_loss < history[0].train_loss
+    assert history[1].test_loss < history[0].test_loss
+    assert history[1].test_accuracy > 0.5
+    assert all(0 <= r.test_accuracy <= 1 for r in history)
+
+
+def test_gradient_relations_on_a_real_batch(prepared, trainers):
+    trainer = trainers("has_aux")
+    trainer.reset(seed=0, learning_rate=1e-2)
+    grads = trainer.gradients(*batch(prepared))
+    stop = trainers("stop_gradient")
+    stop.reset(seed=0, learning_rate=1e-2)
+    x, y = batch(prepared)
+    _, stop_grads = stop.train_step.grad_fn(x, y)
+    for a, s in zip(grads["has_aux"], stop_grads, strict=True):
+        np.testing.assert_array_equal(a, s.asnumpy())
+    from experiments.train import grad_relation
+
+    cosine, ratio = grad_relation(grads["has_aux"], grads["no_aux"])
+    assert cosine < 0.99 and ratio > 1
+    # The last layer's bias gets d(sum logits)/db = batch size on top of the loss gradient.
+    np.testing.assert_allclose(grads["no_aux"][-1] - grads["has_aux"][-1], 64.0, rtol=1e-5)
+
+
+def test_same_seed_same_metrics_and_reuse_equals_fresh(prepared, trainers):
+    from experiments.train import Trainer
+
+    config = cfg.build({"epochs": 2, "seed": 3})
+    first = fit(config, prepared, trainers("has_aux"))
+    again = fit(config, prepared, trainers("has_aux"))
+    fresh = fit(config, prepared, Trainer("has_aux"))
+    strip = [{k: v for k, v in r.__dict__.items() if k != "epoch_time_s"} for r in first]
+    assert strip == [{k: v for k, v in r.__dict__.items() if k != "epoch_time_s"} for r in again]
+    assert strip == [{k: v for k, v in r.__dict__.items() if k != "epoch_time_s"} for r in fresh]
+    other = fit(cfg.build({"epochs": 1, "seed": 4}), prepared, trainers("has_aux"))
+    assert other[0].train_loss != first[0].train_loss
+
+
+def test_evaluation_counts_every_sample(prepared, trainers):
+    trainer = trainers("has_aux")
+    trainer.reset(seed=0, learning_rate=1e-2)
+    loss_a, acc_a = trainer.evaluate(prepared.test_x, prepared.test_y, 1000)
+    loss_b, acc_b = trainer.evaluate(prepared.test_x, prepared.test_y, 300)  # 300 x 3 + 100
+    assert acc_a == acc_b and (acc_a * 1000).is_integer()
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+
+
+def test_no_aux_diverges_and_says_where(prepared, trainers):
+    with pytest.raises(Diverged) as err:
+        fit(cfg.build({"grad_mode": "no_aux", "epochs": 1}), prepared, trainers("no_aux"))
+    assert err.value.epoch == 1 and 1 <= err.value.step <= 63

@@ -17,6 +17,8 @@ from experiments.config import ConfigError
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
+STORAGE_PREFIXES = ("postgresql://", "postgresql+psycopg2://", "mysql://", "sqlite:///",
+                    "journal:")
 
 
 def _sigterm_as_interrupt() -> None:
@@ -28,6 +30,9 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+FALLBACK_ENV = "RUNNER_DATA_FALLBACK"  # set for sweep workers once the parent fell back
+
+
 def load_data(path: str, download: bool):  # noqa: ANN201
     from experiments import data
     from experiments.progress import say
@@ -35,6 +40,8 @@ def load_data(path: str, download: bool):  # noqa: ANN201
     def warn(message: str) -> None:
         say(f"WARNING: {message}")
 
+    if os.environ.get(FALLBACK_ENV) and not os.path.exists(path):
+        return data.load_offline_sample(reason=os.environ[FALLBACK_ENV])
     mnist = data.resolve(path, download, warn)
     if mnist.fallback_reason:
         say(f"data: offline sample {mnist.source} ({len(mnist.train_labels)} train / "
@@ -66,6 +73,109 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+
+    from experiments import config as cfg
+    from experiments import sweepfile
+
+    spec = sweepfile.load(args.sweep, cfg.parse_overrides(args.set))
+    if args.n_trials is not None:
+        if args.n_trials < 1:
+            raise ConfigError(f"--n-trials: expected an integer >= 1, got {args.n_trials}")
+        spec = dataclasses.replace(spec, n_trials=args.n_trials)
+    if not 1 <= args.workers <= 64:
+        raise ConfigError(f"--workers: expected an integer from 1 to 64, got {args.workers}")
+    if args.storage and not args.storage.startswith(STORAGE_PREFIXES):
+        raise ConfigError(f"--storage: expected a URL starting with {', '.join(STORAGE_PREFIXES)}"
+                          f", got {args.storage!r}")
+    if args.dry_run:
+        from experiments.dryrun import describe
+
+        print(describe(spec))
+        return 0
+    config = cfg.build(spec.fixed)
+    mnist = load_data(config.data.path, config.data.download)
+
+    from experiments import progress, study, sweep, tracking
+    from experiments.train import Prepared
+
+    client = tracking.client()
+    crashed = sweep.on_crashed(client)
+    store_url = args.storage or f"journal:{(tracking.MLRUNS / 'optuna' / 'journal.log').resolve()}"
+    optuna_study = study.open_study(spec, study.storage(store_url, tracking.MLRUNS, crashed),
+                                    worker=args.worker_index)
+    deadline = time.time() + spec.timeout_s if spec.timeout_s else None
+    worker = args.parent_run is not None
+    if worker:
+        parent = args.parent_run
+        if args.pin_cpu is not None:
+            os.sched_setaffinity(0, {args.pin_cpu})
+    else:
+        recovered = study.recover(optuna_study, crashed)
+        if recovered:
+            progress.say(f"{recovered} trial(s) left RUNNING by a dead process: marked FAIL, "
+                         "their MLflow runs KILLED, their params queued for one retry")
+        parent = sweep.parent_run(client, spec, sweep.sweep_text(args.sweep))
+    bar = progress.trial_bar(study.budget(spec), len(study.finished(optuna_study)),
+                             enabled=not worker)
+
+    def done(t) -> None:  # noqa: ANN001
+        sweep.tag_trial_runs(client, t)
+        bar.update(1)
+        progress.say(sweep.trial_line(t, spec.metric))
+
+    complete = False
+    try:
+        if args.workers > 1 and not worker:
+            run_workers(args, parent, store_url, mnist.fallback_reason)
+        else:
+            ctx = sweep.Worker(spec, client, mnist, Prepared.from_mnist(mnist), parent,
+                               lambda prefix, epochs: progress.epoch_bars(
+                                   epochs, prefix, enabled=not worker))
+            study.work(optuna_study, spec, ctx.objective, done, deadline)
+        complete = len(study.finished(optuna_study)) >= study.budget(spec)
+    finally:
+        bar.close()
+        if not worker:
+            sweep.finalize(client, parent, optuna_study, spec, complete)
+    if not worker:
+        print(sweep.summary(optuna_study, spec, parent))
+    return 0
+
+
+def run_workers(args: argparse.Namespace, parent: str, store_url: str, fallback: str) -> None:
+    """Start N worker processes on the same study, pinned one per core where cores allow."""
+    import subprocess
+
+    cpus = sorted(os.sched_getaffinity(0))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    if fallback:
+        env[FALLBACK_ENV] = fallback
+    procs = []
+    for i in range(args.workers):
+        cmd = [sys.executable, os.path.abspath(__file__), "sweep", args.sweep, "--storage",
+               store_url, "--parent-run", parent, "--worker-index", str(i)]
+        if args.workers <= len(cpus):
+            cmd += ["--pin-cpu", str(cpus[i])]
+        if args.n_trials is not None:
+            cmd += ["--n-trials", str(args.n_trials)]
+        for item in args.set or []:
+            cmd += ["--set", item]
+        procs.append(subprocess.Popen(cmd, env=env))
+    try:
+        for p in procs:
+            p.wait()
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        raise
+
+
 def cmd_autodiff(args: argparse.Namespace) -> int:
     from experiments import autodiff
 
@@ -86,6 +196,21 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--run-name", default="", help="MLflow run name")
     t.set_defaults(func=cmd_train)
 
+    s = sub.add_parser("sweep", help="run an Optuna study from a sweep file")
+    s.add_argument("sweep", help="sweep YAML file, e.g. sweeps/lr.yaml")
+    s.add_argument("--n-trials", type=int, default=None, help="override the global budget")
+    s.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    s.add_argument("--storage", default=None,
+                   help="Optuna storage URL (postgresql://... for several machines); "
+                        "default: a journal file in mlruns/optuna/")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
+    s.add_argument("--dry-run", action="store_true",
+                   help="validate, show the space and sample configs, write nothing")
+    s.add_argument("--parent-run", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    s.add_argument("--pin-cpu", type=int, default=None, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_sweep)
+
     a = sub.add_parser("autodiff", help="check the seed's has_aux / stop_gradient example")
     a.add_argument("--seed", type=int, default=0)
     a.set_defaults(func=cmd_autodiff)
@@ -96,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _sigterm_as_interrupt()
     from experiments.data import DataError
+    from experiments.sweepfile import SweepError
 
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, SweepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

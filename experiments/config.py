@@ -57,6 +57,11 @@ KEYS: tuple[str, ...] = tuple(_RULES)
 NUMERIC_KEYS = frozenset(k for k, rule in _RULES.items() if rule[0] in ("int", "float"))
 
 
+def kind(key: str) -> str:
+    """int, float, choice, bool or str."""
+    return _RULES[key][0]
+
+
 def allowed(key: str) -> str:
     """What a key accepts, in words."""
     return _RULES[key][3]

@@ -35,3 +35,31 @@ def learning_curves(history: Sequence[Any], title: str) -> Any:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def optuna_figures(study: Any) -> list[tuple[str, Any]]:
+    """Optuna's own plots that the study can draw so far (importances need 2+ trials)."""
+    import warnings
+
+    from optuna.visualization import matplotlib as ovm
+
+    plt = _pyplot()
+    makers = {"optimization_history": ovm.plot_optimization_history,
+              "param_importances": ovm.plot_param_importances,
+              "parallel_coordinate": ovm.plot_parallel_coordinate,
+              "slice": ovm.plot_slice}
+    out = []
+    for name, make in makers.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                axes = make(study)
+            except Exception:  # noqa: BLE001 - a plot the data cannot support yet is skipped
+                plt.close("all")
+                continue
+        first = axes.flat[0] if hasattr(axes, "flat") else axes
+        figure = first.figure
+        figure.set_size_inches(9, 5)
+        figure.tight_layout()
+        out.append((name, figure))
+    return out

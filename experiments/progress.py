@@ -40,3 +40,8 @@ def epoch_bars(epochs: int, prefix: str = "", enabled: bool = True) -> Callbacks
             say(epoch_line(result, epochs, prefix))
 
     return Callbacks(on_epoch_start=start, on_step=step, on_epoch_end=[end])
+
+
+def trial_bar(total: int, done: int, enabled: bool = True) -> tqdm:
+    return tqdm(total=total, initial=min(done, total), desc="trials", unit="trial",
+                disable=not enabled, file=sys.stderr)

@@ -7,6 +7,7 @@ by anything short of a hard kill.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +33,12 @@ class Outcome:
 def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Trainer, client: Any,
                 experiment: str, run_name: str, *, tags: dict[str, str] | None = None,
                 parent_run_id: str | None = None, callbacks: Callbacks | None = None,
-                diverged_status: str = "FAILED") -> Outcome:
+                diverged_status: str = "FAILED",
+                on_run_start: Callable[[str], None] | None = None) -> Outcome:
     """Train `config` and record it as one MLflow run; returns what happened."""
     run = Run.start(client, experiment, run_name, flatten(config), tags, parent_run_id)
+    if on_run_start:
+        on_run_start(run.run_id)
     outcome = Outcome(run.run_id)
     callbacks = callbacks or Callbacks()
 
@@ -66,6 +70,7 @@ def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Traine
         run.set_tags({"failure_reason": f"{type(exc).__name__}: {exc}"[:5000]})
         raise
     finally:
+        run.set_tags({"init_weights_digest": trainer.init_digest})
         if outcome.history:
             run.log_figure(plots.learning_curves(outcome.history, run_name), "learning_curves.png")
         run.end(status)

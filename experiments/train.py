@@ -13,6 +13,7 @@ Training code never prints: progress goes to callbacks.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -162,6 +163,7 @@ class Trainer:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
         use_graph_mode()
         self.grad_mode = grad_mode
+        self.init_digest = ""
         self.model = Network()
         self.loss_fn = nn.CrossEntropyLoss()
         self.optimizer = nn.SGD(self.model.trainable_params(), learning_rate=1e-2)
@@ -186,6 +188,7 @@ class Trainer:
         for param, value in self._initial_state:
             param.set_data(Tensor(value))
         self.optimizer.learning_rate.set_data(Tensor(learning_rate, mindspore.float32))
+        self.init_digest = weights_digest(self.weights())
 
     def weights(self) -> list[np.ndarray]:
         return [p.asnumpy().copy() for p in self.model.trainable_params()]
@@ -221,6 +224,14 @@ class Trainer:
         """The has_aux and no_aux gradients of this batch, without touching the weights."""
         aux, no_aux = self.grad_pair(data, label)
         return {"has_aux": [g.asnumpy() for g in aux], "no_aux": [g.asnumpy() for g in no_aux]}
+
+
+def weights_digest(weights: list[np.ndarray]) -> str:
+    """A short content hash of the weights: paired runs must start from the same one."""
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
 
 
 def grad_relation(aux: list[np.ndarray], no_aux: list[np.ndarray]) -> tuple[float, float]:

@@ -1,0 +1,199 @@
+"""Everything Optuna: storage, samplers, pruners, the global budget and crash recovery.
+
+The default storage is Optuna's journal file in `mlruns/optuna/`, which is built for
+several processes on one machine (SQLite is not). `--storage postgresql://...` uses the
+RDB storage with heartbeats, so trials of a worker that died on another machine are
+failed and retried by the survivors.
+
+The budget (`n_trials`) is global: a trial counts when it completed, was pruned or failed
+for a reason of its own. Trials that crashed, were interrupted or were refused for the
+budget do not count; crashed and interrupted ones are retried once with the same params.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments.sweepfile import Param, Sweep
+
+FAIL_KIND = "fail_kind"  # user attr: why a FAIL trial does not count towards the budget
+NOT_COUNTED = ("crashed", "interrupted", "over_budget")
+HEARTBEAT_S = 10
+GRACE_S = 30
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+class OverBudget(Exception):  # noqa: N818 - a signal, not an error
+    """This trial was asked for after the global budget was taken by others."""
+
+
+def storage(url: str | None, root: Path, on_crashed: Callable[[Any, FrozenTrial], None]) -> Any:
+    """The study storage: a journal file by default, an RDB (with heartbeats) for URLs."""
+    if not url or url.startswith("journal:") or url.endswith(".log"):
+        path = Path(url.removeprefix("journal:")) if url else root / "optuna" / "journal.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                      failed_trial_callback=on_crashed)
+
+
+def _sampler(spec: Sweep, seed: int) -> optuna.samplers.BaseSampler:
+    samplers = optuna.samplers
+    if spec.method == "grid":
+        return samplers.GridSampler(spec.grid(), seed=seed)
+    if spec.method == "random":
+        return samplers.RandomSampler(seed=seed)
+    if spec.method == "cmaes":
+        return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if spec.method == "qmc":
+        return samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if spec.method == "gp":
+        return samplers.GPSampler(seed=seed)
+    return samplers.TPESampler(seed=seed)
+
+
+def _pruner(spec: Sweep) -> optuna.pruners.BasePruner:
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=spec.warmup_epochs)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.warmup_epochs))
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: Sweep, store: Any, worker: int = 0) -> optuna.Study:
+    """Create or load the study. The sampler seed mixes in the trials so far and the worker,
+    so resumed runs and parallel workers do not replay the same suggestions."""
+    study = optuna.create_study(study_name=spec.name, storage=store, load_if_exists=True,
+                                direction=spec.goal)
+    salt = len(study.get_trials(deepcopy=False))
+    seed = int(np.random.SeedSequence([spec.seed, salt, worker]).generate_state(1)[0])
+    study.sampler = _sampler(spec, seed)
+    study.pruner = _pruner(spec)
+    return study
+
+
+def budget(spec: Sweep) -> int:
+    """n_trials, capped for a grid at the number of grid points."""
+    if spec.method == "grid":
+        return min(spec.n_trials, math.prod(len(p.values) for p in spec.parameters))
+    return spec.n_trials
+
+
+def counts(t: FrozenTrial) -> bool:
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and t.user_attrs.get(FAIL_KIND) not in NOT_COUNTED
+
+
+def finished(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if counts(t)]
+
+
+def _within_budget(study: optuna.Study, number: int, limit: int) -> bool:
+    """Whether trial `number` is among the first `limit` that count or run. Every worker
+    applies the same rule to the same trial numbers, so the budget is never overshot."""
+    taken = sorted(t.number for t in study.get_trials(deepcopy=False)
+                   if counts(t) or t.state == TrialState.RUNNING)
+    return number in taken[:limit]
+
+
+def suggest(trial: optuna.Trial, params: tuple[Param, ...]) -> dict[str, Any]:
+    """Sample one configuration: {config key: value}."""
+    out: dict[str, Any] = {}
+    for p in params:
+        if p.distribution == "constant":
+            out[p.key] = p.values[0]
+        elif p.distribution == "categorical":
+            out[p.key] = trial.suggest_categorical(p.key, list(p.values))
+        elif p.distribution == "int_uniform":
+            out[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high))
+        elif p.distribution == "log_uniform_values":
+            out[p.key] = trial.suggest_float(p.key, p.low, p.high, log=True)
+        elif p.distribution == "q_uniform":
+            if isinstance(p.low, int) and isinstance(p.high, int):
+                out[p.key] = trial.suggest_int(p.key, p.low, p.high, step=int(p.q))
+            else:
+                out[p.key] = trial.suggest_float(p.key, p.low, p.high, step=p.q)
+        else:
+            out[p.key] = trial.suggest_float(p.key, p.low, p.high)
+    return out
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive_here(worker: str) -> bool:
+    """Whether a worker on this host is still a running runner.py process."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's worker: heartbeats (RDB) decide for it
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"runner.py" in cmdline
+
+
+def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool = True) -> None:
+    """Fail a trial that will not finish, and queue its params for one retry."""
+    storage = study._storage
+    storage.set_trial_user_attr(t._trial_id, FAIL_KIND, kind)
+    if set_state and storage.get_trial(t._trial_id).state == TrialState.RUNNING:
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    if "retry_of" not in t.user_attrs and t.params:
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number},
+                            skip_if_exists=False)
+
+
+def recover(study: optuna.Study, on_crashed: Callable[[Any, FrozenTrial], None]) -> int:
+    """Fail the RUNNING trials whose process on this host is gone; returns how many."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _alive_here(t.user_attrs.get("worker", "")):
+            on_crashed(study, t)
+            n += 1
+    return n
+
+
+def work(study: optuna.Study, spec: Sweep, objective: Callable[[optuna.Trial], float],
+         on_done: Callable[[FrozenTrial], None], deadline: float | None = None) -> None:
+    """Run trials until the global budget is met or the deadline passes."""
+    limit = budget(spec)
+    refused: list[int] = []
+
+    def wrapped(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_id())
+        if not _within_budget(study, trial.number, limit):
+            trial.set_user_attr(FAIL_KIND, "over_budget")
+            refused.append(trial.number)
+            raise OverBudget
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:
+            # Optuna itself marks the trial FAIL as the interrupt passes through it.
+            mark_failed(study, study._storage.get_trial(trial._trial_id), "interrupted",
+                        set_state=False)
+            raise
+
+    while len(finished(study)) < limit and not refused:
+        if deadline is not None and time.time() >= deadline:
+            break
+        study.optimize(wrapped, n_trials=1, catch=(Exception,), gc_after_trial=False)
+        last = study.get_trials(deepcopy=False)
+        mine = [t for t in last if t.user_attrs.get("worker") == worker_id()]
+        if mine and mine[-1].number not in refused:
+            on_done(mine[-1])

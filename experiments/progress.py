@@ -9,6 +9,10 @@ from tqdm import tqdm
 from experiments.train import Callbacks, EpochResult
 
 
+def _tty() -> bool:
+    return sys.stderr.isatty()
+
+
 def say(message: str) -> None:
     """One line on stderr that does not tear an open progress bar."""
     tqdm.write(message, file=sys.stderr)
@@ -29,7 +33,7 @@ def epoch_bars(epochs: int, prefix: str = "", enabled: bool = True) -> Callbacks
         if "bar" in state:  # left open by an epoch that ended in an exception
             state.pop("bar").close()
         state["bar"] = tqdm(total=n_steps, desc=f"{prefix}epoch {epoch}/{epochs}", unit="step",
-                            leave=False, disable=not enabled, file=sys.stderr)
+                            leave=False, disable=not (enabled and _tty()), file=sys.stderr)
 
     def step(epoch: int, n: int) -> None:
         state["bar"].update(1)
@@ -44,4 +48,4 @@ def epoch_bars(epochs: int, prefix: str = "", enabled: bool = True) -> Callbacks
 
 def trial_bar(total: int, done: int, enabled: bool = True) -> tqdm:
     return tqdm(total=total, initial=min(done, total), desc="trials", unit="trial",
-                disable=not enabled, file=sys.stderr)
+                disable=not (enabled and _tty()), file=sys.stderr)

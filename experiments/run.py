@@ -7,13 +7,14 @@ by anything short of a hard kill.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from experiments import plots
 from experiments.config import Config, as_dict, flatten
-from experiments.data import Mnist
+from experiments.data import Mnist, n_batches
 from experiments.tracking import Run
 from experiments.train import Callbacks, Diverged, EpochResult, Prepared, Stop, Trainer, fit
 
@@ -55,6 +56,10 @@ def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Traine
         status = "FINISHED"
     except Diverged as exc:
         outcome.diverged = exc
+        # The way to NaN, step by step (global step numbers), finite values only.
+        offset = (exc.epoch - 1) * n_batches(len(prepared.train_y), config.batch_size)
+        run.log_series("diverging_step_loss", {offset + i: v for i, v in
+                                               enumerate(exc.losses, start=1) if math.isfinite(v)})
         run.set_tags({"outcome": "diverged", "failure_reason": f"non-finite loss: {exc}",
                       "diverged_epoch": exc.epoch, "diverged_step": exc.step})
         status = diverged_status

@@ -197,7 +197,9 @@ def summary(study: optuna.Study, spec: Sweep, parent_run_id: str, top: int = 5) 
     done.sort(key=lambda t: t.value, reverse=spec.goal == "maximize")
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
-        states[t.state.name] = states.get(t.state.name, 0) + 1
+        kind = t.user_attrs.get(st.FAIL_KIND) if t.state == TrialState.FAIL else None
+        name = f"FAIL ({kind})" if kind else t.state.name
+        states[name] = states.get(name, 0) + 1
     lines = [f"sweep '{spec.name}': {len(st.finished(study))}/{st.budget(spec)} trials counted "
              f"({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})"]
     if done:

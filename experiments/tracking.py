@@ -148,6 +148,14 @@ class Run:
         self.client.log_batch(self.run_id, metrics=[
             Metric(k, float(v), now, epoch) for k, v in metrics.items()])
 
+    def log_series(self, key: str, values: dict[int, float]) -> None:
+        """One metric at many steps, in one write."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(key, float(v), now, step) for step, v in values.items()])
+
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 

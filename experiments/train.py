@@ -33,9 +33,10 @@ PROBE_SIZE = 256
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
-    def __init__(self, epoch: int, step: int, loss: float) -> None:
-        super().__init__(f"loss became {loss} at epoch {epoch}, step {step}")
-        self.epoch, self.step, self.loss = epoch, step, loss
+    def __init__(self, epoch: int, step: int, losses: list[float]) -> None:
+        super().__init__(f"loss became {losses[-1]} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss = epoch, step, losses[-1]
+        self.losses = losses  # every step's loss in the epoch that diverged
 
 
 class Stop(Exception):  # noqa: N818 - a request, not an error
@@ -199,12 +200,13 @@ class Trainer:
         self.model.set_train()
         n = len(data.train_y)
         callbacks.on_epoch_start(epoch, n_batches(n, batch_size))
-        total = 0.0
+        total, losses = 0.0, []
         for step, idx in enumerate(batch_slices(n, batch_size, rng), start=1):
             loss = float(self.train_step(Tensor.from_numpy(data.train_x[idx]),
                                          Tensor.from_numpy(data.train_y[idx])).asnumpy())
+            losses.append(loss)
             if not math.isfinite(loss):
-                raise Diverged(epoch, step, loss)
+                raise Diverged(epoch, step, losses)
             total += loss * len(idx)
             callbacks.on_step(epoch, step)
         return total / n

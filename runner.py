@@ -33,7 +33,7 @@ def _sigterm_as_interrupt() -> None:
 FALLBACK_ENV = "RUNNER_DATA_FALLBACK"  # set for sweep workers once the parent fell back
 
 
-def load_data(path: str, download: bool):  # noqa: ANN201
+def load_data(path: str, download: bool):
     from experiments import data
     from experiments.progress import say
 
@@ -121,7 +121,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     bar = progress.trial_bar(study.budget(spec), len(study.finished(optuna_study)),
                              enabled=not worker)
 
-    def done(t) -> None:  # noqa: ANN001
+    def done(t) -> None:
         sweep.tag_trial_runs(client, t)
         bar.update(1)
         progress.say(sweep.trial_line(t, spec.metric))

@@ -35,21 +35,21 @@ def gradients(seed: int = 0) -> tuple[dict[str, list[np.ndarray]], np.ndarray]:
     w = Parameter(Tensor(rng.standard_normal((5, 3)), mindspore.float32), name="w")
     b = Parameter(Tensor(rng.standard_normal(3), mindspore.float32), name="b")
 
-    def function(x, y, w, b):  # noqa: ANN001, ANN202
+    def function(x, y, w, b):
         z = ops.matmul(x, w) + b
         return ops.binary_cross_entropy_with_logits(z, y, ops.ones_like(z), ops.ones_like(z))
 
-    def function_with_logits(x, y, w, b):  # noqa: ANN001, ANN202
+    def function_with_logits(x, y, w, b):
         z = ops.matmul(x, w) + b
         loss = ops.binary_cross_entropy_with_logits(z, y, ops.ones_like(z), ops.ones_like(z))
         return loss, z
 
-    def function_stop_gradient(x, y, w, b):  # noqa: ANN001, ANN202
+    def function_stop_gradient(x, y, w, b):
         z = ops.matmul(x, w) + b
         loss = ops.binary_cross_entropy_with_logits(z, y, ops.ones_like(z), ops.ones_like(z))
         return loss, ops.stop_gradient(z)
 
-    def run(fn, **kwargs) -> list[np.ndarray]:  # noqa: ANN001
+    def run(fn, **kwargs) -> list[np.ndarray]:
         grads = mindspore.grad(fn, (2, 3), **kwargs)(x, y, w, b)
         if kwargs.get("has_aux"):
             grads = grads[0]
@@ -86,7 +86,7 @@ def report(grads: dict[str, list[np.ndarray]], results: list[Check]) -> str:
     for p, pname in enumerate(("w", "b")):
         for index in np.ndindex(grads[names[0]][p].shape):
             cells = "".join(f"{grads[n][p][index]:>15.6f}" for n in names)
-            lines.append(f"{pname:<6} {str(index):<8}{cells}")
+            lines.append(f"{pname:<6} {index!s:<8}{cells}")
     lines.append("")
     for check in results:
         verdict = "ok  " if check.ok else "FAIL"

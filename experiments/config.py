@@ -121,7 +121,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}; known keys: {', '.join(KEYS)}")
+            raise ConfigError(
+                f"--set expects KEY=VALUE, got {item!r}; known keys: {', '.join(KEYS)}")
         out[key] = coerce(key, value)
     return out
 

@@ -189,7 +189,7 @@ def denormalize(images: np.ndarray) -> np.ndarray:
     return np.clip(images * STD + MEAN, 0.0, 1.0)
 
 
-def seed_datapipe(root: str, batch_size: int, shuffle: bool = False):  # noqa: ANN201
+def seed_datapipe(root: str, batch_size: int, shuffle: bool = False):
     """The seed's `MnistDataset` pipeline, kept as the reference the fast path is held to."""
     import mindspore
     from mindspore.dataset import MnistDataset, transforms, vision

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from experiments import config as cfg
 from experiments.sweepfile import Param, Sweep
 

@@ -17,6 +17,6 @@ class Network(nn.Cell):
             nn.Dense(512, 10),
         )
 
-    def construct(self, x):  # noqa: ANN001, ANN201 - MindSpore traces this signature
+    def construct(self, x):
         x = self.flatten(x)
         return self.dense_relu_sequential(x)

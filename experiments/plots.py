@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _pyplot():  # noqa: ANN202
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +54,7 @@ def optuna_figures(study: Any) -> list[tuple[str, Any]]:
             warnings.simplefilter("ignore")
             try:
                 axes = make(study)
-            except Exception:  # noqa: BLE001 - a plot the data cannot support yet is skipped
+            except Exception:
                 plt.close("all")
                 continue
         first = axes.flat[0] if hasattr(axes, "flat") else axes

@@ -34,7 +34,7 @@ GRACE_S = 30
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-class OverBudget(Exception):  # noqa: N818 - a signal, not an error
+class OverBudget(Exception):
     """This trial was asked for after the global budget was taken by others."""
 
 

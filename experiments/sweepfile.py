@@ -261,7 +261,8 @@ def _ablation(r: _Reader, raw: Any, fixed: dict, params: tuple[Param, ...]) -> t
     r.known(raw, "ablation", ("grad_mode",))
     modes = raw.get("grad_mode")
     if not isinstance(modes, list) or not modes:
-        raise r.fail("ablation.grad_mode", f"expected a non-empty list of {', '.join(cfg.GRAD_MODES)}")
+        raise r.fail("ablation.grad_mode",
+                     f"expected a non-empty list of {', '.join(cfg.GRAD_MODES)}")
     for i, mode in enumerate(modes):
         r.choice(mode, f"ablation.grad_mode[{i}]", cfg.GRAD_MODES)
     if len(set(modes)) != len(modes):

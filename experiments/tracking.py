@@ -52,7 +52,7 @@ def _store_lock() -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def client():  # noqa: ANN201 - MlflowClient, imported late: mlflow takes ~1.5 s to import
+def client():
     """A client on the project's store, creating (and migrating) the store once, under a lock."""
     from mlflow import MlflowClient
 

@@ -39,7 +39,7 @@ class Diverged(RuntimeError):
         self.losses = losses  # every step's loss in the epoch that diverged
 
 
-class Stop(Exception):  # noqa: N818 - a request, not an error
+class Stop(Exception):
     """Raised by an epoch-end callback to end training early (a pruned trial, say)."""
 
     def __init__(self, state: str, reason: str = "") -> None:
@@ -95,7 +95,7 @@ class Prepared:
 def make_forward_fn(model: nn.Cell, loss_fn: nn.Cell, grad_mode: str) -> Callable:
     """The seed's forward_fn; `stop_gradient` cuts the logits out of the gradient."""
 
-    def forward_fn(data, label):  # noqa: ANN001, ANN202
+    def forward_fn(data, label):
         logits = model(data)
         loss = loss_fn(logits, label)
         if grad_mode == "stop_gradient":
@@ -117,7 +117,7 @@ class TrainStep(nn.Cell):
         self.grad_fn = grad_fn
         self.optimizer = optimizer
 
-    def construct(self, data, label):  # noqa: ANN001, ANN201
+    def construct(self, data, label):
         (loss, _), grads = self.grad_fn(data, label)
         self.optimizer(grads)
         return loss
@@ -131,7 +131,7 @@ class EvalStep(nn.Cell):
         self.model = model
         self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
 
-    def construct(self, data, label):  # noqa: ANN001, ANN201
+    def construct(self, data, label):
         logits = self.model(data)
         correct = (logits.argmax(1) == label).astype(mindspore.float32).sum()
         return self.loss_fn(logits, label), correct
@@ -145,7 +145,7 @@ class GradPair(nn.Cell):
         self.aux_fn = aux_fn
         self.no_aux_fn = no_aux_fn
 
-    def construct(self, data, label):  # noqa: ANN001, ANN201
+    def construct(self, data, label):
         _, aux = self.aux_fn(data, label)
         _, no_aux = self.no_aux_fn(data, label)
         return aux, no_aux

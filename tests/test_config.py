@@ -10,8 +10,8 @@ def test_defaults_are_the_seed():
 
 
 def test_overrides_are_typed_and_dotted():
-    c = cfg.build(cfg.parse_overrides(
-        ["epochs=5", "learning_rate=1e-3", "grad_mode=no_aux", "data.path=/x", "data.download=false"]))
+    c = cfg.build(cfg.parse_overrides(["epochs=5", "learning_rate=1e-3", "grad_mode=no_aux",
+                                       "data.path=/x", "data.download=false"]))
     assert c.epochs == 5 and c.learning_rate == 1e-3 and c.grad_mode == "no_aux"
     assert c.data.path == "/x" and c.data.download is False
     assert cfg.flatten(c)["data.path"] == "/x"

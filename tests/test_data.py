@@ -36,7 +36,7 @@ def test_corrupt_idx_is_named(tmp_path, mnist):
     write_folder(tmp_path / "MNIST_Data", mnist)
     bad = tmp_path / "MNIST_Data" / "test" / "t10k-images-idx3-ubyte"
     bad.write_bytes(bad.read_bytes()[:-100])
-    with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte.*truncated"):
+    with pytest.raises(data.DataError, match=r"t10k-images-idx3-ubyte.*truncated"):
         data.load_folder(tmp_path / "MNIST_Data")
     bad.write_bytes(b"\x00\x00\x08\x01" + bytes(20))
     with pytest.raises(data.DataError, match="magic number 2051"):
@@ -47,7 +47,7 @@ def test_failed_download_leaves_nothing_and_falls_back(tmp_path):
     warnings = []
     dest = tmp_path / "MNIST_Data"
     # Port 9 on loopback refuses at once: a real failed download, no network needed.
-    with pytest.raises(data.DataError, match="download of http://127.0.0.1:9"):
+    with pytest.raises(data.DataError, match=r"download of http://127\.0\.0\.1:9"):
         data.download_mnist(dest, url="http://127.0.0.1:9/MNIST_Data.zip")
     assert list(tmp_path.iterdir()) == []
     mnist = data.resolve(str(dest), download=False, warn=warnings.append)

@@ -97,7 +97,7 @@ parameters:
     study = journal_study(store, "prune")
     pruned = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
     assert pruned, [(t.state, t.params) for t in study.get_trials()]
-    client, _, children = sweep_runs(store, "prune")
+    client, _, _children = sweep_runs(store, "prune")
     for t in pruned:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.info.status == "FINISHED" and run.data.tags["state"] == "PRUNED"
@@ -117,7 +117,7 @@ parameters:
 ablation: {grad_mode: [has_aux, stop_gradient, no_aux]}
 """)
     assert runner.main(["sweep", str(path)]) == 0
-    client, _, children = sweep_runs(store, "pair")
+    _client, _, children = sweep_runs(store, "pair")
     runs = {r.data.tags["grad_mode"]: r for r in children}
     assert set(runs) == {"has_aux", "stop_gradient", "no_aux"}
     assert len({r.data.tags["init_weights_digest"] for r in runs.values()}) == 1
@@ -193,9 +193,42 @@ def test_workers_share_one_study(tmp_path, workers):
     assert len(counted) == 6
     assert len({t.params["learning_rate"] for t in counted}) == 6
     assert len({t.user_attrs["worker"] for t in counted}) == workers
-    client, parents, children = sweep_runs(tmp_path, "tiny")
+    _client, parents, children = sweep_runs(tmp_path, "tiny")
     assert len(parents) == 1 and len(children) == 6
     run_ids = {t.user_attrs["mlflow_run_id"] for t in counted}
     assert run_ids == {r.info.run_id for r in children}
     for r in children:
         assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_marks_and_resumes(tmp_path, sig):
+    args = ("sweep", str(TINY), "--n-trials", "3")
+    proc = cli(*args, cwd=tmp_path)
+
+    def running():
+        try:
+            trials = journal_study(tmp_path, "tiny").get_trials()
+        except Exception:
+            return False
+        return any(t.state == TrialState.COMPLETE for t in trials) and \
+            trials[-1].state == TrialState.RUNNING
+
+    assert wait_for(running), proc.communicate()[0]
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "rerun the same command to resume" in output
+    trials = journal_study(tmp_path, "tiny").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    interrupted = [t for t in trials if t.user_attrs.get("fail_kind") == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0].state == TrialState.FAIL
+    client, parents, children = sweep_runs(tmp_path, "tiny")
+    assert client.get_run(interrupted[0].user_attrs["run_id.has_aux"]).info.status == "KILLED"
+    assert not [r for r in parents + children if r.info.status == "RUNNING"]
+    again = cli(*args, cwd=tmp_path)
+    assert again.wait(timeout=600) == 0
+    trials = journal_study(tmp_path, "tiny").get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == interrupted[0].number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE

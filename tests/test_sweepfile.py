@@ -108,5 +108,5 @@ def test_dry_run_writes_nothing(tmp_path, monkeypatch, capsys):
 def test_set_overrides_merge_into_fixed(tmp_path):
     spec = sweepfile.load(ROOT / "sweeps" / "lr.yaml", {"epochs": 1})
     assert spec.fixed["epochs"] == 1
-    with pytest.raises(sweepfile.SweepError, match="parameters.learning_rate"):
+    with pytest.raises(sweepfile.SweepError, match=r"parameters\.learning_rate"):
         sweepfile.load(ROOT / "sweeps" / "lr.yaml", {"learning_rate": 0.1})

@@ -176,6 +176,96 @@ def run_workers(args: argparse.Namespace, parent: str, store_url: str, fallback:
         raise
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    target = args.experiment or args.sweep
+    if not target:
+        raise ConfigError("compare: give a sweep file or --experiment NAME")
+    if args.top < 1:
+        raise ConfigError(f"--top: expected an integer >= 1, got {args.top}")
+    for option, path in (("--csv", args.csv), ("--history", args.history)):
+        if path and not path.endswith((".csv", ".parquet")):
+            raise ConfigError(f"{option}: expected a path ending in .csv or .parquet, got {path}")
+    import pandas as pd
+
+    from experiments import compare, tracking
+
+    client = tracking.client()
+    frame = compare.runs(target, client)
+    name = compare.experiment_name(target)
+    metric, _ = compare.sweep_metric(name, client)
+    shown = [c for c in ("trial", "state", "grad_mode") if c in frame]
+    shown += [c for c in frame.columns if c in ("epochs", "batch_size", "learning_rate")]
+    shown += [c for c in (f"final_{metric}", "best_epoch", f"best_{metric}", "duration_s",
+                          "run_id") if c in frame]
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(frame[shown].head(args.top).to_string(index=False) if len(frame) else
+              f"no runs in experiment '{name}'")
+    if args.csv:
+        compare.write(frame, args.csv)
+        print(f"wrote {len(frame)} runs to {args.csv}")
+    if args.history:
+        hist = compare.history(name, client)
+        compare.write(hist, args.history)
+        print(f"wrote {len(hist)} points to {args.history}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from experiments import tracking
+
+    tracking.client()  # create the store once, under the lock, before the server opens it
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", *tracking.server_args(
+        args.host, args.port)])
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from experiments.predict import PredictError, as_digits
+
+    try:
+        digits = as_digits(args.images)
+    except PredictError as exc:
+        raise ConfigError(str(exc)) from None
+    from experiments import tracking
+
+    client = tracking.client()
+    run_id = resolve_model(client, args.model)
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    result = model.predict(digits)
+    width = max(len(p) for p in args.images)
+    for path, (_, row) in zip(args.images, result.iterrows(), strict=True):
+        print(f"{path:<{width}}  digit {int(row['digit'])}  probability {row['probability']:.4f}")
+    return 0
+
+
+def resolve_model(client, spec: str) -> str:  # noqa: ANN001
+    """A run id of the project's store, or `best:SWEEP.yaml` for the sweep's best trial."""
+    from mlflow.exceptions import MlflowException
+
+    if spec.startswith("best:"):
+        from experiments import sweepfile
+        from experiments.sweep import PARENT_TAG
+
+        name = sweepfile.load(spec[len("best:"):]).name
+        exp = client.get_experiment_by_name(name)
+        parents = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = 'true'") \
+            if exp else []
+        best = parents[0].data.tags.get("best_run_id") if parents else None
+        if not best:
+            raise ConfigError(f"--model {spec}: sweep '{name}' has no finished best trial yet")
+        return best
+    try:
+        run = client.get_run(spec)
+    except MlflowException:
+        raise ConfigError(f"--model: no run '{spec}' in {client.tracking_uri}") from None
+    if not [a for a in client.list_artifacts(run.info.run_id) if a.path == "model"]:
+        raise ConfigError(f"--model: run '{spec}' has no logged model (diverged or pruned?)")
+    return run.info.run_id
+
+
 def cmd_autodiff(args: argparse.Namespace) -> int:
     from experiments import autodiff
 
@@ -211,6 +301,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--pin-cpu", type=int, default=None, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_sweep)
 
+    c = sub.add_parser("compare", help="compare a sweep's runs as a table, CSV or Parquet")
+    c.add_argument("sweep", nargs="?", help="sweep YAML file (or use --experiment)")
+    c.add_argument("--experiment", default=None, help="MLflow experiment name")
+    c.add_argument("--top", type=int, default=10, help="rows to print")
+    c.add_argument("--csv", default=None, help="write all runs to .csv or .parquet")
+    c.add_argument("--history", default=None, help="write per-epoch history (long form)")
+    c.set_defaults(func=cmd_compare)
+
+    u = sub.add_parser("ui", help="the MLflow UI on the project's store")
+    u.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=cmd_ui)
+
+    r = sub.add_parser("predict", help="predict digits from images with a logged model")
+    r.add_argument("--model", required=True, help="RUN_ID, or best:SWEEP.yaml")
+    r.add_argument("images", nargs="+", help="PNG/JPEG files, any size or mode")
+    r.set_defaults(func=cmd_predict)
+
     a = sub.add_parser("autodiff", help="check the seed's has_aux / stop_gradient example")
     a.add_argument("--seed", type=int, default=0)
     a.set_defaults(func=cmd_autodiff)
@@ -221,12 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _sigterm_as_interrupt()
     from experiments.data import DataError
+    from experiments.compare import CompareError
     from experiments.sweepfile import SweepError
 
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, DataError, SweepError) as exc:
+    except (ConfigError, DataError, SweepError, CompareError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 
 def _pyplot():
     import matplotlib
@@ -63,3 +65,49 @@ def optuna_figures(study: Any) -> list[tuple[str, Any]]:
         figure.tight_layout()
         out.append((name, figure))
     return out
+
+
+def confusion(true: np.ndarray, predicted: np.ndarray) -> Any:
+    """Counts of (true, predicted) digit pairs on the test set."""
+    plt = _pyplot()
+    counts = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(counts, (true, predicted), 1)
+    fig, ax = plt.subplots(figsize=(6, 5.4))
+    image = ax.imshow(counts, cmap="Blues")
+    for (i, j), n in np.ndenumerate(counts):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
+                    color="white" if n > counts.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    accuracy = np.trace(counts) / max(1, counts.sum())
+    ax.set_title(f"confusion matrix ({counts.sum()} test digits, accuracy {accuracy:.3f})")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def digit_grid(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, n: int = 24) -> Any:
+    """Test digits spread over the set, titled predicted/true, wrong ones in red.
+
+    `images` are the raw uint8 digits; they are shown through the training normalisation
+    and back (MNIST's mean and std), which must give the digits unchanged.
+    """
+    from experiments.data import denormalize, normalize
+
+    plt = _pyplot()
+    idx = np.linspace(0, len(images) - 1, min(n, len(images))).astype(int)
+    shown = denormalize(normalize(images[idx]))[:, 0]
+    fig, axes = plt.subplots(3, 8, figsize=(12, 5))
+    for ax, k, image in zip(axes.flat, idx, shown, strict=False):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+        ok = true[k] == predicted[k]
+        ax.set_title(f"pred {predicted[k]} / true {true[k]}", fontsize=9,
+                     color="black" if ok else "red")
+        ax.axis("off")
+    for ax in list(axes.flat)[len(idx):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

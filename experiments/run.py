@@ -35,7 +35,8 @@ def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Traine
                 experiment: str, run_name: str, *, tags: dict[str, str] | None = None,
                 parent_run_id: str | None = None, callbacks: Callbacks | None = None,
                 diverged_status: str = "FAILED",
-                on_run_start: Callable[[str], None] | None = None) -> Outcome:
+                on_run_start: Callable[[str], None] | None = None,
+                save_model: bool = True) -> Outcome:
     """Train `config` and record it as one MLflow run; returns what happened."""
     run = Run.start(client, experiment, run_name, flatten(config), tags, parent_run_id)
     if on_run_start:
@@ -53,6 +54,7 @@ def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Traine
         run.log_config(as_dict(config))
         run.log_data(data, {"train": len(prepared.train_y), "test": len(prepared.test_y)})
         fit(config, prepared, trainer, callbacks)
+        _log_results(run, trainer, prepared, data, config.data.eval_batch_size, save_model)
         status = "FINISHED"
     except Diverged as exc:
         outcome.diverged = exc
@@ -80,3 +82,16 @@ def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Traine
             run.log_figure(plots.learning_curves(outcome.history, run_name), "learning_curves.png")
         run.end(status)
     return outcome
+
+
+def _log_results(run: Run, trainer: Trainer, prepared: Prepared, data: Mnist, eval_batch: int,
+                 save_model: bool) -> None:
+    """What a person looks at after training: confusions, sample digits, the model."""
+    predicted = trainer.logits(prepared.test_x, eval_batch).argmax(axis=1)
+    run.log_figure(plots.confusion(prepared.test_y, predicted), "confusion_matrix.png")
+    run.log_figure(plots.digit_grid(data.test_images, prepared.test_y, predicted),
+                   "test_digits.png")
+    if save_model:
+        from experiments.predict import log_model
+
+        log_model(run.client, run.run_id, trainer.model, data.test_images)

@@ -57,6 +57,7 @@ def client():
     from mlflow import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # A local path as dataset source matches two equivalent source types; harmless.
     warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
     # No mlflow.set_tracking_uri(): it exports MLFLOW_TRACKING_URI, which would hide from
@@ -80,7 +81,9 @@ def experiment_id(c: Any, name: str) -> str:
             c.restore_experiment(found.experiment_id)
         return found.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=_artifact_root_for(name))
+        # The kind tag makes MLflow 3's UI open on the runs table, not the GenAI overview.
+        return c.create_experiment(name, artifact_location=_artifact_root_for(name),
+                                   tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:
         found = c.get_experiment_by_name(name)
         if found is None:
@@ -91,6 +94,16 @@ def experiment_id(c: Any, name: str) -> str:
 def _artifact_root_for(name: str) -> str | None:
     root = _artifact_root()
     return None if root is None else f"{root}/{name}"
+
+
+def server_args(host: str, port: int) -> list[str]:
+    """`mlflow server` arguments for the project's store, artifacts served from mlruns/."""
+    args = ["server", "--backend-store-uri", tracking_uri(), "--host", host, "--port",
+            str(port), "--workers", "1"]
+    root = _artifact_root()
+    if root:
+        args += ["--default-artifact-root", root]
+    return args
 
 
 def versions() -> dict[str, str]:

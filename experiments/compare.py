@@ -1,0 +1,176 @@
+"""Runs of a sweep (or any experiment) as pandas DataFrames.
+
+`runs()` is one row per trial run with typed params and final and best-epoch metrics;
+`history()` is every per-epoch point in long form, fetched with one bulk request per
+metric per 100 runs instead of one per run per metric; `paired()` puts the grad modes of
+one trial side by side with their differences.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments import config as cfg
+
+EPOCH_METRICS = ("train_loss", "test_loss", "test_accuracy", "grad_cosine", "grad_norm_ratio",
+                 "epoch_time_s")
+BULK = 100  # run ids per bulk history request (the tracking server's limit)
+MAX_STEPS = 10_000
+
+
+class CompareError(ValueError):
+    """Nothing to compare; the message names what was looked for."""
+
+
+def experiment_name(target: str) -> str:
+    """A sweep file's name, or the argument itself as an experiment name."""
+    if target.endswith((".yaml", ".yml")):
+        from experiments.sweepfile import load
+
+        return load(target).name
+    return target
+
+
+def sweep_metric(name: str, client: Any) -> tuple[str, bool]:
+    """(metric, ascending) from the sweep's parent run, test_accuracy descending otherwise."""
+    parents = client.search_runs([_experiment(client, name)], "tags.`sweep.parent` = 'true'",
+                                 max_results=1)
+    if parents:
+        params = parents[0].data.params
+        return params.get("metric", "test_accuracy"), params.get("goal") == "minimize"
+    return "test_accuracy", False
+
+
+def _experiment(client: Any, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise CompareError(f"no MLflow experiment named '{name}' in {client.tracking_uri}")
+    return exp.experiment_id
+
+
+def _typed(key: str, value: str) -> Any:
+    if key in cfg.KEYS:
+        try:
+            return cfg.coerce(key, value)
+        except cfg.ConfigError:
+            return value
+    return value
+
+
+def _search(client: Any, name: str) -> list:
+    out, token = [], None
+    while True:
+        page = client.search_runs([_experiment(client, name)], max_results=1000,
+                                  page_token=token)
+        # A tag filter with != skips runs without the tag, so parents are dropped here.
+        out += [r for r in page if r.data.tags.get("sweep.parent") != "true"]
+        token = page.token
+        if not token:
+            return out
+
+
+def history(target: str, client: Any, run_ids: list[str] | None = None) -> pd.DataFrame:
+    """Long form: run_id, trial, grad_mode, epoch, metric, value."""
+    meta = {r.info.run_id: r.data.tags for r in _search(client, experiment_name(target))}
+    ids = [i for i in (run_ids or list(meta)) if i in meta]
+    store = client._tracking_client.store
+    rows = []
+    for start in range(0, len(ids), BULK):
+        chunk = ids[start : start + BULK]
+        for key in EPOCH_METRICS:
+            for m in store.get_metric_history_bulk_interval(chunk, key, MAX_STEPS, None, None):
+                rows.append((m.run_id, m.step, key, m.value))
+    frame = pd.DataFrame(rows, columns=["run_id", "epoch", "metric", "value"]).astype(
+        {"epoch": "int64", "value": "float64"})
+    frame["trial"] = frame["run_id"].map(lambda i: _trial(meta[i])).astype("Int64")
+    frame["grad_mode"] = frame["run_id"].map(lambda i: meta[i].get("grad_mode", ""))
+    frame = frame[["run_id", "trial", "grad_mode", "epoch", "metric", "value"]]
+    return frame.sort_values(["trial", "grad_mode", "metric", "epoch"]).reset_index(drop=True)
+
+
+def _trial(tags: dict) -> int | None:
+    value = tags.get("trial")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def runs(target: str, client: Any) -> pd.DataFrame:
+    """One row per run: trial, state, grad_mode, params (typed), final and best-epoch metrics."""
+    name = experiment_name(target)
+    metric, ascending = sweep_metric(name, client)
+    found = _search(client, name)
+    if not found:
+        return pd.DataFrame(columns=["trial", "state", "grad_mode", "run_id"])
+    hist = history(name, client, [r.info.run_id for r in found])
+    best = _best_epochs(hist, metric, ascending)
+    rows = []
+    for r in found:
+        tags, info = r.data.tags, r.info
+        row = {"trial": _trial(tags), "state": tags.get("state", info.status),
+               "status": info.status, "grad_mode": tags.get("grad_mode", ""),
+               "role": tags.get("role", ""), "diverged": tags.get("outcome") == "diverged"}
+        row |= {k: _typed(k, v) for k, v in sorted(r.data.params.items())}
+        row |= {f"final_{k}": r.data.metrics.get(k, np.nan) for k in EPOCH_METRICS}
+        row |= best.get(info.run_id, {})
+        end = info.end_time or info.start_time
+        row |= {"duration_s": (end - info.start_time) / 1000, "run_id": info.run_id,
+                "run_name": info.run_name}
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["trial"] = frame["trial"].astype("Int64")
+    return frame.sort_values(f"final_{metric}", ascending=ascending,
+                             na_position="last").reset_index(drop=True)
+
+
+def _best_epochs(hist: pd.DataFrame, metric: str, ascending: bool) -> dict[str, dict]:
+    """Per run: the epoch where the sweep metric was best, and every metric at that epoch."""
+    out: dict[str, dict] = {}
+    if hist.empty:
+        return out
+    wide = hist.pivot_table(index=["run_id", "epoch"], columns="metric", values="value")
+    for run_id, frame in wide.groupby(level=0):
+        if metric not in frame or frame[metric].isna().all():
+            continue
+        pos = frame[metric].idxmin() if ascending else frame[metric].idxmax()
+        out[run_id] = {"best_epoch": int(pos[1]),
+                       **{f"best_{k}": frame.loc[pos, k] for k in frame.columns}}
+    return out
+
+
+def paired(frame: pd.DataFrame, metrics: tuple[str, ...] = ("final_test_accuracy",
+                                                              "final_test_loss",
+                                                              "final_train_loss")) -> pd.DataFrame:
+    """One row per trial, a column per (metric, grad mode) and each mode's difference to the
+    trial's objective mode (the first listed in the ablation)."""
+    frame = frame[frame["trial"].notna()]
+    if frame.empty:
+        return pd.DataFrame()
+    objective = frame.loc[frame["role"] == "objective", "grad_mode"]
+    base = objective.iloc[0] if len(objective) else frame["grad_mode"].iloc[0]
+    wide = frame.pivot_table(index="trial", columns="grad_mode", values=list(metrics),
+                             aggfunc="first", dropna=False)
+    out = pd.DataFrame(index=wide.index)
+    for metric in metrics:
+        for mode in wide[metric].columns:
+            out[f"{metric}[{mode}]"] = wide[metric][mode]
+        for mode in wide[metric].columns:
+            if mode != base:
+                out[f"{metric}[{mode} - {base}]"] = wide[metric][mode] - wide[metric][base]
+    diverged = frame.pivot_table(index="trial", columns="grad_mode", values="diverged",
+                                 aggfunc="first")
+    for mode in diverged.columns:
+        out[f"diverged[{mode}]"] = diverged[mode].astype(bool)
+    return out.reset_index()
+
+
+def write(frame: pd.DataFrame, path: str) -> None:
+    """CSV, or Parquet when the name ends in .parquet."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.suffix == ".parquet":
+        frame.to_parquet(target, index=False)
+    else:
+        frame.to_csv(target, index=False)

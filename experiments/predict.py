@@ -1,0 +1,149 @@
+"""The tutorial's custom predict, as an MLflow pyfunc model.
+
+`Model.predict` only maps a normalised tensor to logits. Users have raw digits: 28x28
+uint8 arrays, or image files of any size and mode. The pyfunc model here does the
+pre-processing (exactly the training transforms), runs MindSpore `Model.predict`, and
+post-processes logits into the digit and class probabilities.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # the module is also imported where only image loading is needed
+    PythonModel = object  # type: ignore[assignment,misc]
+
+from experiments.data import normalize
+
+PIP_REQUIREMENTS = ["mindspore==2.10.0", "numpy==1.26.4", "pandas==2.3.3", "pillow==11.3.0"]
+
+
+class PredictError(ValueError):
+    """Input that cannot be predicted; the message names it."""
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An image file as an MNIST-style 28x28 uint8 digit: light on dark, centred."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            gray = np.asarray(img.convert("L"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise PredictError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise PredictError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.mean() > 127:  # dark ink on light paper: MNIST is the other way round
+        gray = 255 - gray
+    if gray.shape == (28, 28):
+        return gray
+    return _fit_like_mnist(gray)
+
+
+def _fit_like_mnist(gray: np.ndarray) -> np.ndarray:
+    """As MNIST was made: the digit's box scaled into 20x20, centred by mass in 28x28."""
+    from PIL import Image
+
+    ys, xs = np.nonzero(gray > 30)
+    if len(ys) == 0:
+        return np.zeros((28, 28), np.uint8)
+    crop = gray[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    scale = 20.0 / max(crop.shape)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    small = np.asarray(Image.fromarray(crop).resize(size, Image.LANCZOS), dtype=np.float64)
+    out = np.zeros((28, 28))
+    top, left = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
+    out[top : top + small.shape[0], left : left + small.shape[1]] = small
+    total = out.sum()
+    if total > 0:
+        cy = (out.sum(axis=1) * np.arange(28)).sum() / total
+        cx = (out.sum(axis=0) * np.arange(28)).sum() / total
+        out = np.roll(out, (round(13.5 - cy), round(13.5 - cx)), axis=(0, 1))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def as_digits(data: Any) -> np.ndarray:
+    """Accept (N, 28, 28) or (28, 28) arrays of 0-255, or a list of image paths."""
+    if isinstance(data, str | Path) or (isinstance(data, list | tuple) and data
+                                        and isinstance(data[0], str | Path)):
+        paths = [data] if isinstance(data, str | Path) else data
+        return np.stack([load_image(p) for p in paths])
+    array = np.asarray(data)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[1:] != (28, 28):
+        raise PredictError(f"expected digits of shape (N, 28, 28), got {array.shape}")
+    if not np.issubdtype(array.dtype, np.number) or np.isnan(array).any() or \
+            array.min() < 0 or array.max() > 255:
+        raise PredictError("expected pixel values from 0 to 255")
+    if not np.array_equal(array, np.round(array)):
+        raise PredictError("expected whole pixel values (uint8), got fractions")
+    return array.astype(np.uint8)
+
+
+class DigitClassifier(PythonModel):
+    """Raw digits in; digit and probabilities out, through MindSpore `Model.predict`."""
+
+    def load_context(self, context: Any) -> None:
+        import mindspore
+
+        from experiments.model import Network
+
+        net = Network()
+        mindspore.load_checkpoint(context.artifacts["weights"], net)
+        net.set_train(False)
+        self.model = mindspore.train.Model(net)
+
+    # No type hints here: MLflow would read them as a competing input schema.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        import pandas as pd
+        from mindspore import Tensor
+
+        digits = as_digits(model_input.to_numpy() if hasattr(model_input, "to_numpy")
+                           else model_input)
+        logits = self.model.predict(Tensor(normalize(digits))).asnumpy().astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        frame = pd.DataFrame(probs, columns=[f"p{i}" for i in range(10)])
+        frame.insert(0, "probability", probs.max(axis=1))
+        frame.insert(0, "digit", probs.argmax(axis=1))
+        return frame
+
+
+def log_model(client: Any, run_id: str, net: Any, example: np.ndarray) -> None:
+    """Save the pyfunc model (weights, code, signature, example) as the run's `model/`."""
+    import mindspore
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    package = Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # predict() takes arrays or paths on purpose; the signature below is the contract.
+        warnings.simplefilter("ignore", UserWarning)
+        weights = Path(tmp) / "weights.ckpt"
+        mindspore.save_checkpoint(net, str(weights))
+        example = example[:2].astype(np.uint8)
+        signature = infer_signature(example, _example_output())
+        mlflow.pyfunc.save_model(
+            path=str(Path(tmp) / "model"), python_model=DigitClassifier(),
+            artifacts={"weights": str(weights)}, code_paths=[str(package)],
+            signature=signature, input_example=example, pip_requirements=PIP_REQUIREMENTS)
+        client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
+
+
+def _example_output() -> Any:
+    import pandas as pd
+
+    frame = pd.DataFrame(np.full((2, 10), 0.1), columns=[f"p{i}" for i in range(10)])
+    frame.insert(0, "probability", 0.1)
+    frame.insert(0, "digit", np.zeros(2, dtype=np.int64))
+    return frame

@@ -1,0 +1,281 @@
+"""Looking at results: pandas comparison, the real MLflow UI in Chromium, predict, serving.
+
+One small real sweep (two learning rates, each trained with has_aux and no_aux) is run
+once for the module; every test reads it.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ARTIFACTS, ROOT, mlflow_client, run_cli
+
+import runner
+from experiments import compare
+
+SWEEP = """
+name: look
+method: grid
+n_trials: 2
+seed: 0
+pruner: {type: none}
+fixed: {epochs: 3, batch_size: 128, data.download: false}
+parameters:
+  learning_rate: {values: [0.2, 0.01]}
+ablation: {grad_mode: [has_aux, no_aux]}
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("project")
+    (folder / "look.yaml").write_text(SWEEP)
+    before, env = os.getcwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(folder)
+    try:
+        assert runner.main(["sweep", "look.yaml"]) == 0
+    finally:
+        os.chdir(before)
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+    return folder
+
+
+def test_runs_frame_has_typed_rows(project):
+    client = mlflow_client(project)
+    frame = compare.runs(str(project / "look.yaml"), client)
+    assert len(frame) == 4
+    assert sorted(frame["grad_mode"]) == ["has_aux", "has_aux", "no_aux", "no_aux"]
+    assert frame["trial"].dtype == "Int64" and set(frame["trial"]) == {0, 1}
+    assert frame["learning_rate"].dtype == np.float64
+    assert frame["epochs"].dtype == np.int64 and set(frame["epochs"]) == {3}
+    assert pd.api.types.is_float_dtype(frame["final_test_accuracy"])
+    objective = frame[frame["role"] == "objective"]
+    assert objective["final_test_accuracy"].is_monotonic_decreasing
+    assert (objective["best_epoch"].between(1, 3)).all()
+    assert (objective["best_test_accuracy"] >= objective["final_test_accuracy"]).all()
+    assert frame["run_id"].is_unique and (frame["duration_s"] > 0).all()
+
+
+def test_history_is_long_and_complete(project):
+    client = mlflow_client(project)
+    hist = compare.history("look", client)
+    assert list(hist.columns) == ["run_id", "trial", "grad_mode", "epoch", "metric", "value"]
+    assert hist["epoch"].dtype == np.int64 and hist["value"].dtype == np.float64
+    has_aux = hist[hist["grad_mode"] == "has_aux"]
+    # 2 trials x 3 epochs x 6 metrics, each point once.
+    assert len(has_aux) == 36
+    assert not has_aux.duplicated(["run_id", "epoch", "metric"]).any()
+    frame = compare.runs("look", client)
+    for _, row in frame[frame["grad_mode"] == "has_aux"].iterrows():
+        last = has_aux[(has_aux.run_id == row.run_id) & (has_aux.metric == "test_accuracy")]
+        assert last.sort_values("epoch")["value"].iloc[-1] == row.final_test_accuracy
+
+
+def test_paired_pivot_matches_runs(project):
+    frame = compare.runs("look", mlflow_client(project))
+    pairs = compare.paired(frame)
+    assert len(pairs) == 2
+    for _, row in pairs.iterrows():
+        mine = frame[frame["trial"] == row["trial"]].set_index("grad_mode")
+        for mode in ("has_aux", "no_aux"):
+            got, want = row[f"final_test_accuracy[{mode}]"], mine.loc[mode, "final_test_accuracy"]
+            assert (np.isnan(got) and np.isnan(want)) or got == want
+        diff = row["final_test_accuracy[no_aux - has_aux]"]
+        expected = mine.loc["no_aux", "final_test_accuracy"] - mine.loc[
+            "has_aux", "final_test_accuracy"]
+        assert (np.isnan(diff) and np.isnan(expected)) or diff == pytest.approx(expected)
+        assert row["diverged[no_aux]"] == bool(mine.loc["no_aux", "diverged"])
+
+
+def test_compare_cli_writes_csv_and_parquet(project):
+    result = run_cli("compare", "look.yaml", "--csv", "out/runs.csv", "--history",
+                     "out/history.parquet", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "final_test_accuracy" in result.stdout
+    assert len(pd.read_csv(project / "out" / "runs.csv")) == 4
+    assert len(pd.read_parquet(project / "out" / "history.parquet")) > 0
+    bad = run_cli("compare", "--experiment", "nope", cwd=project)
+    assert bad.returncode == 2 and "no MLflow experiment named 'nope'" in bad.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {timeout}s")
+
+
+def get_json(url: str, payload: dict | None = None) -> dict:
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def server(project):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "ui", "--port", str(port)],
+                            cwd=project, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def test_ui_serves_the_sweep(server, project):
+    api = f"{server}/api/2.0/mlflow"
+    exp = get_json(f"{api}/experiments/get-by-name?experiment_name=look")["experiment"]
+    found = get_json(f"{api}/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in found]
+    parents = [r for r, t in zip(found, tags, strict=True) if t.get("sweep.parent") == "true"]
+    children = [t for t in tags if t.get("sweep.parent") != "true"]
+    assert len(parents) == 1 and len(children) == 4
+    parent_id = parents[0]["info"]["run_id"]
+    assert all(t["mlflow.parentRunId"] == parent_id for t in children)
+    child_id = next(r["info"]["run_id"] for r, t in zip(found, tags, strict=True)
+                    if t.get("grad_mode") == "has_aux")
+    history = get_json(f"{api}/metrics/get-history?run_id={child_id}&metric_key=train_loss")
+    assert len(history["metrics"]) >= 1
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed for the UI test (.ci/run installs it)"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = f"{server}/#/experiments/{exp['experiment_id']}/runs"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--window-size=1400,900", "--virtual-time-budget=20000"]
+    for extra in (["--dump-dom"], [f"--screenshot={ARTIFACTS / 'mlflow_ui_runs.png'}"]):
+        profile = project / f"chromium-{extra[0][2:8]}"
+        result = subprocess.run([chromium, *flags, f"--user-data-dir={profile}", *extra, page],
+                                capture_output=True, text=True, timeout=120)
+        if extra == ["--dump-dom"]:
+            dom = result.stdout
+    assert "look" in dom
+    assert "Training runs" in dom or "Run Name" in dom, dom[:500]
+    assert (ARTIFACTS / "mlflow_ui_runs.png").stat().st_size > 10_000
+
+
+def best_run(project) -> str:
+    client = mlflow_client(project)
+    exp = client.get_experiment_by_name("look")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`sweep.parent` = 'true'")
+    return parent.data.tags["best_run_id"]
+
+
+def test_predict_on_png_digits_matches_the_run(project, mnist, tmp_path):
+    from PIL import Image
+
+    import mlflow.pyfunc
+
+    client = mlflow_client(project)
+    run_id = best_run(project)
+    assert client.get_run(run_id).data.tags["best"] == "true"
+    paths = []
+    for i, image in enumerate(mnist.test_images):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(image).save(path)
+        paths.append(str(path))
+    model = mlflow.pyfunc.load_model(str(project / "mlruns" / "artifacts" / "look" / run_id /
+                                         "artifacts" / "model"))
+    python_model = model.unwrap_python_model()
+    result = python_model.predict(None, paths)
+    accuracy = float((result["digit"].to_numpy() == mnist.test_labels).mean())
+    expected = client.get_run(run_id).data.metrics["test_accuracy"]
+    assert accuracy == pytest.approx(expected, abs=1e-9) and accuracy >= 0.8
+    np.testing.assert_allclose(result[[f"p{i}" for i in range(10)]].sum(axis=1), 1.0, atol=1e-6)
+
+    # The CLI, with a large, dark-on-light version of a digit among them.
+    big = tmp_path / "big.jpg"
+    Image.fromarray(255 - mnist.test_images[7]).resize((300, 300)).save(big)
+    cli = run_cli("predict", "--model", "best:look.yaml", paths[0], paths[7], str(big),
+                  cwd=project)
+    assert cli.returncode == 0, cli.stderr
+    lines = cli.stdout.strip().splitlines()
+    assert len(lines) == 3 and all("digit" in line for line in lines)
+    assert lines[1].split()[2] == lines[2].split()[2], "resized inverted digit reads the same"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "best:look.yaml", "missing.png"], "missing.png: no such file"),
+    (["--model", "best:look.yaml", "look.yaml"], "not a readable image"),
+    (["--model", "0123456789abcdef", "look.yaml"], "not a readable image"),
+])
+def test_predict_bad_input_is_exit_2(project, args, message):
+    result = run_cli("predict", *args, cwd=project)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_unknown_run_is_exit_2(project, tmp_path, mnist):
+    from PIL import Image
+
+    png = tmp_path / "x.png"
+    Image.fromarray(mnist.test_images[0]).save(png)
+    result = run_cli("predict", "--model", "0123456789abcdef", str(png), cwd=project)
+    assert result.returncode == 2 and "no run '0123456789abcdef'" in result.stderr
+
+
+def test_wrong_array_shape_is_refused():
+    from experiments.predict import PredictError, as_digits
+
+    with pytest.raises(PredictError, match="shape"):
+        as_digits(np.zeros((2, 27, 28)))
+    with pytest.raises(PredictError, match="0 to 255"):
+        as_digits(np.full((1, 28, 28), 300))
+    with pytest.raises(PredictError, match="whole"):
+        as_digits(np.full((1, 28, 28), 0.5))
+
+
+def test_served_model_answers(project, mnist):
+    port = free_port()
+    run_id = best_run(project)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # serve runs uvicorn from PATH
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "--env-manager",
+                             "local", "-m", f"runs:/{run_id}/model", "-h", "127.0.0.1", "-p",
+                             str(port)], cwd=project, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping")
+        digits = mnist.test_images[:20]
+        answer = get_json(f"http://127.0.0.1:{port}/invocations", {"inputs": digits.tolist()})
+        predicted = [p["digit"] for p in answer["predictions"]]
+        local = compare_local(project, run_id, digits)
+        assert predicted == local
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def compare_local(project, run_id, digits):
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(str(project / "mlruns" / "artifacts" / "look" / run_id /
+                                         "artifacts" / "model"))
+    return model.predict(digits)["digit"].tolist()

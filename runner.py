@@ -157,7 +157,8 @@ def run_workers(args: argparse.Namespace, parent: str, store_url: str, fallback:
     for i in range(args.workers):
         cmd = [sys.executable, os.path.abspath(__file__), "sweep", args.sweep, "--storage",
                store_url, "--parent-run", parent, "--worker-index", str(i)]
-        if args.workers <= len(cpus):
+        # One core each measured fastest on 2 cores (benchmarks/bench.py, section 4).
+        if args.workers <= len(cpus) and os.environ.get("RUNNER_PIN_WORKERS", "1") != "0":
             cmd += ["--pin-cpu", str(cpus[i])]
         if args.n_trials is not None:
             cmd += ["--n-trials", str(args.n_trials)]

@@ -1,0 +1,115 @@
+"""Measure the runner against the tutorial's loop and PyTorch, on this machine.
+
+Every figure is a median of repeated runs and every comparison a ratio against a baseline
+measured in the same script run:
+
+1. train step: the runner's compiled step vs the tutorial's PyNative step (and default
+   `@mindspore.jit`), per grad mode and batch size, compile time apart;
+2. a full epoch (60,000 train / 10,000 test: the offline sample tiled) end to end vs the
+   same MLP in PyTorch eager (if torch is installed) and vs the tutorial's own epoch;
+3. tracking overhead: a tracked trial vs the same trial untracked;
+4. sweep throughput: trials per minute with 1 and 2 workers (pinned and not);
+5. pruning: epochs spent and best accuracy on sweeps/lr.yaml with and without the pruner.
+
+    python benchmarks/bench.py [--quick] [--only 1,2,3,4,5] [--out benchmarks/results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_sweeps  # noqa: E402
+import bench_train  # noqa: E402
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("mindspore", "numpy", "mlflow", "optuna", "torch"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "platform": platform.platform(), "versions": versions,
+            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Machine: {results['machine']['cores']} cores, {results['machine']['cpu']}, "
+             f"Python {results['machine']['python']}, " + ", ".join(
+                 f"{k} {v}" for k, v in results["machine"]["versions"].items() if v)]
+    for section, rows in results["sections"].items():
+        if not rows:
+            continue
+        lines += ["", f"### {section}", ""]
+        keys = list(rows[0])
+        lines.append("| " + " | ".join(keys) + " |")
+        lines.append("|" + "---|" * len(keys))
+        for row in rows:
+            lines.append("| " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return "-" if value is None else str(value)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer repeats and sizes (a smoke run)")
+    p.add_argument("--only", default="1,2,3,4,5", help="sections to run, e.g. 1,3")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
+    args = p.parse_args()
+    only = {int(x) for x in args.only.split(",") if x.strip()}
+    np.random.seed(0)
+    sections: dict[str, list[dict]] = {}
+    # Subprocess sections first: they need the cores to themselves.
+    if 4 in only:
+        sections["4. sweep throughput"] = bench_sweeps.throughput(args.quick)
+    if 5 in only:
+        sections["5. pruning on sweeps/lr.yaml"] = bench_sweeps.pruning(args.quick)
+    if 1 in only:
+        sections["1. train step (ms/step)"] = bench_train.steps(args.quick)
+    if 2 in only:
+        sections["2. full epoch, 60k train + 10k test (s)"] = bench_train.epoch(args.quick)
+    if 3 in only:
+        sections["3. tracking overhead (s per trial)"] = bench_train.tracking(args.quick)
+    order = sorted(sections)
+    results = {"machine": machine(), "quick": args.quick,
+               "sections": {k: sections[k] for k in order}}
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

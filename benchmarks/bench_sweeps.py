@@ -22,7 +22,7 @@ THROUGHPUT_SWEEP = {
 
 
 def _run_sweep(folder: Path, sweep: dict, n_trials: int, workers: int,
-               env_extra: dict | None = None) -> tuple[float, object]:
+               env_extra: dict | None = None) -> tuple[float, list]:
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump({**sweep, "n_trials": n_trials}))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env_extra or {})
@@ -35,12 +35,12 @@ def _run_sweep(folder: Path, sweep: dict, n_trials: int, workers: int,
 
     storage = optuna.storages.JournalStorage(
         JournalFileBackend(str(folder / "mlruns" / "optuna" / "journal.log")))
-    return wall, optuna.load_study(study_name=sweep["name"], storage=storage)
+    return wall, optuna.load_study(study_name=sweep["name"], storage=storage).get_trials()
 
 
-def _steady_rate(study: object) -> float:
+def _steady_rate(trials: list) -> float:
     """Trials per minute between the first and the last completion (start-up excluded)."""
-    ends = sorted(t.datetime_complete for t in study.get_trials() if t.datetime_complete)
+    ends = sorted(t.datetime_complete for t in trials if t.datetime_complete)
     if len(ends) < 2:
         return float("nan")
     return (len(ends) - 1) / (ends[-1] - ends[0]).total_seconds() * 60
@@ -54,8 +54,8 @@ def throughput(quick: bool) -> list[dict]:
     base = None
     for label, workers, env in cases:
         with tempfile.TemporaryDirectory() as tmp:
-            wall, study = _run_sweep(Path(tmp), THROUGHPUT_SWEEP, n, workers, env)
-        rate = _steady_rate(study)
+            wall, trials = _run_sweep(Path(tmp), THROUGHPUT_SWEEP, n, workers, env)
+        rate = _steady_rate(trials)
         base = base or rate
         rows.append({"workers": label, "trials": n, "wall s": wall,
                      "trials/min (whole command)": n / wall * 60,
@@ -71,8 +71,7 @@ def pruning(quick: bool) -> list[dict]:
     base = None
     for label, pruner in (("median pruner", sweep["pruner"]), ("no pruner", {"type": "none"})):
         with tempfile.TemporaryDirectory() as tmp:
-            wall, study = _run_sweep(Path(tmp), {**sweep, "pruner": pruner}, n, 1)
-        trials = study.get_trials()
+            wall, trials = _run_sweep(Path(tmp), {**sweep, "pruner": pruner}, n, 1)
         epochs = sum(len(t.intermediate_values) for t in trials)
         best = max((t.value for t in trials if t.value is not None), default=float("nan"))
         base = base or (epochs, wall)

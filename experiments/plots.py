@@ -90,24 +90,31 @@ def confusion(true: np.ndarray, predicted: np.ndarray) -> Any:
 
 
 def digit_grid(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, n: int = 24) -> Any:
-    """Test digits spread over the set, titled predicted/true, wrong ones in red.
+    """Test digits spread over the set, labelled predicted/true, wrong ones in red.
 
     `images` are the raw uint8 digits; they are shown through the training normalisation
-    and back (MNIST's mean and std), which must give the digits unchanged.
+    and back (MNIST's mean and std), which must give the digits unchanged. One image with
+    text on top draws in a tenth of the time of one subplot per digit.
     """
     from experiments.data import denormalize, normalize
 
     plt = _pyplot()
+    cols, pad = 8, 12
     idx = np.linspace(0, len(images) - 1, min(n, len(images))).astype(int)
     shown = denormalize(normalize(images[idx]))[:, 0]
-    fig, axes = plt.subplots(3, 8, figsize=(12, 5))
-    for ax, k, image in zip(axes.flat, idx, shown, strict=False):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+    rows = -(-len(idx) // cols)
+    sheet = np.ones((rows * (28 + pad), cols * (28 + 4)))
+    for i, image in enumerate(shown):
+        r, c = divmod(i, cols)
+        sheet[r * (28 + pad) + pad : (r + 1) * (28 + pad), c * 32 + 2 : c * 32 + 30] = image
+    fig, ax = plt.subplots(figsize=(cols * 1.3, rows * 1.6))
+    ax.imshow(sheet, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for i, k in enumerate(idx):
+        r, c = divmod(i, cols)
         ok = true[k] == predicted[k]
-        ax.set_title(f"pred {predicted[k]} / true {true[k]}", fontsize=9,
-                     color="black" if ok else "red")
-        ax.axis("off")
-    for ax in list(axes.flat)[len(idx):]:
-        ax.axis("off")
+        ax.text(c * 32 + 16, r * (28 + pad) + pad - 2, f"pred {predicted[k]} / true {true[k]}",
+                ha="center", va="bottom", fontsize=8, color="black" if ok else "red",
+                backgroundcolor="white")
+    ax.axis("off")
     fig.tight_layout()
     return fig

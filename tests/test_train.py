@@ -86,3 +86,29 @@ def test_no_aux_diverges_and_says_where(prepared, trainers):
     with pytest.raises(Diverged) as err:
         fit(cfg.build({"grad_mode": "no_aux", "epochs": 1}), prepared, trainers("no_aux"))
     assert err.value.epoch == 1 and 1 <= err.value.step <= 63
+
+
+@pytest.mark.parametrize("mode", ["has_aux", "stop_gradient"])
+def test_fast_path_equals_straightforward_path(prepared, mode):
+    """k steps per compiled call give the same numbers as one step per call."""
+    from experiments.train import Trainer
+
+    config = cfg.build({"epochs": 2, "grad_mode": mode, "batch_size": 96, "seed": 5})
+    single = fit(config, prepared, Trainer(mode, steps_per_call=1))
+    chunked = fit(config, prepared, Trainer(mode, steps_per_call=4))
+    for a, b in zip(single, chunked, strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
+        assert a.test_loss == pytest.approx(b.test_loss, rel=1e-6)
+        assert a.test_accuracy == b.test_accuracy
+
+
+def test_divergence_step_is_exact_inside_a_chunk(prepared):
+    from experiments.train import Trainer
+
+    config = cfg.build({"grad_mode": "no_aux", "epochs": 1})
+    steps = []
+    for k in (1, 4):
+        with pytest.raises(Diverged) as err:
+            fit(config, prepared, Trainer("no_aux", steps_per_call=k))
+        steps.append((err.value.step, err.value.losses[:-1]))
+    assert steps[0] == steps[1]

@@ -242,7 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_model(client, spec: str) -> str:  # noqa: ANN001
+def resolve_model(client, spec: str) -> str:
     """A run id of the project's store, or `best:SWEEP.yaml` for the sweep's best trial."""
     from mlflow.exceptions import MlflowException
 
@@ -329,8 +329,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _sigterm_as_interrupt()
-    from experiments.data import DataError
     from experiments.compare import CompareError
+    from experiments.data import DataError
     from experiments.sweepfile import SweepError
 
     func: Callable[[argparse.Namespace], int] = args.func

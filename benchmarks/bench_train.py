@@ -36,7 +36,7 @@ def _tiled(mnist: D.Mnist) -> D.Mnist:
                    name="mnist-5k-tiled", source=mnist.source)
 
 
-def _tutorial_step(mode: str):  # noqa: ANN202
+def _tutorial_step(mode: str):
     """The tutorial's train_step as written: PyNative, no compilation."""
     mindspore.set_context(mode=mindspore.PYNATIVE_MODE)
     model = Network()
@@ -44,7 +44,7 @@ def _tutorial_step(mode: str):  # noqa: ANN202
     optimizer = nn.SGD(model.trainable_params(), learning_rate=TINY_LR)
     grad_fn = make_grad_fn(model, loss_fn, optimizer.parameters, mode)
 
-    def train_step(data, label):  # noqa: ANN001, ANN202
+    def train_step(data, label):
         (loss, _), grads = grad_fn(data, label)
         optimizer(grads)
         return loss
@@ -52,7 +52,7 @@ def _tutorial_step(mode: str):  # noqa: ANN202
     return train_step
 
 
-def _time_steps(step, x: Tensor, y: Tensor, n: int, repeats: int) -> float:  # noqa: ANN001
+def _time_steps(step, x: Tensor, y: Tensor, n: int, repeats: int) -> float:
     """Median ms per step; each step's loss is read, as the runner does."""
     out = []
     for _ in range(repeats):

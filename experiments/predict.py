@@ -103,7 +103,7 @@ class DigitClassifier(PythonModel):
         self.model = mindspore.train.Model(net)
 
     # No type hints here: MLflow would read them as a competing input schema.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         import pandas as pd
         from mindspore import Tensor
 

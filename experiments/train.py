@@ -13,6 +13,7 @@ Training code never prints: progress goes to callbacks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -137,10 +138,10 @@ class MultiStep(nn.Cell):
         self.step = step
         self.k = k
 
-    def construct(self, xs, ys):  # noqa: ANN001, ANN201
+    def construct(self, xs, ys):
         losses = ()
         for i in range(self.k):
-            losses = losses + (self.step(xs[i], ys[i]),)
+            losses = (*losses, self.step(xs[i], ys[i]))
         return ops.stack(losses)
 
 
@@ -173,10 +174,9 @@ class GradPair(nn.Cell):
 
 
 def use_graph_mode() -> None:
-    try:
+    # Once the runtime has started (on its CPU device) the device can no longer be set.
+    with contextlib.suppress(RuntimeError):
         mindspore.set_device("CPU")
-    except RuntimeError:
-        pass  # the runtime already started (on its CPU device): it cannot change any more
     mindspore.set_context(mode=mindspore.GRAPH_MODE)
 
 

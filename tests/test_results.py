@@ -188,9 +188,8 @@ def best_run(project) -> str:
 
 
 def test_predict_on_png_digits_matches_the_run(project, mnist, tmp_path):
-    from PIL import Image
-
     import mlflow.pyfunc
+    from PIL import Image
 
     client = mlflow_client(project)
     run_id = best_run(project)

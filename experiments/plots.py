@@ -56,7 +56,7 @@ def optuna_figures(study: Any) -> list[tuple[str, Any]]:
             warnings.simplefilter("ignore")
             try:
                 axes = make(study)
-            except Exception:
+            except Exception:  # a plot the study cannot support yet (too few trials) is skipped
                 plt.close("all")
                 continue
         first = axes.flat[0] if hasattr(axes, "flat") else axes

@@ -119,6 +119,31 @@ class DigitClassifier(PythonModel):
         return frame
 
 
+def resolve_model(client: Any, spec: str) -> str:
+    """A run id of the project's store, or `best:SWEEP.yaml` for the sweep's best trial."""
+    from mlflow.exceptions import MlflowException
+
+    if spec.startswith("best:"):
+        from experiments import sweepfile
+        from experiments.sweep import PARENT_TAG
+
+        name = sweepfile.load(spec[len("best:"):]).name
+        exp = client.get_experiment_by_name(name)
+        parents = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = 'true'") \
+            if exp else []
+        best = parents[0].data.tags.get("best_run_id") if parents else None
+        if not best:
+            raise PredictError(f"--model {spec}: sweep '{name}' has no finished best trial yet")
+        return best
+    try:
+        run = client.get_run(spec)
+    except MlflowException:
+        raise PredictError(f"--model: no run '{spec}' in {client.tracking_uri}") from None
+    if not [a for a in client.list_artifacts(run.info.run_id) if a.path == "model"]:
+        raise PredictError(f"--model: run '{spec}' has no logged model (diverged or pruned?)")
+    return run.info.run_id
+
+
 def log_model(client: Any, run_id: str, net: Any, example: np.ndarray) -> None:
     """Save the pyfunc model (weights, code, signature, example) as the run's `model/`."""
     import mindspore

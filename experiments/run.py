@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from experiments import plots
+from experiments import faults, plots
 from experiments.config import Config, as_dict, flatten
 from experiments.data import Mnist, n_batches
 from experiments.tracking import Run
@@ -89,6 +89,7 @@ def _log_results(run: Run, trainer: Trainer, prepared: Prepared, data: Mnist, ev
     """What a person looks at after training: confusions, sample digits, the model."""
     predicted = trainer.logits(prepared.test_x, eval_batch).argmax(axis=1)
     run.log_figure(plots.confusion(prepared.test_y, predicted), "confusion_matrix.png")
+    faults.point("log_artifacts")
     run.log_figure(plots.digit_grid(data.test_images, prepared.test_y, predicted),
                    "test_digits.png")
     if save_model:

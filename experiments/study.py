@@ -24,12 +24,14 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from experiments import faults
 from experiments.sweepfile import Param, Sweep
 
 FAIL_KIND = "fail_kind"  # user attr: why a FAIL trial does not count towards the budget
 NOT_COUNTED = ("crashed", "interrupted", "over_budget")
-HEARTBEAT_S = 10
-GRACE_S = 30
+# A worker that stops beating for GRACE_S is taken for dead (RDB storage only).
+HEARTBEAT_S = int(os.environ.get("RUNNER_HEARTBEAT_S", "10"))
+GRACE_S = int(os.environ.get("RUNNER_GRACE_S", "30"))
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -38,7 +40,7 @@ class OverBudget(Exception):
     """This trial was asked for after the global budget was taken by others."""
 
 
-def storage(url: str | None, root: Path, on_crashed: Callable[[Any, FrozenTrial], None]) -> Any:
+def storage(url: str | None, root: Path, on_crashed: Callable[..., None]) -> Any:
     """The study storage: a journal file by default, an RDB (with heartbeats) for URLs."""
     if not url or url.startswith("journal:") or url.endswith(".log"):
         path = Path(url.removeprefix("journal:")) if url else root / "optuna" / "journal.log"
@@ -46,8 +48,9 @@ def storage(url: str | None, root: Path, on_crashed: Callable[[Any, FrozenTrial]
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                      failed_trial_callback=on_crashed)
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        failed_trial_callback=lambda study, t: on_crashed(study, t, "heartbeat"))
 
 
 def _sampler(spec: Sweep, seed: int) -> optuna.samplers.BaseSampler:
@@ -76,8 +79,15 @@ def _pruner(spec: Sweep) -> optuna.pruners.BasePruner:
 def open_study(spec: Sweep, store: Any, worker: int = 0) -> optuna.Study:
     """Create or load the study. The sampler seed mixes in the trials so far and the worker,
     so resumed runs and parallel workers do not replay the same suggestions."""
-    study = optuna.create_study(study_name=spec.name, storage=store, load_if_exists=True,
-                                direction=spec.goal)
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(study_name=spec.name, storage=store,
+                                        load_if_exists=True, direction=spec.goal)
+            break
+        except Exception:  # workers creating one study at once may collide: try again
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + attempt)
     salt = len(study.get_trials(deepcopy=False))
     seed = int(np.random.SeedSequence([spec.seed, salt, worker]).generate_state(1)[0])
     study.sampler = _sampler(spec, seed)
@@ -148,10 +158,13 @@ def _alive_here(worker: str) -> bool:
     return b"runner.py" in cmdline
 
 
-def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool = True) -> None:
+def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool = True,
+                how: str = "") -> None:
     """Fail a trial that will not finish, and queue its params for one retry."""
     storage = study._storage
     storage.set_trial_user_attr(t._trial_id, FAIL_KIND, kind)
+    if how:
+        storage.set_trial_user_attr(t._trial_id, "crash_detected_by", how)
     if set_state and storage.get_trial(t._trial_id).state == TrialState.RUNNING:
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     if "retry_of" not in t.user_attrs and t.params:
@@ -159,41 +172,56 @@ def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool 
                             skip_if_exists=False)
 
 
-def recover(study: optuna.Study, on_crashed: Callable[[Any, FrozenTrial], None]) -> int:
+def recover(study: optuna.Study, on_crashed: Callable[..., None]) -> int:
     """Fail the RUNNING trials whose process on this host is gone; returns how many."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _alive_here(t.user_attrs.get("worker", "")):
-            on_crashed(study, t)
+            on_crashed(study, t, "process gone")
             n += 1
     return n
 
 
 def work(study: optuna.Study, spec: Sweep, objective: Callable[[optuna.Trial], float],
-         on_done: Callable[[FrozenTrial], None], deadline: float | None = None) -> None:
-    """Run trials until the global budget is met or the deadline passes."""
+         on_done: Callable[[FrozenTrial], None], on_crashed: Callable[..., None],
+         deadline: float | None = None, poll_s: float = 1.0) -> None:
+    """Run trials until the global budget is met or the deadline passes.
+
+    When the trials still running elsewhere would use up the budget, wait for them rather
+    than start more: they may fail (a crashed worker) and free their slot for a retry.
+    """
     limit = budget(spec)
-    refused: list[int] = []
+    me = worker_id()
 
     def wrapped(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("worker", me)
+        faults.point("trial_start")
         if not _within_budget(study, trial.number, limit):
             trial.set_user_attr(FAIL_KIND, "over_budget")
-            refused.append(trial.number)
             raise OverBudget
         try:
-            return objective(trial)
+            value = objective(trial)
+            faults.point("before_tell")
+            return value
         except KeyboardInterrupt:
             # Optuna itself marks the trial FAIL as the interrupt passes through it.
             mark_failed(study, study._storage.get_trial(trial._trial_id), "interrupted",
                         set_state=False)
             raise
 
-    while len(finished(study)) < limit and not refused:
-        if deadline is not None and time.time() >= deadline:
-            break
+    while deadline is None or time.time() < deadline:
+        trials = study.get_trials(deepcopy=False)
+        done = sum(counts(t) for t in trials)
+        if done >= limit:
+            return
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if done + len(running) >= limit:
+            recover(study, on_crashed)
+            if isinstance(study._storage, optuna.storages.RDBStorage):
+                optuna.storages.fail_stale_trials(study)
+            time.sleep(poll_s)
+            continue
         study.optimize(wrapped, n_trials=1, catch=(Exception,), gc_after_trial=False)
-        last = study.get_trials(deepcopy=False)
-        mine = [t for t in last if t.user_attrs.get("worker") == worker_id()]
-        if mine and mine[-1].number not in refused:
+        mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == me]
+        if mine and mine[-1].user_attrs.get(FAIL_KIND) != "over_budget":
             on_done(mine[-1])

@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments import config as cfg
+from experiments import faults
 from experiments import study as st
 from experiments.data import Mnist
 from experiments.run import tracked_fit
@@ -106,12 +107,13 @@ def tag_trial_runs(client: Any, t: FrozenTrial) -> None:
         client.set_tag(run_id, "state", t.state.name)
 
 
-def on_crashed(client: Any) -> Callable[[optuna.Study, FrozenTrial], None]:
+def on_crashed(client: Any) -> Callable[..., None]:
     """Fail a crashed trial for retry, and close its MLflow runs as KILLED."""
 
-    def handle(study: optuna.Study, t: FrozenTrial) -> None:
-        st.mark_failed(study, t, "crashed")
+    def handle(study: optuna.Study, t: FrozenTrial, how: str = "") -> None:
+        st.mark_failed(study, t, "crashed", how=how)
         for run_id in run_ids(study._storage.get_trial(t._trial_id)):
+            client.set_tag(run_id, "state", "FAIL")
             if client.get_run(run_id).info.status == "RUNNING":
                 client.set_tag(run_id, "failure_reason", "worker process died (crash or kill -9)")
                 client.set_terminated(run_id, "KILLED")
@@ -173,6 +175,7 @@ def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: Sweep,
                                "true" if t.number == best.number else "false")
     frame = study.trials_dataframe()
     client.log_text(parent_run_id, frame.to_csv(index=False), "trials.csv")
+    faults.point("finalize")
     for name, figure in plots.optuna_figures(study):
         Run(client, parent_run_id).log_figure(figure, f"plots/{name}.png")
     client.set_terminated(parent_run_id, "FINISHED" if complete else "KILLED")

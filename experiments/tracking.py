@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from experiments import faults
+
 MLRUNS = Path("mlruns")
 PACKAGES = ("mindspore", "numpy", "mlflow", "optuna", "pandas")
 
@@ -157,6 +159,7 @@ class Run:
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
+        faults.point("log_epoch")
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[
             Metric(k, float(v), now, epoch) for k, v in metrics.items()])
@@ -184,4 +187,5 @@ class Run:
         self.client.log_text(self.run_id, json.dumps(payload, indent=2, default=str), name)
 
     def end(self, status: str = "FINISHED") -> None:
+        faults.point("run_end")
         self.client.set_terminated(self.run_id, status)

@@ -24,6 +24,7 @@ import mindspore
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from experiments import faults
 from experiments.config import GRAD_MODES, Config
 from experiments.data import Mnist, batch_slices, n_batches, normalize
 from experiments.model import Network
@@ -263,6 +264,7 @@ class Trainer:
         self.model.set_train(False)
         loss_sum, correct = 0.0, 0.0
         for start in range(0, len(y), batch_size):
+            faults.point("evaluate")
             loss, hits = self.eval_step(Tensor.from_numpy(x[start : start + batch_size]),
                                         Tensor.from_numpy(y[start : start + batch_size]))
             loss_sum += float(loss.asnumpy())

@@ -59,3 +59,76 @@ def test_normalize_uses_mnist_statistics():
     x = np.array([[[0, 255]]], dtype=np.uint8)
     back = data.denormalize(data.normalize(x))
     np.testing.assert_allclose(back[0, 0], [[0.0, 1.0]], atol=1e-6)
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A real HTTP server on loopback serving a folder: downloads without the internet."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def mnist_zip(path, train_count=60_000, test_count=10_000, truncate_file=None):
+    """A zip laid out like the seed's MNIST_Data.zip (blank digits compress to little)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for split, (images, labels, _) in data.SPLITS.items():
+            n = train_count if split == "train" else test_count
+            for name, array in ((images, np.zeros((n, 28, 28), np.uint8)),
+                                (labels, np.arange(n, dtype=np.uint8) % 10)):
+                buffer = io.BytesIO()
+                tmp = path.parent / "tmp.idx"
+                data.write_idx(tmp, array)
+                raw = tmp.read_bytes()
+                if name == truncate_file:
+                    raw = raw[: len(raw) // 2]
+                buffer.write(raw)
+                zf.writestr(f"MNIST_Data/{split}/{name}", buffer.getvalue())
+                tmp.unlink()
+
+
+def test_download_verifies_and_moves_into_place(tmp_path, http_folder):
+    root, url = http_folder
+    mnist_zip(root / "MNIST_Data.zip")
+    dest = tmp_path / "work" / "MNIST_Data"
+    data.download_mnist(dest, url=f"{url}/MNIST_Data.zip")
+    loaded = data.load_folder(dest, full=True)
+    assert len(loaded.train_labels) == 60_000 and len(loaded.test_labels) == 10_000
+    assert [p.name for p in dest.parent.iterdir()] == ["MNIST_Data"]
+
+
+@pytest.mark.parametrize("damage", ["truncated zip", "truncated idx", "wrong count"])
+def test_bad_download_leaves_nothing_and_falls_back(tmp_path, http_folder, damage):
+    root, url = http_folder
+    archive = root / "MNIST_Data.zip"
+    if damage == "truncated zip":
+        mnist_zip(archive)
+        archive.write_bytes(archive.read_bytes()[:-2000])
+    elif damage == "truncated idx":
+        mnist_zip(archive, truncate_file="t10k-images-idx3-ubyte")
+    else:
+        mnist_zip(archive, train_count=59_000)
+    work = tmp_path / "work"
+    work.mkdir()
+    warnings = []
+    mnist = data.resolve(str(work / "MNIST_Data"), True, warnings.append,
+                         url=f"{url}/MNIST_Data.zip")
+    assert mnist.name == "mnist-5k-offline"
+    assert len(warnings) == 1 and "offline sample" in warnings[0]
+    if damage != "truncated zip":
+        named = "t10k-images-idx3-ubyte" if damage == "truncated idx" else "train-images"
+        assert named in warnings[0] and named in mnist.fallback_reason
+    assert list(work.iterdir()) == [], "a half-written MNIST_Data/ was left behind"

@@ -104,8 +104,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     client = tracking.client()
     crashed = sweep.on_crashed(client)
     store_url = args.storage or f"journal:{(tracking.MLRUNS / 'optuna' / 'journal.log').resolve()}"
-    optuna_study = study.open_study(spec, study.storage(store_url, tracking.MLRUNS, crashed),
-                                    worker=args.worker_index)
+    optuna_study = study.open_study(spec, study.storage(store_url, tracking.MLRUNS, crashed))
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
     worker = args.parent_run is not None
     if worker:
@@ -156,7 +155,7 @@ def run_workers(args: argparse.Namespace, parent: str, store_url: str, fallback:
     procs = []
     for i in range(args.workers):
         cmd = [sys.executable, os.path.abspath(__file__), "sweep", args.sweep, "--storage",
-               store_url, "--parent-run", parent, "--worker-index", str(i)]
+               store_url, "--parent-run", parent]
         # One core each measured fastest on 2 cores (benchmarks/bench.py, section 4).
         if args.workers <= len(cpus) and os.environ.get("RUNNER_PIN_WORKERS", "1") != "0":
             cmd += ["--pin-cpu", str(cpus[i])]
@@ -270,7 +269,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true",
                    help="validate, show the space and sample configs, write nothing")
     s.add_argument("--parent-run", default=None, help=argparse.SUPPRESS)
-    s.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     s.add_argument("--pin-cpu", type=int, default=None, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_sweep)
 

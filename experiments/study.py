@@ -28,7 +28,6 @@ from experiments import faults
 from experiments.sweepfile import Param, Sweep
 
 FAIL_KIND = "fail_kind"  # user attr: why a FAIL trial does not count towards the budget
-NOT_COUNTED = ("crashed", "interrupted", "over_budget")
 # A worker that stops beating for GRACE_S is taken for dead (RDB storage only).
 HEARTBEAT_S = int(os.environ.get("RUNNER_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("RUNNER_GRACE_S", "30"))
@@ -48,9 +47,22 @@ def storage(url: str | None, root: Path, on_crashed: Callable[..., None]) -> Any
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(
+    return _retry(lambda: optuna.storages.RDBStorage(
         url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-        failed_trial_callback=lambda study, t: on_crashed(study, t, "heartbeat"))
+        failed_trial_callback=lambda study, t: on_crashed(study, t, "heartbeat")))
+
+
+def _retry(make: Callable[[], Any], attempts: int = 5) -> Any:
+    """Workers starting at once race to create the same schema or study; the loser retries
+    and then finds what the winner made."""
+    for attempt in range(attempts):
+        try:
+            return make()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _sampler(spec: Sweep, seed: int) -> optuna.samplers.BaseSampler:
@@ -76,23 +88,17 @@ def _pruner(spec: Sweep) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(spec: Sweep, store: Any, worker: int = 0) -> optuna.Study:
-    """Create or load the study. The sampler seed mixes in the trials so far and the worker,
-    so resumed runs and parallel workers do not replay the same suggestions."""
-    for attempt in range(5):
-        try:
-            study = optuna.create_study(study_name=spec.name, storage=store,
-                                        load_if_exists=True, direction=spec.goal)
-            break
-        except Exception:  # workers creating one study at once may collide: try again
-            if attempt == 4:
-                raise
-            time.sleep(0.5 + attempt)
-    salt = len(study.get_trials(deepcopy=False))
-    seed = int(np.random.SeedSequence([spec.seed, salt, worker]).generate_state(1)[0])
-    study.sampler = _sampler(spec, seed)
+def open_study(spec: Sweep, store: Any) -> optuna.Study:
+    """Create or load the study (the sampler is re-seeded per trial, see `work`)."""
+    study = _retry(lambda: optuna.create_study(study_name=spec.name, storage=store,
+                                               load_if_exists=True, direction=spec.goal))
+    study.sampler = _sampler(spec, spec.seed)
     study.pruner = _pruner(spec)
     return study
+
+
+def trial_seed(seed: int, number: int) -> int:
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
 def budget(spec: Sweep) -> int:
@@ -103,9 +109,11 @@ def budget(spec: Sweep) -> int:
 
 
 def counts(t: FrozenTrial) -> bool:
+    """Whether a trial uses up budget: finished, or failed for a reason of its own (the
+    objective records `fail_reason`; crashes, interrupts and refusals leave none)."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return t.state == TrialState.FAIL and t.user_attrs.get(FAIL_KIND) not in NOT_COUNTED
+    return t.state == TrialState.FAIL and "fail_reason" in t.user_attrs
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
@@ -162,13 +170,18 @@ def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool 
                 how: str = "") -> None:
     """Fail a trial that will not finish, and queue its params for one retry."""
     storage = study._storage
-    storage.set_trial_user_attr(t._trial_id, FAIL_KIND, kind)
-    if how:
-        storage.set_trial_user_attr(t._trial_id, "crash_detected_by", how)
-    if set_state and storage.get_trial(t._trial_id).state == TrialState.RUNNING:
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    try:
+        storage.set_trial_user_attr(t._trial_id, FAIL_KIND, kind)
+        if set_state:
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Finished meanwhile by someone else; unless that was the heartbeat check failing
+        # it for us (then the retry below is ours to queue), there is nothing to do.
+        if how != "heartbeat":
+            return
     if "retry_of" not in t.user_attrs and t.params:
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number},
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retry_reason": kind,
+                                                  "crash_detected_by": how},
                             skip_if_exists=False)
 
 
@@ -199,10 +212,21 @@ def work(study: optuna.Study, spec: Sweep, objective: Callable[[optuna.Trial], f
         if not _within_budget(study, trial.number, limit):
             trial.set_user_attr(FAIL_KIND, "over_budget")
             raise OverBudget
+        # Seeded by trial number, which is unique across workers and resumes: parallel or
+        # resumed workers never replay one another's draws, and one worker is reproducible.
+        # QMC indexes its sequence by trial number already and must keep one seed.
+        if spec.method != "qmc":
+            study.sampler = _sampler(spec, trial_seed(spec.seed, trial.number))
         try:
             value = objective(trial)
             faults.point("before_tell")
             return value
+        except OverBudget:
+            raise
+        except Exception as exc:
+            if "fail_reason" not in trial.user_attrs:
+                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:1000])
+            raise
         except KeyboardInterrupt:
             # Optuna itself marks the trial FAIL as the interrupt passes through it.
             mark_failed(study, study._storage.get_trial(trial._trial_id), "interrupted",
@@ -216,9 +240,12 @@ def work(study: optuna.Study, spec: Sweep, objective: Callable[[optuna.Trial], f
             return
         running = [t for t in trials if t.state == TrialState.RUNNING]
         if done + len(running) >= limit:
-            recover(study, on_crashed)
+            # RDB storage knows dead workers on any machine by their heartbeat; the journal
+            # (one machine) by their process.
             if isinstance(study._storage, optuna.storages.RDBStorage):
                 optuna.storages.fail_stale_trials(study)
+            else:
+                recover(study, on_crashed)
             time.sleep(poll_s)
             continue
         study.optimize(wrapped, n_trials=1, catch=(Exception,), gc_after_trial=False)

@@ -6,10 +6,12 @@ moments; real PostgreSQL holds the Optuna study and backs a real `mlflow server`
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -105,18 +107,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
+def postgres():
     """TEST_POSTGRES_URL from .ci/run, or a server of our own for this module."""
     if os.environ.get("TEST_POSTGRES_URL"):
         yield os.environ["TEST_POSTGRES_URL"]
         return
-    folder = tmp_path_factory.mktemp("pg")
+    # Not under pytest's private tmp: the server runs as user postgres and must reach it.
+    folder = Path(tempfile.mkdtemp(prefix="runner-pg-"))
     os.chmod(folder, 0o777)
     script = str(ROOT / ".ci" / "postgres.sh")
     url = subprocess.run([script, "start", str(folder), str(free_port())], check=True,
                          capture_output=True, text=True).stdout.strip()
     yield url
     subprocess.run([script, "stop", str(folder)], check=False)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def database(base_url: str, name: str) -> str:
@@ -190,37 +194,43 @@ def test_heartbeat_retries_a_killed_workers_trial(postgres, mlflow_server, tmp_p
     storage = database(postgres, "optuna_heartbeat")
     env = env_without_tracking(MLFLOW_TRACKING_URI=mlflow_server, RUNNER_HEARTBEAT_S="1",
                                RUNNER_GRACE_S="4")
-    args = sweep_cmd(str(TINY), "--n-trials", "10", "--storage", storage)
+    args = sweep_cmd(str(TINY), "--n-trials", "16", "--storage", storage)
     victim = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
 
-    def victim_running() -> bool:
+    def has_trial(proc, state) -> bool:
         try:
             trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
         except Exception:
             return False
-        return any(t.state == TrialState.RUNNING and
-                   t.user_attrs.get("worker", "").endswith(f":{victim.pid}") for t in trials)
+        return any(t.state == state and t.user_attrs.get("worker", "").endswith(f":{proc.pid}")
+                   for t in trials)
 
-    end = time.time() + 300
-    while not victim_running():
-        assert time.time() < end and victim.poll() is None
-        time.sleep(0.2)
+    def wait(predicate):
+        end = time.time() + 300
+        while not predicate():
+            assert time.time() < end
+            time.sleep(0.2)
+
+    wait(lambda: has_trial(victim, TrialState.COMPLETE))
     survivor = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    # Kill the victim mid-trial once the survivor is past its start-up check, so only the
+    # heartbeat can tell that the victim is gone.
+    wait(lambda: has_trial(survivor, TrialState.COMPLETE) and has_trial(victim,
+                                                                          TrialState.RUNNING))
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     _, err = survivor.communicate(timeout=900)
     assert survivor.returncode == 0, err[-3000:]
     trials, client, runs = remote_state(storage, mlflow_server)
-    check_complete(trials, client, runs, budget=10, epochs=2)
-    crashed = [t for t in trials if t.user_attrs.get("fail_kind") == "crashed"]
-    assert len(crashed) == 1
-    assert crashed[0].user_attrs["crash_detected_by"] == "heartbeat"
-    retry = [t for t in trials if t.user_attrs.get("retry_of") == crashed[0].number]
-    assert len(retry) == 1 and retry[0].params == crashed[0].params
-    assert retry[0].state == TrialState.COMPLETE
+    check_complete(trials, client, runs, budget=16, epochs=2)
+    retries = [t for t in trials if "retry_of" in t.user_attrs]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].user_attrs["crash_detected_by"] == "heartbeat"
+    crashed = [t for t in trials if t.number == retries[0].user_attrs["retry_of"]]
+    assert crashed[0].state == TrialState.FAIL and crashed[0].params == retries[0].params
+    assert crashed[0].user_attrs["worker"].endswith(f":{victim.pid}")
     assert client.get_run(crashed[0].user_attrs["run_id.has_aux"]).info.status == "KILLED"
 
 

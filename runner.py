@@ -10,6 +10,7 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 
 from experiments.config import ConfigError
@@ -230,7 +231,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import mlflow.pyfunc
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
-    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    with warnings.catch_warnings():  # MLflow's advice on type hints; see pyfunc_model.py
+        warnings.simplefilter("ignore", UserWarning)
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     result = model.predict(digits)
     width = max(len(p) for p in args.images)
     for path, (_, row) in zip(args.images, result.iterrows(), strict=True):

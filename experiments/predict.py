@@ -15,13 +15,6 @@ from typing import Any
 
 import numpy as np
 
-try:
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # the module is also imported where only image loading is needed
-    PythonModel = object  # type: ignore[assignment,misc]
-
-from experiments.data import normalize
-
 PIP_REQUIREMENTS = ["mindspore==2.10.0", "numpy==1.26.4", "pandas==2.3.3", "pillow==11.3.0"]
 
 
@@ -89,36 +82,6 @@ def as_digits(data: Any) -> np.ndarray:
     return array.astype(np.uint8)
 
 
-class DigitClassifier(PythonModel):
-    """Raw digits in; digit and probabilities out, through MindSpore `Model.predict`."""
-
-    def load_context(self, context: Any) -> None:
-        import mindspore
-
-        from experiments.model import Network
-
-        net = Network()
-        mindspore.load_checkpoint(context.artifacts["weights"], net)
-        net.set_train(False)
-        self.model = mindspore.train.Model(net)
-
-    # No type hints here: MLflow would read them as a competing input schema.
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-        from mindspore import Tensor
-
-        digits = as_digits(model_input.to_numpy() if hasattr(model_input, "to_numpy")
-                           else model_input)
-        logits = self.model.predict(Tensor(normalize(digits))).asnumpy().astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        frame = pd.DataFrame(probs, columns=[f"p{i}" for i in range(10)])
-        frame.insert(0, "probability", probs.max(axis=1))
-        frame.insert(0, "digit", probs.argmax(axis=1))
-        return frame
-
-
 def resolve_model(client: Any, spec: str) -> str:
     """A run id of the project's store, or `best:SWEEP.yaml` for the sweep's best trial."""
     from mlflow.exceptions import MlflowException
@@ -149,6 +112,8 @@ def log_model(client: Any, run_id: str, net: Any, example: np.ndarray) -> None:
     import mindspore
     import mlflow.pyfunc
     from mlflow.models import infer_signature
+
+    from experiments.pyfunc_model import DigitClassifier
 
     package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():

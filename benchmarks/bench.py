@@ -68,7 +68,7 @@ def markdown(results: dict) -> str:
         if not rows:
             continue
         lines += ["", f"### {section}", ""]
-        keys = list(rows[0])
+        keys = list(dict.fromkeys(k for row in rows for k in row))
         lines.append("| " + " | ".join(keys) + " |")
         lines.append("|" + "---|" * len(keys))
         for row in rows:

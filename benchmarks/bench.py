@@ -9,9 +9,10 @@ measured in the same script run:
    same MLP in PyTorch eager (if torch is installed) and vs the tutorial's own epoch;
 3. tracking overhead: a tracked trial vs the same trial untracked;
 4. sweep throughput: trials per minute with 1 and 2 workers (pinned and not);
-5. pruning: epochs spent and best accuracy on sweeps/lr.yaml with and without the pruner.
+5. pruning: epochs spent and best accuracy on sweeps/lr.yaml with and without the pruner;
+6. compare: 200 runs of 10 epochs into pandas, vs one history request per run per metric.
 
-    python benchmarks/bench.py [--quick] [--only 1,2,3,4,5] [--out benchmarks/results.json]
+    python benchmarks/bench.py [--quick] [--only 1,2,3,4,5,6] [--out benchmarks/results.json]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_compare  # noqa: E402
 import bench_sweeps  # noqa: E402
 import bench_train  # noqa: E402
 
@@ -85,7 +87,8 @@ def _cell(value: object) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes (a smoke run)")
-    p.add_argument("--only", default="1,2,3,4,5", help="sections to run, e.g. 1,3")
+    p.add_argument("--only", default="1,2,3,4,5,6",
+                   help="sections to run, e.g. 1,3 (others are kept from --out if present)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     args = p.parse_args()
     only = {int(x) for x in args.only.split(",") if x.strip()}
@@ -102,6 +105,12 @@ def main() -> int:
         sections["2. full epoch, 60k train + 10k test (s)"] = bench_train.epoch(args.quick)
     if 3 in only:
         sections["3. tracking overhead (s per trial)"] = bench_train.tracking(args.quick)
+    if 6 in only:
+        sections["6. compare in pandas"] = bench_compare.compare_speed(args.quick)
+    out = Path(args.out)
+    if out.exists() and only != set(range(1, 7)):
+        kept = json.loads(out.read_text()).get("sections", {})
+        sections = {**{k: v for k, v in kept.items() if k not in sections}, **sections}
     order = sorted(sections)
     results = {"machine": machine(), "quick": args.quick,
                "sections": {k: sections[k] for k in order}}

@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from experiments.config import ConfigError
+from experiments.config import ConfigError, one_line
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -250,8 +250,15 @@ def cmd_autodiff(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in results) else 1
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error:` line and exit 2 like any bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="runner.py", description=__doc__.splitlines()[0])
+    p = Parser(prog="runner.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     set_help = "override a config key, e.g. --set learning_rate=0.1 --set data.path=DIR"
 
@@ -300,7 +307,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except ConfigError as exc:
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     _sigterm_as_interrupt()
     from experiments.compare import CompareError
     from experiments.data import DataError
@@ -311,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except (ConfigError, DataError, SweepError, CompareError, PredictError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; rerun the same command to resume",

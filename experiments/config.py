@@ -18,6 +18,12 @@ class ConfigError(ValueError):
     """Bad user input; the message is one line that names the key and what is allowed."""
 
 
+def one_line(message: str) -> str:
+    """User text (keys, values, paths) may hold newlines or control characters: escape them
+    so that an error is always exactly one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     # The seed downloads into ./MNIST_Data; an existing MNIST folder there is used as is.
@@ -70,7 +76,7 @@ def allowed(key: str) -> str:
 def coerce(key: str, value: Any) -> Any:
     """Convert a raw value (a CLI string or a YAML scalar) for `key`, or raise ConfigError."""
     if key not in _RULES:
-        raise ConfigError(f"unknown config key '{key}'; known keys: {', '.join(KEYS)}")
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
     kind, low, high, text = _RULES[key]
     bad = ConfigError(f"config key '{key}': expected {text}, got {value!r}")
     if kind == "int":

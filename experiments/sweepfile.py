@@ -71,7 +71,7 @@ class _Reader:
         self.path = path
 
     def fail(self, key: str, problem: str) -> SweepError:
-        return SweepError(f"{self.path}: {key}: {problem}")
+        return SweepError(cfg.one_line(f"{self.path}: {key}: {problem}"))
 
     def mapping(self, value: Any, key: str) -> dict:
         if not isinstance(value, dict):
@@ -127,14 +127,15 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Sweep:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SweepError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise SweepError(cfg.one_line(f"{path}: cannot read: {reason}")) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise SweepError(f"{path}: malformed YAML{where}: {problem}") from None
+        raise SweepError(cfg.one_line(f"{path}: malformed YAML{where}: {problem}")) from None
     raw = r.mapping(raw, "(top level)")
     r.known(raw, "", TOP_KEYS)
     for required in ("name", "parameters"):

@@ -151,19 +151,20 @@ def wait_for(predicate, timeout=180.0):
     return False
 
 
+def one_done_one_running(folder: Path) -> bool:
+    """A trial has finished and the next one is training: a good moment for a fault."""
+    try:
+        trials = journal_study(folder, "tiny").get_trials()
+    except Exception:  # the journal may not exist yet
+        return False
+    states = [t.state for t in trials]
+    return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING
+
+
 def test_kill_9_mid_sweep_then_resume(tmp_path):
     args = ("sweep", str(TINY), "--n-trials", "4")
     proc = cli(*args, cwd=tmp_path)
-
-    def one_done_one_running():
-        try:
-            trials = journal_study(tmp_path, "tiny").get_trials()
-        except Exception:
-            return False
-        states = [t.state for t in trials]
-        return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING
-
-    assert wait_for(one_done_one_running), proc.communicate()[0]
+    assert wait_for(lambda: one_done_one_running(tmp_path)), proc.communicate()[0]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     again = cli(*args, cwd=tmp_path)
@@ -205,16 +206,7 @@ def test_workers_share_one_study(tmp_path, workers):
 def test_interrupt_marks_and_resumes(tmp_path, sig):
     args = ("sweep", str(TINY), "--n-trials", "3")
     proc = cli(*args, cwd=tmp_path)
-
-    def running():
-        try:
-            trials = journal_study(tmp_path, "tiny").get_trials()
-        except Exception:
-            return False
-        return any(t.state == TrialState.COMPLETE for t in trials) and \
-            trials[-1].state == TrialState.RUNNING
-
-    assert wait_for(running), proc.communicate()[0]
+    assert wait_for(lambda: one_done_one_running(tmp_path)), proc.communicate()[0]
     proc.send_signal(sig)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, output

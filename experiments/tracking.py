@@ -10,7 +10,6 @@ ids, which works the same in one process and across worker processes.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import platform
@@ -182,9 +181,6 @@ class Run:
 
         self.client.log_figure(self.run_id, figure, name)
         plt.close(figure)
-
-    def log_json(self, payload: Any, name: str) -> None:
-        self.client.log_text(self.run_id, json.dumps(payload, indent=2, default=str), name)
 
     def end(self, status: str = "FINISHED") -> None:
         faults.point("run_end")

@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from experiments import interrupts
 from experiments.config import ConfigError, one_line
 
 EXIT_BAD_INPUT = 2
@@ -20,15 +21,6 @@ EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 STORAGE_PREFIXES = ("postgresql://", "postgresql+psycopg2://", "mysql://", "sqlite:///",
                     "journal:")
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM ends like Ctrl-C: runs and trials are closed as interrupted, then exit 130."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 FALLBACK_ENV = "RUNNER_DATA_FALLBACK"  # set for sweep workers once the parent fell back
@@ -148,6 +140,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def run_workers(args: argparse.Namespace, parent: str, store_url: str, fallback: str) -> None:
     """Start N worker processes on the same study, pinned one per core where cores allow."""
     import subprocess
+    import time
 
     cpus = sorted(os.sched_getaffinity(0))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
@@ -165,16 +158,15 @@ def run_workers(args: argparse.Namespace, parent: str, store_url: str, fallback:
         for item in args.set or []:
             cmd += ["--set", item]
         procs.append(subprocess.Popen(cmd, env=env))
-    try:
-        for p in procs:
-            p.wait()
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait()
-        raise
+    while any(p.poll() is None for p in procs):
+        if interrupts.requested():
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait()
+            raise KeyboardInterrupt
+        time.sleep(0.2)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -312,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _sigterm_as_interrupt()
+    # SIGTERM ends like Ctrl-C: runs and trials closed as interrupted, then exit 130.
+    interrupts.install()
     from experiments.compare import CompareError
     from experiments.data import DataError
     from experiments.predict import PredictError

@@ -6,6 +6,7 @@ import sys
 
 from tqdm import tqdm
 
+from experiments import interrupts
 from experiments.train import Callbacks, EpochResult
 
 
@@ -36,6 +37,7 @@ def epoch_bars(epochs: int, prefix: str = "", enabled: bool = True) -> Callbacks
                             leave=False, disable=not (enabled and _tty()), file=sys.stderr)
 
     def step(epoch: int, n: int) -> None:
+        interrupts.check()  # between steps: never inside a database write
         state["bar"].update(1)
 
     def end(result: EpochResult) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments import faults
+from experiments import faults, interrupts
 from experiments.sweepfile import Param, Sweep
 
 FAIL_KIND = "fail_kind"  # user attr: why a FAIL trial does not count towards the budget
@@ -234,6 +234,7 @@ def work(study: optuna.Study, spec: Sweep, objective: Callable[[optuna.Trial], f
             raise
 
     while deadline is None or time.time() < deadline:
+        interrupts.check()
         trials = study.get_trials(deepcopy=False)
         done = sum(counts(t) for t in trials)
         if done >= limit:

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from importlib import metadata
@@ -36,6 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_compare  # noqa: E402
 import bench_sweeps  # noqa: E402
 import bench_train  # noqa: E402
+
+# (number, title, measure) in run order: the subprocess sweeps first, while the cores are
+# still theirs alone.
+SECTIONS = [
+    (4, "sweep throughput", bench_sweeps.throughput),
+    (5, "pruning on sweeps/lr.yaml", bench_sweeps.pruning),
+    (1, "train step (ms/step)", bench_train.steps),
+    (2, "full epoch, 60k train + 10k test (s)", bench_train.epoch),
+    (3, "tracking overhead (s per trial)", bench_train.tracking),
+    (6, "compare in pandas", bench_compare.compare_speed),
+]
 
 
 def machine() -> dict:
@@ -56,10 +66,6 @@ def machine() -> dict:
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions,
             "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
 
 
 def markdown(results: dict) -> str:
@@ -93,22 +99,10 @@ def main() -> int:
     args = p.parse_args()
     only = {int(x) for x in args.only.split(",") if x.strip()}
     np.random.seed(0)
-    sections: dict[str, list[dict]] = {}
-    # Subprocess sections first: they need the cores to themselves.
-    if 4 in only:
-        sections["4. sweep throughput"] = bench_sweeps.throughput(args.quick)
-    if 5 in only:
-        sections["5. pruning on sweeps/lr.yaml"] = bench_sweeps.pruning(args.quick)
-    if 1 in only:
-        sections["1. train step (ms/step)"] = bench_train.steps(args.quick)
-    if 2 in only:
-        sections["2. full epoch, 60k train + 10k test (s)"] = bench_train.epoch(args.quick)
-    if 3 in only:
-        sections["3. tracking overhead (s per trial)"] = bench_train.tracking(args.quick)
-    if 6 in only:
-        sections["6. compare in pandas"] = bench_compare.compare_speed(args.quick)
+    sections = {f"{number}. {title}": measure(args.quick)
+                for number, title, measure in SECTIONS if number in only}
     out = Path(args.out)
-    if out.exists() and only != set(range(1, 7)):
+    if out.exists() and only != {number for number, _, _ in SECTIONS}:
         kept = json.loads(out.read_text()).get("sections", {})
         sections = {**{k: v for k, v in kept.items() if k not in sections}, **sections}
     order = sorted(sections)

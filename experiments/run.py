@@ -39,6 +39,7 @@ def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Traine
                 save_model: bool = True) -> Outcome:
     """Train `config` and record it as one MLflow run; returns what happened."""
     run = Run.start(client, experiment, run_name, flatten(config), tags, parent_run_id)
+    faults.point("run_started")
     if on_run_start:
         on_run_start(run.run_id)
     outcome = Outcome(run.run_id)

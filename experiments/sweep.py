@@ -112,7 +112,17 @@ def on_crashed(client: Any) -> Callable[..., None]:
 
     def handle(study: optuna.Study, t: FrozenTrial, how: str = "") -> None:
         st.mark_failed(study, t, "crashed", how=how)
-        for run_id in run_ids(study._storage.get_trial(t._trial_id)):
+        # A process killed between creating a run and recording its id on the trial leaves
+        # a run only its tags can find, so look for those too.
+        found = set(run_ids(study._storage.get_trial(t._trial_id)))
+        exp = client.get_experiment_by_name(study.study_name)
+        if exp is not None:
+            tagged = client.search_runs(
+                [exp.experiment_id],
+                f"tags.sweep = '{study.study_name}' and tags.trial = '{t.number}' "
+                "and attributes.status = 'RUNNING'")
+            found |= {r.info.run_id for r in tagged}
+        for run_id in sorted(found):
             client.set_tag(run_id, "state", "FAIL")
             if client.get_run(run_id).info.status == "RUNNING":
                 client.set_tag(run_id, "failure_reason", "worker process died (crash or kill -9)")

@@ -51,12 +51,13 @@ def check_complete(trials, client, runs, budget, epochs):
 
 
 def test_fault_injection_loop(tmp_path):
-    """SIGKILL at 11 points (named ones and a random moment), resume after each."""
+    """SIGKILL at 12 points (named ones and a random moment), resume after each."""
     rng = random.Random(0)
-    faults = ["trial_start:2", "log_epoch:1", "evaluate:3", "log_artifacts:1", "run_end:2",
-              "before_tell:1", "log_epoch:5", "evaluate:1", "run_end:1", "finalize:1"]
+    faults = ["trial_start:2", "run_started:1", "log_epoch:1", "evaluate:3", "log_artifacts:1",
+              "run_end:2", "before_tell:1", "log_epoch:5", "evaluate:1", "run_end:1",
+              "finalize:1"]
     args = sweep_cmd(str(TINY), "--n-trials", "6")
-    killed = 0
+    survived = []
     for fault in [*faults, "random"]:
         if fault == "random":
             proc = subprocess.Popen(args, cwd=tmp_path, env=env_without_tracking(),
@@ -68,8 +69,10 @@ def test_fault_injection_loop(tmp_path):
             code = subprocess.run(args, cwd=tmp_path, env=env_without_tracking(
                 RUNNER_FAULT=fault), capture_output=True, timeout=600).returncode
         assert code in (0, -signal.SIGKILL), (fault, code)
-        killed += code == -signal.SIGKILL
-    assert killed >= 10
+        if code == 0:
+            survived.append(fault)
+    # Only the random moment may miss: every named point is reached before the budget is met.
+    assert survived in ([], ["random"]), survived
     final = subprocess.run(args, cwd=tmp_path, env=env_without_tracking(), capture_output=True,
                            text=True, timeout=600)
     assert final.returncode == 0, final.stderr

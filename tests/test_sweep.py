@@ -158,7 +158,10 @@ def one_done_one_running(folder: Path) -> bool:
     except Exception:  # the journal may not exist yet
         return False
     states = [t.state for t in trials]
-    return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING
+    # The run id is recorded just before training starts; without it the kill could land
+    # before the run exists, and the test would not see a run closed as KILLED.
+    return (TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING
+            and "run_id.has_aux" in trials[-1].user_attrs)
 
 
 def test_kill_9_mid_sweep_then_resume(tmp_path):

@@ -80,7 +80,7 @@ def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Traine
     finally:
         run.set_tags({"init_weights_digest": trainer.init_digest})
         if outcome.history:
-            run.log_figure(plots.learning_curves(outcome.history, run_name), "learning_curves.png")
+            run.log_image(plots.learning_curves(outcome.history, run_name), "learning_curves.png")
         run.end(status)
     return outcome
 
@@ -88,11 +88,14 @@ def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Traine
 def _log_results(run: Run, trainer: Trainer, prepared: Prepared, data: Mnist, eval_batch: int,
                  save_model: bool) -> None:
     """What a person looks at after training: confusions, sample digits, the model."""
-    predicted = trainer.logits(prepared.test_x, eval_batch).argmax(axis=1)
-    run.log_figure(plots.confusion(prepared.test_y, predicted), "confusion_matrix.png")
+    # fit() ends with an evaluation of the final weights on the test set.
+    predicted = trainer.predictions
+    if len(predicted) != len(prepared.test_y):
+        predicted = trainer.logits(prepared.test_x, eval_batch).argmax(axis=1)
+    run.log_image(plots.confusion(prepared.test_y, predicted), "confusion_matrix.png")
     faults.point("log_artifacts")
-    run.log_figure(plots.digit_grid(data.test_images, prepared.test_y, predicted),
-                   "test_digits.png")
+    run.log_image(plots.digit_grid(data.test_images, prepared.test_y, predicted),
+                  "test_digits.png")
     if save_model:
         from experiments.predict import log_model
 

@@ -10,6 +10,7 @@ ids, which works the same in one process and across worker processes.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import platform
@@ -107,6 +108,7 @@ def server_args(host: str, port: int) -> list[str]:
     return args
 
 
+@functools.cache
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for package in PACKAGES:
@@ -175,6 +177,10 @@ class Run:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_image(self, image: Any, name: str) -> None:
+        """A PIL image as a PNG artifact."""
+        self.client.log_image(self.run_id, image, artifact_file=name)
 
     def log_figure(self, figure: Any, name: str) -> None:
         import matplotlib.pyplot as plt

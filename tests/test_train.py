@@ -95,7 +95,7 @@ def test_fast_path_equals_straightforward_path(prepared, mode):
 
     config = cfg.build({"epochs": 2, "grad_mode": mode, "batch_size": 96, "seed": 5})
     single = fit(config, prepared, Trainer(mode, steps_per_call=1))
-    chunked = fit(config, prepared, Trainer(mode, steps_per_call=4))
+    chunked = fit(config, prepared, Trainer(mode))  # the default, STEPS_PER_CALL
     for a, b in zip(single, chunked, strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
         assert a.test_loss == pytest.approx(b.test_loss, rel=1e-6)
@@ -103,11 +103,11 @@ def test_fast_path_equals_straightforward_path(prepared, mode):
 
 
 def test_divergence_step_is_exact_inside_a_chunk(prepared):
-    from experiments.train import Trainer
+    from experiments.train import STEPS_PER_CALL, Trainer
 
     config = cfg.build({"grad_mode": "no_aux", "epochs": 1})
     steps = []
-    for k in (1, 4):
+    for k in (1, STEPS_PER_CALL):
         with pytest.raises(Diverged) as err:
             fit(config, prepared, Trainer("no_aux", steps_per_call=k))
         steps.append((err.value.step, err.value.losses[:-1]))

@@ -145,6 +145,7 @@ class Run:
         """Which digits trained this run: source, sizes and a content digest."""
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         dataset = mlflow.data.from_numpy(
             data.train_images.reshape(len(data.train_images), -1), source=data.source,
@@ -154,8 +155,19 @@ class Run:
         if data.fallback_reason:
             tags["data.fallback"] = data.fallback_reason[:5000]
         self.set_tags(tags)
-        self.client.log_inputs(self.run_id, [DatasetInput(
-            dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])
+        inputs = [DatasetInput(dataset._to_mlflow_entity(),
+                               [InputTag("mlflow.data.context", "training")])]
+        # MLflow's store looks the dataset up and then inserts it: two workers logging the
+        # same new dataset at once make one of them fail on the unique key (reproduced in
+        # tests/test_tracking.py). The second attempt finds the row and links it.
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, inputs)
+                return
+            except MlflowException:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric

@@ -37,7 +37,11 @@ def sweep_cmd(*args) -> list[str]:
 
 def check_complete(trials, client, runs, budget, epochs):
     """The invariants: exact budget, nothing RUNNING, every finished run fully recorded."""
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == budget
+    others = [(t.number, t.state.name, t.user_attrs.get("fail_kind"), t.user_attrs.get(
+        "fail_reason"), t.params) for t in trials
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED)]
+    counted = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert counted == budget, others
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert not [r for r in runs if r.info.status == "RUNNING"]
     for t in trials:

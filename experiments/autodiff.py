@@ -3,10 +3,14 @@
 The seed differentiates `z = x @ w + b`, `loss = BCE-with-logits(z, y)` four ways and
 states: a function returning (loss, z) differentiated as is gives grad(loss) + grad(sum z);
 `stop_gradient(z)` and `has_aux=True` both give grad(loss) alone.
+
+Below it, the gradient diagnostics the training loop logs every epoch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,3 +96,24 @@ def report(grads: dict[str, list[np.ndarray]], results: list[Check]) -> str:
         verdict = "ok  " if check.ok else "FAIL"
         lines.append(f"{verdict} {check.name}  (max |error| {check.max_error:.2e})")
     return "\n".join(lines)
+
+
+# --- diagnostics the training loop logs every epoch ------------------------------------
+
+
+def weights_digest(weights: list[np.ndarray]) -> str:
+    """A short content hash of the weights: paired runs must start from the same one."""
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+
+def grad_relation(aux: list[np.ndarray], no_aux: list[np.ndarray]) -> tuple[float, float]:
+    """(cosine, norm ratio no_aux/has_aux) of the two flattened gradients."""
+    a = np.concatenate([g.ravel() for g in aux]).astype(np.float64)
+    b = np.concatenate([g.ravel() for g in no_aux]).astype(np.float64)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if not (na > 0 and nb > 0 and math.isfinite(na) and math.isfinite(nb)):
+        return math.nan, math.nan
+    return float(a @ b / (na * nb)), float(nb / na)

@@ -14,7 +14,6 @@ Training code never prints: progress goes to callbacks.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from experiments import faults
+from experiments.autodiff import grad_relation, weights_digest
 from experiments.config import GRAD_MODES, Config
 from experiments.data import Mnist, batch_slices, n_batches, normalize
 from experiments.model import Network
@@ -295,24 +295,6 @@ class Trainer:
         """The has_aux and no_aux gradients of this batch, without touching the weights."""
         aux, no_aux = self.grad_pair(data, label)
         return {"has_aux": [g.asnumpy() for g in aux], "no_aux": [g.asnumpy() for g in no_aux]}
-
-
-def weights_digest(weights: list[np.ndarray]) -> str:
-    """A short content hash of the weights: paired runs must start from the same one."""
-    h = hashlib.sha256()
-    for w in weights:
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()[:16]
-
-
-def grad_relation(aux: list[np.ndarray], no_aux: list[np.ndarray]) -> tuple[float, float]:
-    """(cosine, norm ratio no_aux/has_aux) of the two flattened gradients."""
-    a = np.concatenate([g.ravel() for g in aux]).astype(np.float64)
-    b = np.concatenate([g.ravel() for g in no_aux]).astype(np.float64)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if not (na > 0 and nb > 0 and math.isfinite(na) and math.isfinite(nb)):
-        return math.nan, math.nan
-    return float(a @ b / (na * nb)), float(nb / na)
 
 
 def fit(config: Config, data: Prepared, trainer: Trainer,

@@ -51,7 +51,7 @@ def test_gradient_relations_on_a_real_batch(prepared, trainers):
     _, stop_grads = stop.train_step.grad_fn(x, y)
     for a, s in zip(grads["has_aux"], stop_grads, strict=True):
         np.testing.assert_array_equal(a, s.asnumpy())
-    from experiments.train import grad_relation
+    from experiments.autodiff import grad_relation
 
     cosine, ratio = grad_relation(grads["has_aux"], grads["no_aux"])
     assert cosine < 0.99 and ratio > 1

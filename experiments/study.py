@@ -242,11 +242,13 @@ def work(study: optuna.Study, spec: Sweep, objective: Callable[[optuna.Trial], f
         running = [t for t in trials if t.state == TrialState.RUNNING]
         if done + len(running) >= limit:
             # RDB storage knows dead workers on any machine by their heartbeat; the journal
-            # (one machine) by their process.
-            if isinstance(study._storage, optuna.storages.RDBStorage):
-                optuna.storages.fail_stale_trials(study)
-            else:
+            # (one machine) by their process. Optuna wraps an RDBStorage in a cache, so test
+            # for the journal: an isinstance test for RDBStorage is always false, and then a
+            # dead worker on another machine was never failed and this loop waited forever.
+            if isinstance(study._storage, optuna.storages.JournalStorage):
                 recover(study, on_crashed)
+            else:
+                optuna.storages.fail_stale_trials(study)
             time.sleep(poll_s)
             continue
         study.optimize(wrapped, n_trials=1, catch=(Exception,), gc_after_trial=False)

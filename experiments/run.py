@@ -55,7 +55,7 @@ def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Traine
         run.log_config(as_dict(config))
         run.log_data(data, {"train": len(prepared.train_y), "test": len(prepared.test_y)})
         fit(config, prepared, trainer, callbacks)
-        _log_results(run, trainer, prepared, data, config.data.eval_batch_size, save_model)
+        _log_results(run, trainer, prepared, data, save_model)
         status = "FINISHED"
     except Diverged as exc:
         outcome.diverged = exc
@@ -85,13 +85,10 @@ def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Traine
     return outcome
 
 
-def _log_results(run: Run, trainer: Trainer, prepared: Prepared, data: Mnist, eval_batch: int,
+def _log_results(run: Run, trainer: Trainer, prepared: Prepared, data: Mnist,
                  save_model: bool) -> None:
     """What a person looks at after training: confusions, sample digits, the model."""
-    # fit() ends with an evaluation of the final weights on the test set.
-    predicted = trainer.predictions
-    if len(predicted) != len(prepared.test_y):
-        predicted = trainer.logits(prepared.test_x, eval_batch).argmax(axis=1)
+    predicted = trainer.predictions  # fit() ends by evaluating the final weights on the test set
     run.log_image(plots.confusion(prepared.test_y, predicted), "confusion_matrix.png")
     faults.point("log_artifacts")
     run.log_image(plots.digit_grid(data.test_images, prepared.test_y, predicted),

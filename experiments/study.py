@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments import faults, interrupts
+from experiments.retry import retry
 from experiments.sweepfile import Param, Sweep
 
 FAIL_KIND = "fail_kind"  # user attr: why a FAIL trial does not count towards the budget
@@ -47,22 +48,9 @@ def storage(url: str | None, root: Path, on_crashed: Callable[..., None]) -> Any
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return _retry(lambda: optuna.storages.RDBStorage(
+    return retry(lambda: optuna.storages.RDBStorage(
         url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
         failed_trial_callback=lambda study, t: on_crashed(study, t, "heartbeat")))
-
-
-def _retry(make: Callable[[], Any], attempts: int = 5) -> Any:
-    """Workers starting at once race to create the same schema or study; the loser retries
-    and then finds what the winner made."""
-    for attempt in range(attempts):
-        try:
-            return make()
-        except Exception:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5 + attempt)
-    raise AssertionError("unreachable")
 
 
 def _sampler(spec: Sweep, seed: int) -> optuna.samplers.BaseSampler:
@@ -90,8 +78,8 @@ def _pruner(spec: Sweep) -> optuna.pruners.BasePruner:
 
 def open_study(spec: Sweep, store: Any) -> optuna.Study:
     """Create or load the study (the sampler is re-seeded per trial, see `work`)."""
-    study = _retry(lambda: optuna.create_study(study_name=spec.name, storage=store,
-                                               load_if_exists=True, direction=spec.goal))
+    study = retry(lambda: optuna.create_study(study_name=spec.name, storage=store,
+                                              load_if_exists=True, direction=spec.goal))
     study.sampler = _sampler(spec, spec.seed)
     study.pruner = _pruner(spec)
     return study

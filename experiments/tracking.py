@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import faults
+from experiments.retry import retry
 
 MLRUNS = Path("mlruns")
 PACKAGES = ("mindspore", "numpy", "mlflow", "optuna", "pandas")
@@ -160,14 +161,8 @@ class Run:
         # MLflow's store looks the dataset up and then inserts it: two workers logging the
         # same new dataset at once make one of them fail on the unique key (reproduced in
         # tests/test_tracking.py). The second attempt finds the row and links it.
-        for attempt in range(3):
-            try:
-                self.client.log_inputs(self.run_id, inputs)
-                return
-            except MlflowException:
-                if attempt == 2:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        retry(lambda: self.client.log_inputs(self.run_id, inputs), attempts=3,
+              catch=MlflowException, pause_s=0.2, growth_s=0.2)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric

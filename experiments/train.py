@@ -286,11 +286,6 @@ class Trainer:
         self.predictions = np.concatenate(predicted)
         return loss_sum / len(y), correct / len(y)
 
-    def logits(self, x: np.ndarray, batch_size: int) -> np.ndarray:
-        self.model.set_train(False)
-        return np.concatenate([self.model(Tensor.from_numpy(x[s : s + batch_size])).asnumpy()
-                               for s in range(0, len(x), batch_size)])
-
     def gradients(self, data: Tensor, label: Tensor) -> dict[str, list[np.ndarray]]:
         """The has_aux and no_aux gradients of this batch, without touching the weights."""
         aux, no_aux = self.grad_pair(data, label)

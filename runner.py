@@ -16,6 +16,7 @@ from collections.abc import Callable
 from experiments import interrupts
 from experiments.config import ConfigError, one_line
 
+EXIT_INCOMPLETE = 1
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
@@ -47,8 +48,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = cfg.build(cfg.parse_overrides(args.set))
     experiment = args.experiment.strip()
-    if not experiment:
-        raise ConfigError("--experiment: expected a non-empty experiment name")
+    if not experiment or not experiment.isprintable() or len(experiment) > 500:
+        raise ConfigError(f"--experiment: expected a name of 1-500 printable characters, got "
+                          f"{args.experiment!r}")
     mnist = load_data(config.data.path, config.data.download)
 
     from experiments import progress, tracking
@@ -88,16 +90,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         print(describe(spec))
         return 0
+    from experiments import study
+    from experiments.tracking import MLRUNS
+
+    store_url = args.storage or f"journal:{(MLRUNS / 'optuna' / 'journal.log').resolve()}"
+    recovery = study.Recovery()
+    # A study of this name that asks another question is refused before anything is written.
+    store = study.storage(store_url, MLRUNS, recovery, create=False)
+    changed = study.check(spec, store, args.allow_change) if store is not None else []
     config = cfg.build(spec.fixed)
     mnist = load_data(config.data.path, config.data.download)
 
-    from experiments import progress, study, sweep, tracking
+    from experiments import progress, sweep, tracking
     from experiments.train import Prepared
 
     client = tracking.client()
-    crashed = sweep.on_crashed(client)
-    store_url = args.storage or f"journal:{(tracking.MLRUNS / 'optuna' / 'journal.log').resolve()}"
-    optuna_study = study.open_study(spec, study.storage(store_url, tracking.MLRUNS, crashed))
+    recovery.close_runs = sweep.close_runs(client)
+    store = store or study.storage(store_url, MLRUNS, recovery)
+    optuna_study = study.open_study(spec, store)
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
     worker = args.parent_run is not None
     if worker:
@@ -105,11 +115,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.pin_cpu is not None:
             os.sched_setaffinity(0, {args.pin_cpu})
     else:
-        recovered = study.recover(optuna_study, crashed)
+        recovered = study.recover(optuna_study, recovery)
         if recovered:
             progress.say(f"{recovered} trial(s) left RUNNING by a dead process: marked FAIL, "
                          "their MLflow runs KILLED, their params queued for one retry")
-        parent = sweep.parent_run(client, spec, sweep.sweep_text(args.sweep))
+        orphans = sweep.close_orphans(client, optuna_study)
+        if orphans:
+            progress.say(f"{orphans} MLflow run(s) of finished trials left RUNNING by a process "
+                         "that is gone: closed as KILLED")
+        parent = sweep.parent_run(client, spec, sweep.sweep_text(args.sweep), changed)
     bar = progress.trial_bar(study.budget(spec), len(study.finished(optuna_study)),
                              enabled=not worker)
 
@@ -118,27 +132,44 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         bar.update(1)
         progress.say(sweep.trial_line(t, spec.metric))
 
-    complete = False
+    end = "failed"
     try:
         if args.workers > 1 and not worker:
-            run_workers(args, parent, store_url, mnist.fallback_reason)
+            died = run_workers(args, parent, store_url, mnist.fallback_reason,
+                               lambda: study.recover(optuna_study, recovery))
+            # Workers stop at the budget or the deadline; a shortfall without a deadline
+            # means some died (the others may have made up for them).
+            end = ("budget" if len(study.finished(optuna_study)) >= study.budget(spec)
+                   else "workers died" if died else "timeout" if deadline else "failed")
         else:
             ctx = sweep.Worker(spec, client, mnist, Prepared.from_mnist(mnist), parent,
                                lambda prefix, epochs: progress.epoch_bars(
                                    epochs, prefix, enabled=not worker))
-            study.work(optuna_study, spec, ctx.objective, done, crashed, deadline)
-        complete = len(study.finished(optuna_study)) >= study.budget(spec)
+            end = study.work(optuna_study, spec, ctx.objective, done, recovery, deadline)
+    except KeyboardInterrupt:
+        end = "interrupted"
+        raise
     finally:
         bar.close()
         if not worker:
-            sweep.finalize(client, parent, optuna_study, spec, complete)
+            with interrupts.shielded():
+                sweep.finalize(client, parent, optuna_study, spec, end)
     if not worker:
-        print(sweep.summary(optuna_study, spec, parent))
+        print(sweep.summary(optuna_study, spec, parent, end))
+    if end == "workers died":
+        raise sweepfile.SweepIncomplete(
+            "worker processes died before the budget was met; their trials are marked FAIL "
+            "and queued for a retry: rerun the same command to resume")
     return 0
 
 
-def run_workers(args: argparse.Namespace, parent: str, store_url: str, fallback: str) -> None:
-    """Start N worker processes on the same study, pinned one per core where cores allow."""
+def run_workers(args: argparse.Namespace, parent: str, store_url: str, fallback: str,
+                recover: Callable[[], int]) -> int:
+    """Start N worker processes on the same study, pinned one per core where cores allow.
+
+    Returns how many died (exited other than 0); the trials of a worker that died are
+    recovered at once, so that the others retry them.
+    """
     import subprocess
     import time
 
@@ -157,8 +188,12 @@ def run_workers(args: argparse.Namespace, parent: str, store_url: str, fallback:
             cmd += ["--n-trials", str(args.n_trials)]
         for item in args.set or []:
             cmd += ["--set", item]
-        procs.append(subprocess.Popen(cmd, env=env))
-    while any(p.poll() is None for p in procs):
+        # A process group of their own: a terminal's Ctrl-C reaches the parent only, which
+        # forwards one SIGTERM. Signalled twice (by the terminal and by the parent), a
+        # worker would stop inside the code that closes its runs.
+        procs.append(subprocess.Popen(cmd, env=env, process_group=0))
+    died: set[int] = set()
+    while True:
         if interrupts.requested():
             for p in procs:
                 if p.poll() is None:
@@ -166,6 +201,12 @@ def run_workers(args: argparse.Namespace, parent: str, store_url: str, fallback:
             for p in procs:
                 p.wait()
             raise KeyboardInterrupt
+        for i, p in enumerate(procs):
+            if p.poll() not in (None, 0) and i not in died:
+                died.add(i)
+                recover()
+        if all(p.poll() is not None for p in procs):
+            return len(died)
         time.sleep(0.2)
 
 
@@ -268,6 +309,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Optuna storage URL (postgresql://... for several machines); "
                         "default: a journal file in mlruns/optuna/")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
+    s.add_argument("--allow-change", action="store_true",
+                   help="continue a study whose sweep file changed (not its metric); the "
+                        "change and the new file are recorded on the parent run")
     s.add_argument("--dry-run", action="store_true",
                    help="validate, show the space and sample configs, write nothing")
     s.add_argument("--parent-run", default=None, help=argparse.SUPPRESS)
@@ -309,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.compare import CompareError
     from experiments.data import DataError
     from experiments.predict import PredictError
-    from experiments.sweepfile import SweepError
+    from experiments.sweepfile import SweepError, SweepIncomplete
 
     func: Callable[[argparse.Namespace], int] = args.func
     try:
@@ -317,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, SweepError, CompareError, PredictError) as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except SweepIncomplete as exc:
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; rerun the same command to resume",
               file=sys.stderr)

@@ -76,7 +76,7 @@ def _search(client: Any, name: str) -> list:
 def history(target: str, client: Any, found: list | None = None) -> pd.DataFrame:
     """Long form: run_id, trial, grad_mode, epoch, metric, value."""
     found = found if found is not None else _search(client, experiment_name(target))
-    meta = {r.info.run_id: r.data.tags for r in found}
+    meta = {r.info.run_id: {**r.data.tags, "grad_mode": _grad_mode(r)} for r in found}
     ids = list(meta)
     store = client._tracking_client.store
     # A SQL store answers one query per metric for many runs; a tracking server one request
@@ -94,9 +94,14 @@ def history(target: str, client: Any, found: list | None = None) -> pd.DataFrame
     frame = pd.DataFrame(rows, columns=["run_id", "epoch", "metric", "value"]).astype(
         {"epoch": "int64", "value": "float64"})
     frame["trial"] = frame["run_id"].map(lambda i: _trial(meta[i])).astype("Int64")
-    frame["grad_mode"] = frame["run_id"].map(lambda i: meta[i].get("grad_mode", ""))
+    frame["grad_mode"] = frame["run_id"].map(lambda i: meta[i]["grad_mode"])
     frame = frame[["run_id", "trial", "grad_mode", "epoch", "metric", "value"]]
     return frame.sort_values(["trial", "grad_mode", "metric", "epoch"]).reset_index(drop=True)
+
+
+def _grad_mode(run: Any) -> str:
+    """A sweep's runs are tagged with their mode; `runner.py train` records it as a param."""
+    return run.data.tags.get("grad_mode") or run.data.params.get("grad_mode", "")
 
 
 def _trial(tags: dict) -> int | None:
@@ -110,16 +115,19 @@ def runs(target: str, client: Any) -> pd.DataFrame:
     metric, ascending = sweep_metric(name, client)
     found = _search(client, name)
     if not found:
-        return pd.DataFrame(columns=["trial", "state", "grad_mode", "run_id"])
+        return pd.DataFrame(columns=["trial", "state", "grad_mode", "fail_kind", "run_id"])
     hist = history(name, client, found)
     best = _best_epochs(hist, metric, ascending)
     rows = []
     for r in found:
         tags, info = r.data.tags, r.info
         row = {"trial": _trial(tags), "state": tags.get("state", info.status),
-               "status": info.status, "grad_mode": tags.get("grad_mode", ""),
-               "role": tags.get("role", ""), "diverged": tags.get("outcome") == "diverged"}
+               "status": info.status, "role": tags.get("role", ""),
+               # Runs of a trial that crashed or was interrupted: not a result of the sweep.
+               "fail_kind": tags.get("fail_kind", ""),
+               "diverged": tags.get("outcome") == "diverged"}
         row |= {k: _typed(k, v) for k, v in sorted(r.data.params.items())}
+        row["grad_mode"] = _grad_mode(r)
         row |= {f"final_{k}": r.data.metrics.get(k, np.nan) for k in EPOCH_METRICS}
         row |= best.get(info.run_id, {})
         end = info.end_time or info.start_time
@@ -151,10 +159,11 @@ def paired(frame: pd.DataFrame, metrics: tuple[str, ...] = ("final_test_accuracy
                                                               "final_test_loss",
                                                               "final_train_loss")) -> pd.DataFrame:
     """One row per trial, a column per (metric, grad mode) and each mode's difference to the
-    trial's objective mode (the first listed in the ablation)."""
-    frame = frame[frame["trial"].notna()]
+    trial's objective mode (the first listed in the ablation). Trials that crashed or were
+    interrupted are left out: their variants did not all train, so nothing pairs."""
+    frame = frame[frame["trial"].notna() & (frame["fail_kind"] == "")]
     if frame.empty:
-        return pd.DataFrame()
+        return pd.DataFrame({"trial": pd.Series([], dtype="Int64")})
     objective = frame.loc[frame["role"] == "objective", "grad_mode"]
     base = objective.iloc[0] if len(objective) else frame["grad_mode"].iloc[0]
     wide = frame.pivot_table(index="trial", columns="grad_mode", values=list(metrics),
@@ -169,7 +178,8 @@ def paired(frame: pd.DataFrame, metrics: tuple[str, ...] = ("final_test_accuracy
     diverged = frame.pivot_table(index="trial", columns="grad_mode", values="diverged",
                                  aggfunc="first")
     for mode in diverged.columns:
-        out[f"diverged[{mode}]"] = diverged[mode].astype(bool)
+        # A mode that did not run in a trial has no answer, not False (and not NaN -> True).
+        out[f"diverged[{mode}]"] = diverged[mode].astype("boolean")
     return out.reset_index()
 
 

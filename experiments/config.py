@@ -1,17 +1,32 @@
 """One frozen config object per run, built from defaults and `--set KEY=VALUE` overrides.
 
 Every value is checked here, before anything touches the network, MindSpore or the
-tracking store, so that bad input costs nothing and writes nothing.
+tracking store, so that bad input costs nothing and writes nothing. What a key allows
+lives next to its field (`_key(...)` metadata); the key list and the checks derive from it.
+
+One rule reads a value, wherever it comes from: a `--set` value is read as a YAML scalar,
+exactly as the same text in a sweep file's `fixed:` is, then checked by its key's kind. So
+`epochs=2.0`, `data.download=on` and `grad_mode= has_aux` mean the same on the command
+line as in YAML. Text keys (paths) take the text as written, without surrounding spaces.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 GRAD_MODES = ("has_aux", "no_aux", "stop_gradient")
+# The learning rate trains as a float32: below the smallest normal float32 it becomes 0 (or
+# a subnormal that the CPU kernels flush to 0), above the largest it becomes inf.
+FLOAT32_TINY = 1.1754943508222875e-38
+FLOAT32_MAX = 3.4028234663852886e38
+# Names that become MLflow experiments, Optuna studies and artifact folders.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NAME_RULE = "letters, digits, '_', '.', '-' (1-100 characters, starting with a letter or digit)"
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
 class ConfigError(ValueError):
@@ -25,97 +40,141 @@ def one_line(message: str) -> str:
 
 
 @dataclass(frozen=True)
+class Rule:
+    """What one config key accepts."""
+
+    kind: str  # int, float, choice, bool or str
+    text: str  # what is allowed, in words, for messages
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+def _key(default: Any, rule: Rule) -> Any:
+    return field(default=default, metadata={"rule": rule})
+
+
+@dataclass(frozen=True)
 class DataConfig:
     # The seed downloads into ./MNIST_Data; an existing MNIST folder there is used as is.
-    path: str = "MNIST_Data"
+    path: str = _key("MNIST_Data", Rule("str", "a non-empty folder path"))
     # False never touches the network: a missing folder goes straight to the offline sample.
-    download: bool = True
+    download: bool = _key(True, Rule("bool", "true or false (also yes/no, on/off, 1/0)"))
     # Evaluation has no gradients, so a large compiled batch is both exact and fast.
-    eval_batch_size: int = 1000
+    eval_batch_size: int = _key(1000, Rule("int", "an integer from 1 to 100000", 1, 100_000))
 
 
 @dataclass(frozen=True)
 class Config:
     # The seed's hyper-parameters.
-    epochs: int = 3
-    batch_size: int = 64
-    learning_rate: float = 1e-2
+    epochs: int = _key(3, Rule("int", "an integer from 1 to 10000", 1, 10_000))
+    batch_size: int = _key(64, Rule("int", "an integer from 1 to 65536", 1, 65_536))
+    learning_rate: float = _key(1e-2, Rule(
+        "float", "a number from 1.2e-38 to 3.4e+38 (a positive normal float32, the dtype "
+        "that trains)", FLOAT32_TINY, FLOAT32_MAX))
     # has_aux is the seed; no_aux and stop_gradient are the autodiff ablations.
-    grad_mode: str = "has_aux"
+    grad_mode: str = _key("has_aux", Rule("choice", "one of " + ", ".join(GRAD_MODES),
+                                          choices=GRAD_MODES))
     # Seeds weights and data order: same config and seed give identical metrics on CPU.
-    seed: int = 0
+    seed: int = _key(0, Rule("int", "an integer from 0 to 4294967295", 0, 2**32 - 1))
     data: DataConfig = field(default_factory=DataConfig)
 
 
-# What each key allows: (kind, lower bound, upper bound or choices, text for messages).
-_RULES: dict[str, tuple[str, Any, Any, str]] = {
-    "epochs": ("int", 1, 10_000, "an integer from 1 to 10000"),
-    "batch_size": ("int", 1, 65_536, "an integer from 1 to 65536"),
-    "learning_rate": ("float", 0.0, math.inf, "a finite number > 0"),
-    "grad_mode": ("choice", None, GRAD_MODES, "one of " + ", ".join(GRAD_MODES)),
-    "seed": ("int", 0, 2**32 - 1, "an integer from 0 to 4294967295"),
-    "data.path": ("str", None, None, "a non-empty folder path"),
-    "data.download": ("bool", None, None, "true or false"),
-    "data.eval_batch_size": ("int", 1, 100_000, "an integer from 1 to 100000"),
-}
+def _rules(cls: type, prefix: str = "") -> dict[str, Rule]:
+    out: dict[str, Rule] = {}
+    for f in dataclasses.fields(cls):
+        if "rule" in f.metadata:
+            out[prefix + f.name] = f.metadata["rule"]
+        else:  # a nested config, e.g. data
+            out |= _rules(f.default_factory, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+    return out
 
+
+_RULES = _rules(Config)
 KEYS: tuple[str, ...] = tuple(_RULES)
-NUMERIC_KEYS = frozenset(k for k, rule in _RULES.items() if rule[0] in ("int", "float"))
+NUMERIC_KEYS = frozenset(k for k, rule in _RULES.items() if rule.kind in ("int", "float"))
+# Keys that say where the data comes from: one sweep trains on one dataset.
+DATA_SOURCE_KEYS = ("data.path", "data.download")
 
 
 def kind(key: str) -> str:
     """int, float, choice, bool or str."""
-    return _RULES[key][0]
+    return _RULES[key].kind
 
 
 def allowed(key: str) -> str:
     """What a key accepts, in words."""
-    return _RULES[key][3]
+    return _RULES[key].text
+
+
+def check_name(value: Any, what: str) -> str:
+    """A name that becomes an experiment, a study and a folder: checked, never escaped."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ConfigError(f"{what}: got {value!r}; allowed: {NAME_RULE}")
+    return value
+
+
+def _scalar(text: str) -> Any:
+    """A command-line value read as YAML reads a scalar; anything else stays text."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, str | int | float | bool) else text
 
 
 def coerce(key: str, value: Any) -> Any:
     """Convert a raw value (a CLI string or a YAML scalar) for `key`, or raise ConfigError."""
     if key not in _RULES:
         raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
-    kind, low, high, text = _RULES[key]
-    bad = ConfigError(f"config key '{key}': expected {text}, got {value!r}")
-    if kind == "int":
-        if isinstance(value, bool):
+    rule = _RULES[key]
+    bad = ConfigError(f"config key '{key}': expected {rule.text}, got {value!r}")
+    if rule.kind == "str":
+        # A path is text; a YAML number (2020) is the folder of that name.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip() or "\0" in value:
             raise bad
-        if isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise bad from None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or not low <= value <= high:
-            raise bad
-        return value
-    if kind == "float":
-        if isinstance(value, bool):
-            raise bad
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-        if not (math.isfinite(value) and value > low):
-            raise bad
-        return value
-    if kind == "choice":
-        if value not in high:
-            raise bad
-        return value
-    if kind == "bool":
+        return value.strip()
+    if isinstance(value, str):
+        value = _scalar(value.strip())
+    if rule.kind == "bool":
         if isinstance(value, bool):
             return value
-        text_value = str(value).strip().lower()
-        if text_value in ("true", "1", "yes"):
-            return True
-        if text_value in ("false", "0", "no"):
-            return False
+        words = str(value).strip().lower()
+        if words in _TRUE or words in _FALSE:
+            return words in _TRUE
         raise bad
-    if not isinstance(value, str) or not value.strip() or "\0" in value:
+    if rule.kind == "choice":
+        if not isinstance(value, str) or value.strip() not in rule.choices:
+            raise bad
+        return value.strip()
+    return _number(rule, value, bad)
+
+
+def _number(rule: Rule, value: Any, bad: ConfigError) -> int | float:
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text
+        try:
+            value = int(value) if rule.kind == "int" and value.lstrip("+-").isdigit() \
+                else float(value)
+        except ValueError:
+            raise bad from None
+    if not isinstance(value, int | float):
+        raise bad
+    if rule.kind == "int":
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise bad
+            value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise bad
+    if not rule.low <= value <= rule.high:  # type: ignore[operator]
         raise bad
     return value
 

@@ -117,12 +117,16 @@ def load_folder(root: Path, full: bool = False) -> Mnist:
 
 
 def download_mnist(dest: Path, url: str = MNIST_URL) -> Path:
-    """Download and unzip the seed's archive; move it to `dest` only once it is verified."""
+    """Download and unzip the seed's archive; move it to `dest` only once it is verified.
+
+    The download is staged next to the nearest existing ancestor of `dest` and the missing
+    folders are made only for the verified data, so a failed download leaves nothing.
+    """
     from download import download  # the seed's downloader; imported late, it is slow
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(dest)
-    with tempfile.TemporaryDirectory(prefix=".mnist-download-", dir=dest.parent) as tmp:
+    base = _writable_ancestor(dest)
+    remove_stale_partials(base)
+    with tempfile.TemporaryDirectory(prefix=".mnist-download-", dir=base) as tmp:
         try:
             download(url, tmp, kind="zip", replace=True, progressbar=False, verbose=False)
         except Exception as exc:  # the package raises bare errors of many kinds
@@ -130,8 +134,27 @@ def download_mnist(dest: Path, url: str = MNIST_URL) -> Path:
             raise DataError(f"download of {url} failed: {reason}") from None
         unpacked = Path(tmp) / "MNIST_Data"
         load_folder(unpacked, full=True)
-        unpacked.rename(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(unpacked), str(dest))
     return dest
+
+
+def _writable_ancestor(dest: Path) -> Path:
+    """The nearest existing folder above `dest`, checked by making (and removing) a folder
+    in it: permission bits say little to root, and /proc or a read-only mount refuse."""
+    base = dest.resolve().parent
+    while not base.exists():
+        base = base.parent
+    try:
+        if not base.is_dir():
+            raise NotADirectoryError(f"{base} is not a folder")
+        Path(tempfile.mkdtemp(prefix=".mnist-probe-", dir=base)).rmdir()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DataError(f"config key 'data.path': cannot create {dest} ({reason}); give a "
+                        "folder that exists or can be created, or data.download=false for "
+                        "the offline sample") from None
+    return base
 
 
 def offline_sample_path() -> Path:
@@ -170,6 +193,7 @@ def resolve(path: str, download: bool, warn: Callable[[str], None], url: str = M
         return load_folder(root)
     if not download:
         return load_offline_sample(reason=f"{root} does not exist and data.download=false")
+    _writable_ancestor(root)  # a bad path is the user's to fix, not a reason to fall back
     try:
         download_mnist(root, url)
     except DataError as exc:
@@ -217,8 +241,8 @@ def n_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-def remove_stale_partials(dest: Path, older_than_s: float = 600) -> None:
-    """Remove what a killed download left next to `dest` (a live one is younger)."""
-    for leftover in dest.parent.glob(".mnist-download-*"):
+def remove_stale_partials(folder: Path, older_than_s: float = 600) -> None:
+    """Remove what a killed download left in `folder` (a live one is younger)."""
+    for leftover in folder.glob(".mnist-download-*"):
         if time.time() - leftover.stat().st_mtime > older_than_s:
             shutil.rmtree(leftover, ignore_errors=True)

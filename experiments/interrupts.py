@@ -3,19 +3,27 @@
 Python's default raises KeyboardInterrupt wherever the main thread is, which can be the
 middle of an SQLite commit: the half-done transaction then holds the database lock and
 the run cannot even be closed ("database is locked"). Here the signal only sets a flag;
-`check()` raises between training steps and between trials. A second signal raises at once.
+`check()` raises between training steps and between trials. A second signal raises at once
+(a way out of a stuck process), except inside `shielded()`, where the runs and trials of
+an interrupted sweep are being closed: there it raises when the closing is done.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _requested = False
+_shield = 0  # depth of shielded() blocks
+_deferred = False  # a second signal arrived inside a shielded() block
 
 
 def _handler(signum: int, frame: object) -> None:
-    global _requested  # the flag is process-wide by nature, like the signal itself
-    if _requested:
+    global _requested, _deferred  # the flags are process-wide by nature, like the signal
+    if _requested and _shield:
+        _deferred = True
+    elif _requested:
         raise KeyboardInterrupt
     _requested = True
 
@@ -32,3 +40,17 @@ def requested() -> bool:
 def check() -> None:
     if _requested:
         raise KeyboardInterrupt
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Closing code that a second signal must not cut in half."""
+    global _shield, _deferred
+    _shield += 1
+    try:
+        yield
+    finally:
+        _shield -= 1
+        if not _shield and _deferred:
+            _deferred = False
+            raise KeyboardInterrupt

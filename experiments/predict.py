@@ -24,14 +24,16 @@ class PredictError(ValueError):
 
 def load_image(path: str | Path) -> np.ndarray:
     """An image file as an MNIST-style 28x28 uint8 digit: light on dark, centred."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            gray = np.asarray(img.convert("L"), dtype=np.uint8)
+            # Phones store pixels as the sensor saw them and tag how to turn them upright.
+            gray = _as_gray(ImageOps.exif_transpose(img))
     except FileNotFoundError:
         raise PredictError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    # A decompression bomb is refused by Pillow with an error that is not an OSError.
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise PredictError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if border.mean() > 127:  # dark ink on light paper: MNIST is the other way round
@@ -39,6 +41,50 @@ def load_image(path: str | Path) -> np.ndarray:
     if gray.shape == (28, 28):
         return gray
     return _fit_like_mnist(gray)
+
+
+# Modes whose samples are wider than 8 bits; `convert("L")` would clip them, not scale them.
+_WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _as_gray(img: Any) -> np.ndarray:
+    """Any mode as 8-bit grey, keeping what transparency and wide samples mean."""
+    if img.mode in _WIDE_MODES:
+        return _scale_wide(np.asarray(img), img.mode)
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        return _flatten_alpha(img)
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def _scale_wide(samples: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit, 32-bit and float grey scaled onto 0-255 instead of clipped.
+
+    Integer images are taken as 16-bit samples (0-65535), which is how Pillow opens 16-bit
+    PNG and TIFF ("I;16", or "I" from older Pillow and other tools); larger values clip.
+    Float images are taken as 0.0-1.0, the usual range of float scans and renders.
+    """
+    values = np.nan_to_num(samples.astype(np.float64))
+    top = 1.0 if mode == "F" else 65535.0
+    return np.rint(np.clip(values, 0, top) * (255 / top)).astype(np.uint8)
+
+
+def _flatten_alpha(img: Any) -> np.ndarray:
+    """Transparent pixels made background, so ink drawn on a transparent canvas shows.
+
+    The colour stored under fully transparent pixels means nothing (usually black), so
+    dropping alpha can make ink and canvas one colour. The opaque pixels are the ink; the
+    canvas becomes whatever contrasts with them: white under dark ink, black under light
+    ink (judged by the alpha-weighted mean brightness). The border test in `load_image`
+    then turns dark-on-white into MNIST's light-on-dark as for any paper scan.
+    """
+    rgba = img.convert("LA").convert("RGBA") if img.mode == "La" else img.convert("RGBA")
+    ink = np.asarray(rgba.convert("L"), dtype=np.float64)
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64) / 255
+    opaque = alpha.sum()
+    light_ink = opaque > 0 and (ink * alpha).sum() / opaque > 127
+    canvas = 0.0 if light_ink else 255.0
+    return np.rint(ink * alpha + canvas * (1 - alpha)).astype(np.uint8)
 
 
 def _fit_like_mnist(gray: np.ndarray) -> np.ndarray:
@@ -59,8 +105,21 @@ def _fit_like_mnist(gray: np.ndarray) -> np.ndarray:
     if total > 0:
         cy = (out.sum(axis=1) * np.arange(28)).sum() / total
         cx = (out.sum(axis=0) * np.arange(28)).sum() / total
-        out = np.roll(out, (round(13.5 - cy), round(13.5 - cx)), axis=(0, 1))
+        out = _shift(out, round(13.5 - cy), round(13.5 - cx))
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """The image moved by (dy, dx) with zero fill.
+
+    Ink pushed off one edge is lost, as when MNIST was made; `np.roll` would wrap it onto
+    the opposite edge and draw a stroke the digit does not have.
+    """
+    h, w = image.shape
+    out = np.zeros_like(image)
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = (
+        image[max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)])
+    return out
 
 
 def as_digits(data: Any) -> np.ndarray:

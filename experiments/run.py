@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from experiments import faults, plots
+from experiments import faults, interrupts, plots
 from experiments.config import Config, as_dict, flatten
 from experiments.data import Mnist, n_batches
 from experiments.tracking import Run
@@ -71,17 +71,21 @@ def tracked_fit(config: Config, data: Mnist, prepared: Prepared, trainer: Traine
         run.set_tags({"state": exc.state, "stop_reason": str(exc)})
         status = "FINISHED"
     except KeyboardInterrupt:
-        run.set_tags({"failure_reason": "interrupted (Ctrl-C or SIGTERM)"})
+        with interrupts.shielded():
+            run.set_tags({"failure_reason": "interrupted (Ctrl-C or SIGTERM)"})
         status = "KILLED"
         raise
     except Exception as exc:
         run.set_tags({"failure_reason": f"{type(exc).__name__}: {exc}"[:5000]})
         raise
     finally:
-        run.set_tags({"init_weights_digest": trainer.init_digest})
-        if outcome.history:
-            run.log_image(plots.learning_curves(outcome.history, run_name), "learning_curves.png")
-        run.end(status)
+        # A second Ctrl-C must not leave the run RUNNING: it waits until the run is closed.
+        with interrupts.shielded():
+            run.set_tags({"init_weights_digest": trainer.init_digest})
+            if outcome.history:
+                run.log_image(plots.learning_curves(outcome.history, run_name),
+                              "learning_curves.png")
+            run.end(status)
     return outcome
 
 

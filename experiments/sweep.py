@@ -55,7 +55,7 @@ class Worker:
         params = st.suggest(trial, spec.parameters)
         config = cfg.build({**spec.fixed, **params})
         value, epochs_run, pruned, failure = math.nan, config.epochs, False, ""
-        for i, mode in enumerate(spec.grad_modes):
+        for i, mode in enumerate(spec.grad_modes(config.grad_mode)):
             run_config = dataclasses.replace(config, grad_mode=mode, epochs=epochs_run)
             callbacks = self.make_callbacks(f"trial {trial.number} {mode} ", run_config.epochs)
             if i == 0:
@@ -64,7 +64,8 @@ class Worker:
                 run_config, self.mnist, self.prepared, self.trainer(mode), self.client,
                 spec.name, f"trial-{trial.number}-{mode}", parent_run_id=self.parent_run_id,
                 tags={"sweep": spec.name, "trial": str(trial.number), "grad_mode": mode,
-                      "role": "objective" if i == 0 else "ablation"},
+                      "role": "objective" if i == 0 else "ablation",
+                      "worker": st.worker_id()},
                 callbacks=callbacks, diverged_status="FAILED" if i == 0 else "FINISHED",
                 # Recorded before training, so a crash recovery can find and close the run.
                 on_run_start=lambda run_id, mode=mode: trial.set_user_attr(f"run_id.{mode}",
@@ -107,14 +108,15 @@ def tag_trial_runs(client: Any, t: FrozenTrial) -> None:
         client.set_tag(run_id, "state", t.state.name)
 
 
-def on_crashed(client: Any) -> Callable[..., None]:
-    """Fail a crashed trial for retry, and close its MLflow runs as KILLED."""
+def close_runs(client: Any) -> Callable[[optuna.Study, FrozenTrial, str], None]:
+    """Mark the runs of a trial that will not finish (crashed, interrupted) as such, and
+    close the ones still RUNNING as KILLED. Finished variants of such a trial keep their
+    status but say `state=FAIL`: they are not a result of the sweep."""
 
-    def handle(study: optuna.Study, t: FrozenTrial, how: str = "") -> None:
-        st.mark_failed(study, t, "crashed", how=how)
+    def close(study: optuna.Study, t: FrozenTrial, kind: str) -> None:
         # A process killed between creating a run and recording its id on the trial leaves
         # a run only its tags can find, so look for those too.
-        found = set(run_ids(study._storage.get_trial(t._trial_id)))
+        found = set(run_ids(t))
         exp = client.get_experiment_by_name(study.study_name)
         if exp is not None:
             tagged = client.search_runs(
@@ -124,15 +126,44 @@ def on_crashed(client: Any) -> Callable[..., None]:
             found |= {r.info.run_id for r in tagged}
         for run_id in sorted(found):
             client.set_tag(run_id, "state", "FAIL")
+            client.set_tag(run_id, st.FAIL_KIND, kind)
             if client.get_run(run_id).info.status == "RUNNING":
-                client.set_tag(run_id, "failure_reason", "worker process died (crash or kill -9)")
+                client.set_tag(run_id, "failure_reason", REASONS[kind])
                 client.set_terminated(run_id, "KILLED")
 
-    return handle
+    return close
 
 
-def parent_run(client: Any, spec: Sweep, sweep_text: str) -> str:
-    """The sweep's parent run: found again on resume, created once otherwise."""
+REASONS = {"crashed": "worker process died (crash or kill -9)",
+           "interrupted": "interrupted (Ctrl-C or SIGTERM)",
+           "orphaned": "left RUNNING by a process that is gone"}
+
+
+def close_orphans(client: Any, study: optuna.Study) -> int:
+    """Close the sweep's runs left RUNNING by a process that is gone although their trial
+    is over (a signal that cut the closing short); returns how many."""
+    exp = client.get_experiment_by_name(study.study_name)
+    if exp is None:
+        return 0
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    n = 0
+    for run in client.search_runs([exp.experiment_id],
+                                  f"tags.sweep = '{study.study_name}' and "
+                                  "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get("sweep.parent") == "true" or not tags.get("trial", "").isdigit():
+            continue
+        if states.get(int(tags["trial"])) == TrialState.RUNNING or st.alive(tags.get("worker")):
+            continue
+        client.set_tag(run.info.run_id, "failure_reason", REASONS["orphaned"])
+        client.set_terminated(run.info.run_id, "KILLED")
+        n += 1
+    return n
+
+
+def parent_run(client: Any, spec: Sweep, sweep_text: str, changed: list[str]) -> str:
+    """The sweep's parent run: found again on resume, created once otherwise. A change let
+    through by --allow-change is recorded on it with the new file."""
     from experiments.tracking import Run, experiment_id
 
     exp = experiment_id(client, spec.name)
@@ -145,24 +176,43 @@ def parent_run(client: Any, spec: Sweep, sweep_text: str) -> str:
     if not runs:
         params = {"method": spec.method, "metric": spec.metric, "goal": spec.goal,
                   "n_trials": spec.n_trials, "seed": spec.seed, "pruner": spec.pruner,
-                  "grad_modes": ",".join(spec.grad_modes),
+                  "grad_modes": ",".join(grad_modes(spec)),
                   **{f"fixed.{k}": v for k, v in spec.fixed.items()}}
         run = Run.start(client, spec.name, spec.name, params,
-                        {PARENT_TAG: "true", "sweep": spec.name})
+                        {PARENT_TAG: "true", "sweep": spec.name,
+                         st.FINGERPRINT: spec.fingerprint()})
         client.log_text(run.run_id, sweep_text, "sweep.yaml")
         runs = existing()
         # Two workers starting at once may both create one: the earliest wins.
         for extra in runs[1:]:
             if extra.info.run_id == run.run_id:
                 client.delete_run(run.run_id)
-    chosen = runs[0].info.run_id
-    if runs[0].info.status != "RUNNING":
-        client.update_run(chosen, status="RUNNING")
-    return chosen
+    chosen = runs[0]
+    if changed:
+        n = 1 + sum(k.startswith("sweep.change.") for k in chosen.data.tags)
+        client.log_text(chosen.info.run_id, sweep_text, f"changes/{n}/sweep.yaml")
+        client.set_tag(chosen.info.run_id, f"sweep.change.{n}", "; ".join(changed)[:5000])
+        client.set_tag(chosen.info.run_id, st.FINGERPRINT, spec.fingerprint())
+    if chosen.info.status != "RUNNING":
+        client.update_run(chosen.info.run_id, status="RUNNING")
+    return chosen.info.run_id
+
+
+def grad_modes(spec: Sweep) -> list[str]:
+    """Every grad mode the sweep trains: ablated, searched or fixed."""
+    searched = [p for p in spec.parameters if p.key == "grad_mode"]
+    if spec.ablation or not searched:
+        return list(spec.grad_modes(spec.fixed.get("grad_mode", cfg.Config().grad_mode)))
+    return list(searched[0].values)
+
+
+# How a sweep ended -> the parent run's status. A timeout is a normal end, like the budget.
+END_STATUS = {"budget": "FINISHED", "timeout": "FINISHED", "interrupted": "KILLED",
+              "workers died": "FAILED", "failed": "FAILED"}
 
 
 def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: Sweep,
-             complete: bool) -> FrozenTrial | None:
+             end: str) -> FrozenTrial | None:
     """Best trial, trials table and Optuna's plots on the parent run; returns the best."""
     from experiments import plots
     from experiments.tracking import Run
@@ -188,7 +238,8 @@ def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: Sweep,
     faults.point("finalize")
     for name, figure in plots.optuna_figures(study):
         Run(client, parent_run_id).log_figure(figure, f"plots/{name}.png")
-    client.set_terminated(parent_run_id, "FINISHED" if complete else "KILLED")
+    client.set_tag(parent_run_id, "end_reason", end)
+    client.set_terminated(parent_run_id, END_STATUS.get(end, "FAILED"))
     return best
 
 
@@ -205,7 +256,13 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def summary(study: optuna.Study, spec: Sweep, parent_run_id: str, top: int = 5) -> str:
+ENDINGS = {"budget": "budget met", "timeout": "stopped by timeout_s",
+           "interrupted": "interrupted", "workers died": "worker processes died",
+           "failed": "failed"}
+
+
+def summary(study: optuna.Study, spec: Sweep, parent_run_id: str, end: str, top: int = 5
+            ) -> str:
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     done.sort(key=lambda t: t.value, reverse=spec.goal == "maximize")
     states: dict[str, int] = {}
@@ -213,7 +270,8 @@ def summary(study: optuna.Study, spec: Sweep, parent_run_id: str, top: int = 5) 
         kind = t.user_attrs.get(st.FAIL_KIND) if t.state == TrialState.FAIL else None
         name = f"FAIL ({kind})" if kind else t.state.name
         states[name] = states.get(name, 0) + 1
-    lines = [f"sweep '{spec.name}': {len(st.finished(study))}/{st.budget(spec)} trials counted "
+    lines = [f"sweep '{spec.name}' ({ENDINGS.get(end, end)}): {len(st.finished(study))}/"
+             f"{st.budget(spec)} trials counted "
              f"({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})"]
     if done:
         lines.append(f"top {min(top, len(done))} by {spec.metric} ({spec.goal}):")

@@ -6,8 +6,11 @@ allowed. Nothing here imports Optuna, MindSpore or MLflow: validation is instant
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import math
-import re
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,14 @@ DISTRIBUTIONS = ("constant", "categorical", "uniform", "int_uniform", "log_unifo
                  "q_uniform")
 TOP_KEYS = ("name", "method", "metric", "n_trials", "timeout_s", "seed", "pruner", "fixed",
             "parameters", "ablation", "description")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 class SweepError(ValueError):
     """A bad sweep file; the message is one line."""
+
+
+class SweepIncomplete(RuntimeError):
+    """The sweep stopped short of its budget for a reason other than the user's."""
 
 
 @dataclass(frozen=True)
@@ -57,13 +63,37 @@ class Sweep:
     parameters: tuple[Param, ...] = ()
     ablation: tuple[str, ...] = ()
 
-    @property
-    def grad_modes(self) -> tuple[str, ...]:
-        """The objective's grad mode first, then the paired variants."""
-        return self.ablation or (self.fixed.get("grad_mode", cfg.Config().grad_mode),)
+    def grad_modes(self, grad_mode: str) -> tuple[str, ...]:
+        """What a trial whose config says `grad_mode` trains: the ablation's modes (the
+        objective's first), or that one mode (fixed, searched or the default)."""
+        return self.ablation or (grad_mode,)
 
-    def grid(self) -> dict[str, list]:
-        return {p.key: list(p.values) for p in self.parameters}
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every point of a grid, in the order the sweep visits them: shuffled by the seed,
+        so that a budget below the grid's size still spreads over the grid."""
+        points = [dict(zip([p.key for p in self.parameters], values, strict=True))
+                  for values in itertools.product(*(p.values for p in self.parameters))]
+        order = random.Random(self.seed).sample(range(len(points)), len(points))
+        return [points[i] for i in order]
+
+    def meaning(self) -> dict[str, Any]:
+        """What the sweep asks: a study answers one such question. The budget (n_trials,
+        timeout_s), the seed and the pruner say how long and how, not what."""
+        return {"method": self.method, "metric": f"{self.goal} {self.metric}",
+                "fixed": {k: self.fixed[k] for k in sorted(self.fixed)},
+                "parameters": {p.key: _describe(p) for p in self.parameters},
+                "ablation": list(self.ablation)}
+
+    def fingerprint(self) -> str:
+        text = json.dumps(self.meaning(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _describe(p: Param) -> str:
+    if p.distribution in ("categorical", "constant"):
+        return f"{p.distribution} {list(p.values)}"
+    step = f" step {p.q}" if p.q else ""
+    return f"{p.distribution} [{p.low}, {p.high}]{step}"
 
 
 class _Reader:
@@ -142,9 +172,8 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Sweep:
         if required not in raw:
             raise r.fail(required, "missing; a sweep needs a name and parameters")
     name = raw["name"]
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise r.fail("name", f"got {_show(name)}; allowed: letters, digits, '_', '.', '-' "
-                             "(1-100 characters, starting with a letter or digit)")
+    if not isinstance(name, str) or not cfg.NAME_RE.match(name):
+        raise r.fail("name", f"got {_show(name)}; allowed: {cfg.NAME_RULE}")
     method = r.choice(raw.get("method", "tpe"), "method", METHODS)
     metric = r.mapping(raw.get("metric", {"name": "test_accuracy", "goal": "maximize"}),
                        "metric")
@@ -194,6 +223,9 @@ def _parameters(r: _Reader, raw: dict, fixed: dict) -> tuple[Param, ...]:
     for key, spec in raw.items():
         where = f"parameters.{key}"
         r.config_key(where, key)
+        if key in cfg.DATA_SOURCE_KEYS:
+            raise r.fail(where, "the data a sweep trains on is one choice, not a search: set "
+                                f"{key} in `fixed` (or with --set)")
         if key in fixed:
             raise r.fail(where, "also set in `fixed` (or by --set); a key is searched or fixed")
         spec = r.mapping(spec, where)

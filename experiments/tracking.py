@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import logging
 import os
 import platform
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -96,7 +98,21 @@ def experiment_id(c: Any, name: str) -> str:
 
 def _artifact_root_for(name: str) -> str | None:
     root = _artifact_root()
-    return None if root is None else f"{root}/{name}"
+    return None if root is None else f"{root}/{artifact_folder(name)}"
+
+
+def artifact_folder(name: str) -> str:
+    """A folder name for an experiment's artifacts that stays one folder under mlruns/.
+
+    Experiment names are free text in MLflow; in a URI '/' and '..' would climb out of the
+    artifact root and '#' or '?' would cut the name short. A name made only of safe
+    characters is its own folder; any other gets its unsafe characters replaced and a hash
+    of the whole name, so two names never share a folder.
+    """
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) and len(name) <= 100:
+        return name
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:60].lstrip(".") or "experiment"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
 
 
 def server_args(host: str, port: int) -> list[str]:

@@ -60,6 +60,10 @@ def test_any_sweep_document_is_valid_or_exit_2(document):
             assert "\n" not in str(exc) and str(path) in str(exc)
             code, err = run_main(["sweep", str(path), "--dry-run"], folder)
             assert_clean_failure(code, err, folder, ["s.yaml"])
+        else:  # valid: the CLI shows it, writes nothing
+            code, err = run_main(["sweep", str(path), "--dry-run"], folder)
+            assert code == 0, err
+            assert sorted(p.name for p in Path(folder).iterdir()) == ["s.yaml"]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
@@ -105,3 +109,30 @@ def test_yaml_is_loaded_safely(tmp_path):
 def test_ui_binds_loopback_by_default():
     args = runner.parser().parse_args(["ui"])
     assert args.host == "127.0.0.1"
+
+
+TYPED = [k for k in cfg.KEYS if cfg.kind(k) != "str"]
+spellings = st.text(alphabet="0123456789.e-+_ xonfyestrualhsid", max_size=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(TYPED), text=spellings)
+def test_the_command_line_reads_a_value_as_yaml_does(key, text):
+    """`--set KEY=TEXT` and `KEY: TEXT` in a sweep file's `fixed` give the same value, or
+    are both refused."""
+
+    def read(get):
+        try:
+            return ("ok", get())
+        except (cfg.ConfigError, sweepfile.SweepError):
+            return ("refused", None)
+
+    cli = read(lambda: cfg.parse_overrides([f"{key}={text}"])[key])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "s.yaml"
+        path.write_text(f"name: t\nfixed:\n  {key}: {text}\nparameters:\n"
+                        "  learning_rate: {values: [0.1]}\n" if key != "learning_rate" else
+                        f"name: t\nfixed:\n  {key}: {text}\nparameters:\n"
+                        "  seed: {values: [1]}\n")
+        in_yaml = read(lambda: sweepfile.load(path).fixed[key])
+    assert cli == in_yaml

@@ -1,5 +1,7 @@
 """`runner.py train` and `runner.py autodiff` as a user runs them, on a real SQLite store."""
 
+from pathlib import Path
+
 from conftest import mlflow_client, run_cli
 
 OFFLINE = ("--set", "data.download=false")
@@ -47,19 +49,65 @@ def test_bad_set_exits_2_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_divergence_marks_the_run_failed(tmp_path):
-    result = run_cli("train", *OFFLINE, "--set", "learning_rate=1000", "--experiment", "nan",
+def test_no_aux_diverges_and_the_run_says_where(tmp_path):
+    """The README's case: the seed's loop trained with has_aux=False, at the seed's lr."""
+    result = run_cli("train", *OFFLINE, "--set", "grad_mode=no_aux", "--experiment", "nan",
                      cwd=tmp_path)
     assert result.returncode == 3
     assert "diverged" in result.stderr and "Traceback" not in result.stderr
     client = mlflow_client(tmp_path)
     (run,) = client.search_runs([client.get_experiment_by_name("nan").experiment_id])
     assert run.info.status == "FAILED"
-    assert "non-finite loss" in run.data.tags["failure_reason"]
-    assert int(run.data.tags["diverged_step"]) >= 1
+    tags = run.data.tags
+    assert "non-finite loss" in tags["failure_reason"] and tags["outcome"] == "diverged"
+    assert tags["diverged_epoch"] == "1"
+    step = int(tags["diverged_step"])
+    assert 2 <= step <= 63  # within the first epoch's 63 steps (4,000 digits / 64)
+    losses = client.get_metric_history(run.info.run_id, "diverging_step_loss")
+    # Every finite loss on the way: the steps before the one that became NaN or inf.
+    assert sorted(m.step for m in losses) == list(range(1, step))
+    assert losses and max(m.value for m in losses) > losses[0].value
 
 
 def test_autodiff_checks_the_seed_claims(tmp_path):
     result = run_cli("autodiff", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("ok  ") == 3 and "FAIL" not in result.stdout
+
+
+def test_autodiff_exits_1_when_a_claim_fails(monkeypatch, capsys):
+    """A MindSpore whose has_aux gradient also held d(sum z) would break the seed's claim;
+    the real gradients are computed, then has_aux's is given that extra term."""
+    import runner
+    from experiments import autodiff
+
+    real = autodiff.gradients
+
+    def broken(seed):
+        grads, x = real(seed)
+        grads["has_aux"] = grads["no_aux"]
+        return grads, x
+
+    monkeypatch.setattr(autodiff, "gradients", broken)
+    assert runner.main(["autodiff"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL has_aux == loss only" in out and out.count("ok  ") == 2
+
+
+def test_experiment_names_stay_inside_mlruns(store):
+    import runner
+
+    for name in ("../escape", "a#b", "a"):
+        assert runner.main(["train", "--set", "epochs=1", "--set", "batch_size=1000",
+                            "--set", "data.download=false", "--experiment", name]) == 0
+    assert sorted(p.name for p in store.iterdir()) == ["mlruns"]
+    client = mlflow_client(store)
+    root = (store / "mlruns" / "artifacts").resolve()
+    folders = set()
+    for name in ("../escape", "a#b", "a"):
+        exp = client.get_experiment_by_name(name)
+        (run,) = client.search_runs([exp.experiment_id])
+        where = Path(run.info.artifact_uri.removeprefix("file://")).resolve()
+        assert where.is_relative_to(root) and (where / "model").is_dir(), (name, where)
+        folders.add(where.parent.parent)
+    assert len(folders) == 3

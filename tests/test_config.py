@@ -33,3 +33,31 @@ def test_bad_values_name_the_key(item, key):
 def test_missing_equals_sign():
     with pytest.raises(cfg.ConfigError, match="KEY=VALUE"):
         cfg.parse_overrides(["epochs"])
+
+
+@pytest.mark.parametrize("value", ["1e-46", "1e-39", "1e39", "3.5e38", "inf", "0"])
+def test_learning_rate_bounds_are_float32s(value):
+    """1e-46 trained with a rate of 0 and 1e39 with inf: float32 is the dtype that trains."""
+    with pytest.raises(cfg.ConfigError, match=r"learning_rate.*float32"):
+        cfg.parse_overrides([f"learning_rate={value}"])
+
+
+def test_learning_rate_at_the_float32_limits_trains_as_given():
+    import numpy as np
+
+    for value in (1.2e-38, 3.4e38):
+        rate = cfg.parse_overrides([f"learning_rate={value}"])["learning_rate"]
+        assert np.isfinite(np.float32(rate)) and np.float32(rate) > 0
+
+
+@pytest.mark.parametrize("item, key, value", [
+    ("epochs= 2", "epochs", 2), ("epochs=2.0", "epochs", 2), ("epochs=2e0", "epochs", 2),
+    ("grad_mode= has_aux", "grad_mode", "has_aux"), ("grad_mode=no_aux ", "grad_mode", "no_aux"),
+    ("data.path= MNIST_Data", "data.path", "MNIST_Data"), ("data.download=on", "data.download",
+                                                          True),
+    ("data.download=No", "data.download", False), ("learning_rate= 1e-3", "learning_rate",
+                                                   0.001),
+    (" seed =7", "seed", 7),
+])
+def test_one_spelling_rule_for_every_key(item, key, value):
+    assert cfg.parse_overrides([item]) == {key: value}

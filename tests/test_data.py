@@ -132,3 +132,76 @@ def test_bad_download_leaves_nothing_and_falls_back(tmp_path, http_folder, damag
         named = "t10k-images-idx3-ubyte" if damage == "truncated idx" else "train-images"
         assert named in warnings[0] and named in mnist.fallback_reason
     assert list(work.iterdir()) == [], "a half-written MNIST_Data/ was left behind"
+
+
+def test_normalisation_is_mnists_own():
+    """The seed de-normalises with CIFAR's statistics: pin MNIST's and a known pixel."""
+    assert (data.MEAN, data.STD) == (0.1307, 0.3081)
+    x = np.array([[[0, 255, 128]]], dtype=np.uint8)
+    got = data.normalize(x)[0, 0, 0]
+    np.testing.assert_allclose(got, [(0 - 0.1307) / 0.3081, (1 - 0.1307) / 0.3081,
+                                     (128 / 255 - 0.1307) / 0.3081], rtol=1e-6)
+    assert got.dtype == np.float32
+
+
+def test_offline_fallback_leaves_no_empty_folders(tmp_path):
+    warnings = []
+    dest = tmp_path / "a" / "b" / "MNIST_Data"
+    mnist = data.resolve(str(dest), True, warnings.append, url="http://127.0.0.1:9/x.zip")
+    assert mnist.name == "mnist-5k-offline" and len(warnings) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["/proc/x/MNIST_Data", "file/MNIST_Data"])
+def test_a_data_path_that_cannot_be_made_is_exit_2(tmp_path, where):
+    from conftest import run_cli
+
+    import runner
+
+    (tmp_path / "file").write_text("not a folder")
+    result = run_cli("train", "--set", f"data.path={where}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data.path" in lines[0] and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert runner.EXIT_BAD_INPUT == 2
+
+
+def test_an_existing_folder_never_touches_the_network(tmp_path, mnist, http_folder):
+    """With the folder in place, a real server behind the download URL sees no request."""
+    root, _ = http_folder
+    mnist_zip(root / "MNIST_Data.zip", train_count=10, test_count=10)
+    write_folder(tmp_path / "MNIST_Data", mnist)
+    seen = []
+    handler = http_folder_handler(root, seen)
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    counting = f"http://127.0.0.1:{server.server_address[1]}/MNIST_Data.zip"
+    try:
+        loaded = data.resolve(str(tmp_path / "MNIST_Data"), True, lambda m: None, url=counting)
+        assert loaded.digest == mnist.digest and loaded.fallback_reason == ""
+        assert seen == []
+        # The same server does answer a download, so the silence above means something.
+        with pytest.raises(data.DataError, match="full MNIST has 60000"):
+            data.download_mnist(tmp_path / "other" / "MNIST_Data", url=counting)
+        assert seen and set(seen) == {"/MNIST_Data.zip"}
+    finally:
+        server.shutdown()
+
+
+def http_folder_handler(root, seen):
+    import functools
+    import http.server
+
+    class Counting(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    return functools.partial(Counting, directory=str(root))

@@ -101,7 +101,7 @@ def test_four_local_workers(tmp_path):
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len({t.params["learning_rate"] for t in complete}) == 10
     assert len(children) == 10 and len(parents) == 1
-    assert len({t.user_attrs["worker"] for t in complete}) >= 2
+    assert len({t.user_attrs["worker"] for t in complete}) == 4
 
 
 # --- PostgreSQL and an MLflow server on it --------------------------------------------

@@ -6,6 +6,7 @@ once for the module; every test reads it.
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -173,10 +174,13 @@ def test_ui_serves_the_sweep(server, project):
         profile = project / f"chromium-{extra[0][2:8]}"
         result = subprocess.run([chromium, *flags, f"--user-data-dir={profile}", *extra, page],
                                 capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
         if extra == ["--dump-dom"]:
             dom = result.stdout
-    assert "look" in dom
-    assert "Training runs" in dom or "Run Name" in dom, dom[:500]
+    # The runs table of the sweep's experiment, with its five runs (the parent and four).
+    text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+    assert "Training runs" in text and "Run Name" in text, text[:500]
+    assert "Experiments look Training runs" in text and "5 matching runs" in text, text[:2000]
     assert (ARTIFACTS / "mlflow_ui_runs.png").stat().st_size > 10_000
 
 
@@ -278,3 +282,48 @@ def compare_local(project, run_id, digits):
     model = mlflow.pyfunc.load_model(str(project / "mlruns" / "artifacts" / "look" / run_id /
                                          "artifacts" / "model"))
     return model.predict(digits)["digit"].tolist()
+
+
+def test_paired_has_no_answer_for_a_mode_that_did_not_run():
+    """A variant that never ran was reported as diverged (NaN cast to bool is True)."""
+    frame = pd.DataFrame({
+        "trial": pd.array([0, 0, 1], dtype="Int64"), "grad_mode": ["has_aux", "no_aux",
+                                                                   "has_aux"],
+        "role": ["objective", "ablation", "objective"], "fail_kind": ["", "", ""],
+        "diverged": [False, True, False], "final_test_accuracy": [0.9, 0.1, 0.8],
+        "final_test_loss": [0.3, 9.0, 0.4], "final_train_loss": [0.2, 9.0, 0.3]})
+    pairs = compare.paired(frame).set_index("trial")
+    assert pairs.loc[0, "diverged[no_aux]"] is True or pairs.loc[0, "diverged[no_aux]"]
+    assert pd.isna(pairs.loc[1, "diverged[no_aux]"])
+    assert not pairs.loc[1, "diverged[has_aux]"]
+    assert pd.isna(pairs.loc[1, "final_test_accuracy[no_aux - has_aux]"])
+
+
+def test_compare_top_prints_that_many_rows(project):
+    result = run_cli("compare", "look.yaml", "--top", "1", cwd=project)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2 and "final_test_accuracy" in lines[0]  # a header and one run
+    best = compare.runs("look", mlflow_client(project)).iloc[0]
+    assert best.run_id in lines[1]
+
+
+def test_each_trial_run_carries_its_pictures(project, mnist):
+    from PIL import Image
+
+    client = mlflow_client(project)
+    frame = compare.runs("look", client)
+    run = frame[(frame["grad_mode"] == "has_aux")].iloc[0]
+    folder = Path(client.download_artifacts(run.run_id, "", str(project / "pictures")))
+    confusion = Image.open(folder / "confusion_matrix.png")
+    digits = Image.open(folder / "test_digits.png")
+    curves = Image.open(folder / "learning_curves.png")
+    assert confusion.size == (60 + 440 + 20, 56 + 440 + 44)  # ten 44-pixel cells a side
+    assert digits.size == (8 * 100, 3 * 110)  # 24 digits, 8 a row, at 3x scale
+    assert curves.size == (900, 360)
+    # The confusion matrix is drawn from the run's own predictions: its diagonal (the dark
+    # cells of correct digits) holds most of the ink when accuracy is high.
+    pixels = np.asarray(confusion.convert("L"), dtype=float)
+    diagonal = np.mean([pixels[56 + 44 * k + 22, 60 + 44 * k + 5] for k in range(10)])
+    off = np.mean([pixels[56 + 44 * k + 22, 60 + 44 * ((k + 5) % 10) + 5] for k in range(10)])
+    assert run.final_test_accuracy > 0.8 and diagonal < off

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
-import time
 
 import numpy as np
+
+from benchmarks import bench_common as C
 
 
 def compare_speed(quick: bool) -> list[dict]:
     """Fill a fresh local store with a sweep-shaped experiment, then time compare.runs/history
     against the straightforward way (one get_metric_history call per run per metric)."""
+    # Imported here, not at the top: mlflow and pandas take seconds to import.
     from mlflow.entities import Metric, Param, RunTag
 
     from experiments import compare, tracking
     from experiments.compare import EPOCH_METRICS
 
-    n_runs, epochs = (40, 10) if quick else (200, 10)
+    n_runs, epochs, repeats = (40, 10, 2) if quick else (200, 10, 3)
     rng = np.random.default_rng(0)
     before = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
@@ -27,7 +28,6 @@ def compare_speed(quick: bool) -> list[dict]:
         try:
             client = tracking.client()
             exp = tracking.experiment_id(client, "compare-bench")
-            start = time.perf_counter()
             for i in range(n_runs):
                 run = client.create_run(exp, run_name=f"trial-{i}", tags={
                     "trial": str(i), "grad_mode": "has_aux", "role": "objective",
@@ -38,25 +38,27 @@ def compare_speed(quick: bool) -> list[dict]:
                     Param("learning_rate", str(rng.random())), Param("epochs", str(epochs)),
                     Param("batch_size", "64")], tags=[RunTag("x", "y")])
                 client.set_terminated(run.info.run_id)
-            fill = time.perf_counter() - start
-            ours, naive = [], []
-            for _ in range(3):
-                start = time.perf_counter()
-                frame = compare.runs("compare-bench", client)
+            # The first call of each also pays imports and SQLAlchemy's statement
+            # compilation, which later calls in a session do not: it is left out below.
+            def ours() -> None:
+                compare.runs("compare-bench", client)
                 compare.history("compare-bench", client)
-                ours.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                for run_id in frame["run_id"]:
+
+            def naive() -> None:
+                for run_id in compare.runs("compare-bench", client)["run_id"]:
                     for key in EPOCH_METRICS:
                         client.get_metric_history(run_id, key)
-                naive.append(time.perf_counter() - start)
+
+            t_ours, t_naive = [], []
+            # Alternating, so a slow spell of the machine hits both alike; the first round
+            # is the warm-up.
+            for _ in range(repeats + 1):
+                t_ours += C.timed(ours, 1, warmup=0)
+                t_naive += C.timed(naive, 1, warmup=0)
         finally:
             os.chdir(before)
-    t_ours, t_naive = statistics.median(ours), statistics.median(naive)
-    return [{"what": f"compare.runs + compare.history, {n_runs} runs x {epochs} epochs x "
-                     f"{len(EPOCH_METRICS)} metrics (local SQLite)", "seconds": t_ours,
-             "ratio vs per-run history calls": t_ours / t_naive},
-            {"what": "get_metric_history per run per metric (history only)",
-             "seconds": t_naive, "ratio vs per-run history calls": 1.0},
-            {"what": "filling the store (not part of compare)", "seconds": fill,
-             "ratio vs per-run history calls": None}]
+    load = C.workload(f"synthetic local SQLite store: {n_runs} runs x {epochs} epochs x "
+                      f"{len(EPOCH_METRICS)} metrics")
+    return [C.row("compare.runs + compare.history", load, "s", t_ours[1:],
+                  "runs() + one get_metric_history call per run per metric", t_naive[1:],
+                  style="speed", readme=True)]

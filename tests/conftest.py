@@ -22,36 +22,29 @@ if os.environ.get("CI"):
 
     settings.register_profile("ci", derandomize=True)
     settings.load_profile("ci")
-sys.path.insert(0, str(ROOT))
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
 @pytest.fixture(scope="session")
 def mnist():
-    from experiments.data import load_offline_sample
+    from experiments.core.data import load_offline_sample
 
     return load_offline_sample(reason="tests run offline")
 
 
 @pytest.fixture(scope="session")
 def prepared(mnist):
-    from experiments.train import Prepared
+    from experiments.core.train import Prepared
 
     return Prepared.from_mnist(mnist)
 
 
 @pytest.fixture(scope="session")
 def trainers():
-    from experiments.train import Trainer
+    """The process's compiled trainer per grad mode, as sweeps in this process use it."""
+    from experiments.core.train import trainer_for
 
-    cache: dict = {}
-
-    def get(mode: str):
-        if mode not in cache:
-            cache[mode] = Trainer(mode)
-        return cache[mode]
-
-    return get
+    return trainer_for
 
 
 @pytest.fixture

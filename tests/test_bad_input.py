@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import runner
-from experiments import config as cfg
-from experiments import sweepfile
+from experiments.core import config as cfg
+from experiments.search import sweepfile
 
 KEYS = ["name", "method", "metric", "n_trials", "timeout_s", "seed", "pruner", "fixed",
         "parameters", "ablation", "distribution", "values", "value", "min", "max", "q", "goal",
@@ -112,7 +112,12 @@ def test_ui_binds_loopback_by_default():
 
 
 TYPED = [k for k in cfg.KEYS if cfg.kind(k) != "str"]
-spellings = st.text(alphabet="0123456789.e-+_ xonfyestrualhsid", max_size=10)
+# Spellings people type, then any text made of the characters numbers and words use.
+spellings = st.one_of(
+    st.sampled_from(["2", "2.0", " 2", "2 ", "2e0", "1e3", "1e-3", "0.01", ".5", "1_000", "010",
+                     "0x10", "on", "off", "yes", "No", "TRUE", "1", "0", "", "~", " has_aux",
+                     "no_aux ", "stop_gradient", "nan", ".inf", "-1", "+3"]),
+    st.text(alphabet="0123456789.e-+_ xonfyestrualhsid", max_size=10))
 
 
 @settings(max_examples=300, deadline=None)

@@ -2,11 +2,14 @@
 
 from pathlib import Path
 
+import pytest
+
 from conftest import mlflow_client, run_cli
 
 OFFLINE = ("--set", "data.download=false")
 
 
+@pytest.mark.slow
 def test_train_records_one_complete_run(tmp_path):
     result = run_cli("train", *OFFLINE, "--set", "epochs=2", "--set", "learning_rate=0.05",
                      "--experiment", "smoke", cwd=tmp_path)
@@ -39,6 +42,7 @@ def test_train_records_one_complete_run(tmp_path):
     assert (tmp_path / "mlruns" / "artifacts").is_dir()
 
 
+@pytest.mark.slow
 def test_bad_set_exits_2_and_writes_nothing(tmp_path):
     for bad in ("epochs=zero", "batch_size=0", "nope=1", "grad_mode=magic", "learning_rate"):
         result = run_cli("train", "--set", bad, cwd=tmp_path)
@@ -49,6 +53,7 @@ def test_bad_set_exits_2_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_no_aux_diverges_and_the_run_says_where(tmp_path):
     """The README's case: the seed's loop trained with has_aux=False, at the seed's lr."""
     result = run_cli("train", *OFFLINE, "--set", "grad_mode=no_aux", "--experiment", "nan",
@@ -69,6 +74,7 @@ def test_no_aux_diverges_and_the_run_says_where(tmp_path):
     assert losses and max(m.value for m in losses) > losses[0].value
 
 
+@pytest.mark.slow
 def test_autodiff_checks_the_seed_claims(tmp_path):
     result = run_cli("autodiff", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -79,7 +85,7 @@ def test_autodiff_exits_1_when_a_claim_fails(monkeypatch, capsys):
     """A MindSpore whose has_aux gradient also held d(sum z) would break the seed's claim;
     the real gradients are computed, then has_aux's is given that extra term."""
     import runner
-    from experiments import autodiff
+    from experiments.core import autodiff
 
     real = autodiff.gradients
 

@@ -1,6 +1,6 @@
 import pytest
 
-from experiments import config as cfg
+from experiments.core import config as cfg
 
 
 def test_defaults_are_the_seed():

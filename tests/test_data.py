@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from experiments import data
+from experiments.core import data
 
 
 def test_offline_sample_is_stratified_and_deterministic(mnist):
@@ -152,11 +152,11 @@ def test_offline_fallback_leaves_no_empty_folders(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["/proc/x/MNIST_Data", "file/MNIST_Data"])
 def test_a_data_path_that_cannot_be_made_is_exit_2(tmp_path, where):
-    from conftest import run_cli
-
     import runner
+    from conftest import run_cli
 
     (tmp_path / "file").write_text("not a folder")
     result = run_cli("train", "--set", f"data.path={where}", cwd=tmp_path)

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.predict import PredictError, load_image
+from experiments.core.digits import PredictError, load_image
 
 ORIENTATION = 0x0112  # the EXIF tag phones set instead of rotating the stored pixels
 
 
 @pytest.fixture(scope="module")
 def digits() -> np.ndarray:
-    from experiments.data import load_offline_sample
+    from experiments.core.data import load_offline_sample
 
     return load_offline_sample().test_images
 

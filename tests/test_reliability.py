@@ -18,12 +18,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT
 from optuna.trial import TrialState
 from test_sweep import TINY, journal_study, sweep_runs
 
-from experiments import compare
-from experiments.compare import EPOCH_METRICS
+from conftest import ROOT
+from experiments.search import compare
+from experiments.search.compare import EPOCH_METRICS
+
+pytestmark = pytest.mark.slow  # processes, kills, servers, PostgreSQL
 
 
 def env_without_tracking(**extra) -> dict:

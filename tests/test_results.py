@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ARTIFACTS, ROOT, mlflow_client, run_cli
 
 import runner
-from experiments import compare
+from conftest import ARTIFACTS, ROOT, mlflow_client, run_cli
+from experiments.search import compare
 
 SWEEP = """
 name: look
@@ -98,6 +98,7 @@ def test_paired_pivot_matches_runs(project):
         assert row["diverged[no_aux]"] == bool(mine.loc["no_aux", "diverged"])
 
 
+@pytest.mark.slow
 def test_compare_cli_writes_csv_and_parquet(project):
     result = run_cli("compare", "look.yaml", "--csv", "out/runs.csv", "--history",
                      "out/history.parquet", cwd=project)
@@ -148,6 +149,7 @@ def server(project):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_ui_serves_the_sweep(server, project):
     api = f"{server}/api/2.0/mlflow"
     exp = get_json(f"{api}/experiments/get-by-name?experiment_name=look")["experiment"]
@@ -191,6 +193,7 @@ def best_run(project) -> str:
     return parent.data.tags["best_run_id"]
 
 
+@pytest.mark.slow
 def test_predict_on_png_digits_matches_the_run(project, mnist, tmp_path):
     import mlflow.pyfunc
     from PIL import Image
@@ -223,6 +226,7 @@ def test_predict_on_png_digits_matches_the_run(project, mnist, tmp_path):
     assert lines[1].split()[2] == lines[2].split()[2], "resized inverted digit reads the same"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--model", "best:look.yaml", "missing.png"], "missing.png: no such file"),
     (["--model", "best:look.yaml", "look.yaml"], "not a readable image"),
@@ -234,6 +238,7 @@ def test_predict_bad_input_is_exit_2(project, args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_predict_unknown_run_is_exit_2(project, tmp_path, mnist):
     from PIL import Image
 
@@ -244,7 +249,7 @@ def test_predict_unknown_run_is_exit_2(project, tmp_path, mnist):
 
 
 def test_wrong_array_shape_is_refused():
-    from experiments.predict import PredictError, as_digits
+    from experiments.core.digits import PredictError, as_digits
 
     with pytest.raises(PredictError, match="shape"):
         as_digits(np.zeros((2, 27, 28)))
@@ -254,6 +259,7 @@ def test_wrong_array_shape_is_refused():
         as_digits(np.full((1, 28, 28), 0.5))
 
 
+@pytest.mark.slow
 def test_served_model_answers(project, mnist):
     port = free_port()
     run_id = best_run(project)
@@ -299,6 +305,7 @@ def test_paired_has_no_answer_for_a_mode_that_did_not_run():
     assert pd.isna(pairs.loc[1, "final_test_accuracy[no_aux - has_aux]"])
 
 
+@pytest.mark.slow
 def test_compare_top_prints_that_many_rows(project):
     result = run_cli("compare", "look.yaml", "--top", "1", cwd=project)
     assert result.returncode == 0, result.stderr

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, mlflow_client
 from optuna.trial import TrialState
 
 import runner
+from conftest import ROOT, mlflow_client
 
 TINY = ROOT / "sweeps" / "tiny.yaml"
 
@@ -178,6 +178,7 @@ def one_done_one_running(folder: Path) -> bool:
             and "run_id.has_aux" in trials[-1].user_attrs)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_sweep_then_resume(tmp_path):
     args = ("sweep", str(TINY), "--n-trials", "4")
     proc = cli(*args, cwd=tmp_path)
@@ -201,6 +202,7 @@ def test_kill_9_mid_sweep_then_resume(tmp_path):
     assert killed.info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_workers_share_one_study_pinned_one_per_core(tmp_path):
     proc = cli("sweep", str(TINY), "--n-trials", "6", "--workers", "2", cwd=tmp_path)
     pinned = {}
@@ -235,6 +237,7 @@ def test_workers_share_one_study_pinned_one_per_core(tmp_path):
         assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_marks_and_resumes(tmp_path, sig):
     args = ("sweep", str(TINY), "--n-trials", "3")
@@ -269,6 +272,7 @@ def trials_running_with_runs(folder: Path, name: str, n: int) -> bool:
     return len(running) >= n and any(t.state == TrialState.COMPLETE for t in trials)
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_workers_closes_every_run(tmp_path):
     """A terminal's Ctrl-C reaches the whole foreground process group at once."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -292,6 +296,7 @@ def test_ctrl_c_with_workers_closes_every_run(tmp_path):
     assert parents[0].data.tags["end_reason"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_parent_notices_that_every_worker_died(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     args = [sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY), "--n-trials", "6",
@@ -335,8 +340,9 @@ def second_variant_training(folder: Path) -> bool:
                for t in trials)
 
 
+@pytest.mark.slow
 def test_interrupted_ablation_trial_is_not_a_result(tmp_path):
-    from experiments import compare
+    from experiments.search import compare
 
     path = write_sweep(tmp_path, ABLATION)
     proc = cli("sweep", str(path), cwd=tmp_path)
@@ -363,6 +369,7 @@ def test_interrupted_ablation_trial_is_not_a_result(tmp_path):
     assert len(pairs) == 2 and lost.number not in set(pairs["trial"])
 
 
+@pytest.mark.slow
 def test_a_trial_that_names_no_worker_is_recovered(tmp_path):
     """A worker killed between creating its trial and recording itself on it."""
     from optuna.storages.journal import JournalFileBackend

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import mlflow_client
 from optuna.trial import TrialState
 from test_sweep import journal_study, sweep_runs
 
 import runner
-from experiments import compare
+from conftest import mlflow_client
+from experiments.search import compare
 
 FAST = "fixed: {epochs: 1, batch_size: 1000, data.download: false}"
 
@@ -99,7 +99,8 @@ def dry_run_configs(capsys) -> list[dict]:
     return configs
 
 
-@pytest.mark.parametrize("method", ["tpe", "random", "qmc", "cmaes", "grid"])
+@pytest.mark.parametrize("method", ["tpe", "grid", *(pytest.param(m, marks=pytest.mark.slow)
+                                                     for m in ("random", "qmc", "cmaes"))])
 def test_dry_run_shows_the_configs_the_run_trains(store, capsys, method):
     space = ("learning_rate: {values: [0.01, 0.03, 0.1]}\n  batch_size: {values: [500, 1000]}"
              if method == "grid" else

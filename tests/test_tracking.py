@@ -3,11 +3,14 @@
 import multiprocessing as mp
 
 import numpy as np
+import pytest
 
-from experiments import tracking
-from experiments.data import Mnist
+from experiments.core.data import Mnist
+from experiments.tracking import mlflow_run, store
 
 EXPERIMENTS = 12
+
+pytestmark = pytest.mark.slow  # processes, kills, servers, PostgreSQL
 
 
 def _tiny_mnist() -> Mnist:
@@ -21,7 +24,7 @@ def _log_same_dataset(uri: str, experiments: list[str], barrier, results) -> Non
 
     client, data, errors = MlflowClient(uri), _tiny_mnist(), []
     for name in experiments:
-        run = tracking.Run.start(client, name, "race", {}, None, None)
+        run = mlflow_run.MlflowRun.start(client, name, "race", {}, None, None)
         barrier.wait(timeout=60)  # both workers log the same new dataset at the same moment
         try:
             run.log_data(data, {"train": 4, "test": 4})
@@ -39,7 +42,7 @@ def test_two_workers_log_the_same_new_dataset_at_once(tmp_path):
     client = MlflowClient(uri)
     names = [f"race-{i}" for i in range(EXPERIMENTS)]
     for name in names:  # the store and experiments exist before the workers start
-        tracking.experiment_id(client, name)
+        store.experiment_id(client, name)
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
     workers = [ctx.Process(target=_log_same_dataset, args=(uri, names, barrier, results))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from experiments import config as cfg
-from experiments.train import Diverged, fit
+from experiments.core import config as cfg
+from experiments.core.train import Diverged, fit
 
 
 def batch(prepared, n=64, start=0):
@@ -33,7 +33,7 @@ def test_compiled_step_applies_its_own_gradient(prepared, trainers, mode):
 @pytest.mark.parametrize("mode", ["has_aux", "stop_gradient"])
 def test_loss_falls_over_two_epochs(prepared, trainers, mode):
     config = cfg.build({"epochs": 2, "grad_mode": mode, "learning_rate": 0.05})
-    history = fit(config, prepared, trainers(mode))
+    history = fit(config, prepared, trainers(mode)).history
     assert [r.epoch for r in history] == [1, 2]
     assert history[1].train_loss < history[0].train_loss
     assert history[1].test_loss < history[0].test_loss
@@ -51,7 +51,7 @@ def test_gradient_relations_on_a_real_batch(prepared, trainers):
     _, stop_grads = stop.train_step.grad_fn(x, y)
     for a, s in zip(grads["has_aux"], stop_grads, strict=True):
         np.testing.assert_array_equal(a, s.asnumpy())
-    from experiments.autodiff import grad_relation
+    from experiments.core.autodiff import grad_relation
 
     cosine, ratio = grad_relation(grads["has_aux"], grads["no_aux"])
     assert cosine < 0.99 and ratio > 1
@@ -60,26 +60,30 @@ def test_gradient_relations_on_a_real_batch(prepared, trainers):
 
 
 def test_same_seed_same_metrics_and_reuse_equals_fresh(prepared, trainers):
-    from experiments.train import Trainer
+    from experiments.core.train import Trainer
 
     config = cfg.build({"epochs": 2, "seed": 3})
-    first = fit(config, prepared, trainers("has_aux"))
-    again = fit(config, prepared, trainers("has_aux"))
-    fresh = fit(config, prepared, Trainer("has_aux"))
+    first = fit(config, prepared, trainers("has_aux")).history
+    again = fit(config, prepared, trainers("has_aux")).history
+    fresh = fit(config, prepared, Trainer("has_aux")).history
     strip = [{k: v for k, v in r.__dict__.items() if k != "epoch_time_s"} for r in first]
     assert strip == [{k: v for k, v in r.__dict__.items() if k != "epoch_time_s"} for r in again]
     assert strip == [{k: v for k, v in r.__dict__.items() if k != "epoch_time_s"} for r in fresh]
-    other = fit(cfg.build({"epochs": 1, "seed": 4}), prepared, trainers("has_aux"))
+    other = fit(cfg.build({"epochs": 1, "seed": 4}), prepared, trainers("has_aux")).history
     assert other[0].train_loss != first[0].train_loss
 
 
 def test_evaluation_counts_every_sample(prepared, trainers):
     trainer = trainers("has_aux")
     trainer.reset(seed=0, learning_rate=1e-2)
-    loss_a, acc_a = trainer.evaluate(prepared.test_x, prepared.test_y, 1000)
-    loss_b, acc_b = trainer.evaluate(prepared.test_x, prepared.test_y, 300)  # 300 x 3 + 100
-    assert acc_a == acc_b and (acc_a * 1000).is_integer()
-    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    a = trainer.evaluate(prepared.test_x, prepared.test_y, 1000)
+    b = trainer.evaluate(prepared.test_x, prepared.test_y, 300)  # 300 x 3 + 100
+    assert a.accuracy == b.accuracy and (a.accuracy * 1000).is_integer()
+    assert a.loss == pytest.approx(b.loss, rel=1e-5)
+    # The predictions are every sample's, and they are what the accuracy counts.
+    assert len(a.predictions) == len(prepared.test_y)
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+    assert (a.predictions == prepared.test_y).mean() == a.accuracy
 
 
 def test_no_aux_diverges_and_says_where(prepared, trainers):
@@ -88,16 +92,18 @@ def test_no_aux_diverges_and_says_where(prepared, trainers):
     assert err.value.epoch == 1 and 1 <= err.value.step <= 63
 
 
-@pytest.mark.parametrize("mode", ["has_aux", "stop_gradient"])
+@pytest.mark.parametrize("mode", ["has_aux", pytest.param("stop_gradient",
+                                                            marks=pytest.mark.slow)])
 def test_fast_path_equals_straightforward_path(prepared, mode):
     """k steps per compiled call give bit-identical numbers and weights to one per call."""
-    from experiments.train import Trainer
+    from experiments.core.train import Trainer
 
     config = cfg.build({"epochs": 2, "grad_mode": mode, "batch_size": 96, "seed": 5})
     single, chunked = Trainer(mode, steps_per_call=1), Trainer(mode)  # the default k
     assert chunked.steps_per_call > 1
     by_step, by_chunk = fit(config, prepared, single), fit(config, prepared, chunked)
-    for a, b in zip(by_step, by_chunk, strict=True):
+    np.testing.assert_array_equal(by_step.predictions, by_chunk.predictions)
+    for a, b in zip(by_step.history, by_chunk.history, strict=True):
         assert (a.train_loss, a.test_loss, a.test_accuracy, a.grad_cosine) == (
             b.train_loss, b.test_loss, b.test_accuracy, b.grad_cosine)
     for w1, w8 in zip(single.weights(), chunked.weights(), strict=True):
@@ -105,7 +111,7 @@ def test_fast_path_equals_straightforward_path(prepared, mode):
 
 
 def test_divergence_step_is_exact_inside_a_chunk(prepared):
-    from experiments.train import STEPS_PER_CALL, Trainer
+    from experiments.core.train import STEPS_PER_CALL, Trainer
 
     config = cfg.build({"grad_mode": "no_aux", "epochs": 1})
     steps = []

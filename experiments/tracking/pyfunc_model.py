@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-from experiments.data import normalize
-from experiments.predict import as_digits
+from experiments.core.data import normalize
+from experiments.core.digits import as_digits
 
 # MLflow warns at class creation that predict() has no type hints; by design it has none
 # (it takes arrays or paths, and the logged signature is the contract).
@@ -22,7 +22,7 @@ with warnings.catch_warnings():
         def load_context(self, context: Any) -> None:
             import mindspore
 
-            from experiments.model import Network
+            from experiments.core.model import Network
 
             net = Network()
             mindspore.load_checkpoint(context.artifacts["weights"], net)

@@ -29,8 +29,13 @@ NAME_RULE = "letters, digits, '_', '.', '-' (1-100 characters, starting with a l
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-class ConfigError(ValueError):
-    """Bad user input; the message is one line that names the key and what is allowed."""
+class UserError(ValueError):
+    """Bad user input of any kind (config, sweep file, data, images, ...): the message is one
+    line naming what is wrong and what is allowed; the command line exits with code 2."""
+
+
+class ConfigError(UserError):
+    """A bad config key or value; the message names the key and what is allowed."""
 
 
 def one_line(message: str) -> str:

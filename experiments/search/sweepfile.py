@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from experiments import config as cfg
+from experiments.core import config as cfg
 
 METHODS = ("tpe", "random", "grid", "cmaes", "qmc", "gp")
 METRICS = ("test_accuracy", "test_loss", "train_loss")
@@ -29,12 +29,10 @@ TOP_KEYS = ("name", "method", "metric", "n_trials", "timeout_s", "seed", "pruner
             "parameters", "ablation", "description")
 
 
-class SweepError(ValueError):
+class SweepError(cfg.UserError):
     """A bad sweep file; the message is one line."""
 
 
-class SweepIncomplete(RuntimeError):
-    """The sweep stopped short of its budget for a reason other than the user's."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,9 @@ class Param:
 
 
 @dataclass(frozen=True)
-class Sweep:
+class SweepSpec:
+    """A sweep file, parsed and checked: what to search, how, and for how long."""
+
     path: str
     name: str
     method: str = "tpe"
@@ -67,6 +67,13 @@ class Sweep:
         """What a trial whose config says `grad_mode` trains: the ablation's modes (the
         objective's first), or that one mode (fixed, searched or the default)."""
         return self.ablation or (grad_mode,)
+
+    def all_grad_modes(self) -> list[str]:
+        """Every grad mode the sweep trains: ablated, searched or fixed."""
+        searched = [p for p in self.parameters if p.key == "grad_mode"]
+        if self.ablation or not searched:
+            return list(self.grad_modes(self.fixed.get("grad_mode", cfg.Config().grad_mode)))
+        return list(searched[0].values)
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Every point of a grid, in the order the sweep visits them: shuffled by the seed,
@@ -150,7 +157,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Sweep:
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
     """Read and check a sweep file; `overrides` (from --set) are merged into `fixed`."""
     path = str(path)
     r = _Reader(path)
@@ -211,7 +218,7 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Sweep:
         if importlib.util.find_spec("torch") is None:
             raise r.fail("method", "gp needs PyTorch (pip install torch==2.13.0); "
                                    "allowed without it: tpe, random, grid, cmaes, qmc")
-    return Sweep(path, name, method, metric_name, goal, n_trials,
+    return SweepSpec(path, name, method, metric_name, goal, n_trials,
                  None if timeout is None else float(timeout), seed, pruner_type, warmup,
                  fixed, params, ablation)
 

@@ -1,33 +1,39 @@
-"""The seed's functional training loop, compiled, with autodiff diagnostics.
+"""The seed's functional training loop over the compiled steps, with diagnostics.
 
-The loop keeps the tutorial's shape: `forward_fn(data, label) -> (loss, logits)`,
-`grad_fn = value_and_grad(forward_fn, None, optimizer.parameters, has_aux=...)` and
-`optimizer(grads)`. The step runs inside an `nn.Cell` under GRAPH_MODE: measured on two
-cores it costs ~3-5 ms against ~45 ms in PyNative, and unlike default `@jit` in 2.10 it
-does not busy-wait a core away, and unlike `capture_mode="trace"` it really trains.
-
-A `Trainer` owns one network, optimizer and compiled steps for one grad mode and is
-reset between runs, so trials in one process compile once per shape, not once per trial.
-Training code never prints: progress goes to callbacks.
+`fit(config, data, trainer, callbacks)` trains from a fresh start, top-down: per epoch,
+train over shuffled batches, evaluate on the test set, compare the has_aux and no_aux
+gradients on a fixed probe batch. A `Trainer` owns one network, optimizer and compiled
+steps (steps.py) for one grad mode and is reset between runs, so trials in one process
+compile once per shape, not once per trial. Training code never prints: progress goes
+to callbacks, which callers compose.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import mindspore
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, nn
 
-from experiments import faults
-from experiments.autodiff import grad_relation, weights_digest
-from experiments.config import GRAD_MODES, Config
-from experiments.data import Mnist, batch_slices, n_batches, normalize
-from experiments.model import Network
+from experiments.core.autodiff import grad_relation, weights_digest
+from experiments.core.config import GRAD_MODES, Config
+from experiments.core.data import Mnist, batch_slices, n_batches, normalize
+from experiments.core.model import Network
+from experiments.core.steps import (
+    EvalStep,
+    GradPair,
+    MultiStep,
+    TrainStep,
+    make_grad_fn,
+    use_graph_mode,
+)
+from experiments.runtime import faults
 
 PROBE_SIZE = 256
 STEPS_PER_CALL = 8  # train steps per compiled call; see MultiStep
@@ -64,14 +70,39 @@ class EpochResult:
         return {k: v for k, v in self.__dict__.items() if k != "epoch"}
 
 
-@dataclass
-class Callbacks:
-    """Hooks the loop calls; the CLI renders them, the sweep reports them to Optuna."""
+def _nothing(*args: Any) -> None:
+    return None
 
-    on_epoch_start: Callable[[int, int], None] = lambda epoch, n_steps: None
-    on_step: Callable[[int, int], None] = lambda epoch, step: None
-    # May raise (optuna.TrialPruned, say) to stop training after this epoch is recorded.
-    on_epoch_end: list[Callable[[EpochResult], None]] = field(default_factory=list)
+
+@dataclass(frozen=True)
+class Callbacks:
+    """Hooks the loop calls; the CLI renders them, the tracker records them, the sweep
+    reports them to Optuna. `on_epoch_end` may raise `Stop` to end training after the
+    epoch (a pruned trial, say)."""
+
+    on_epoch_start: Callable[[int, int], None] = _nothing  # (epoch, steps in the epoch)
+    on_step: Callable[[int, int], None] = _nothing  # (epoch, step)
+    on_epoch_end: Callable[[EpochResult], None] = _nothing
+
+
+def compose(*parts: Any) -> Callbacks:
+    """Callbacks that call each part's hooks in order. A part is anything with the three
+    hooks (a `Callbacks`, a progress renderer, ...); None parts are skipped."""
+    hooks = tuple(p for p in parts if p is not None)
+
+    def start(epoch: int, n_steps: int) -> None:
+        for p in hooks:
+            p.on_epoch_start(epoch, n_steps)
+
+    def step(epoch: int, n: int) -> None:
+        for p in hooks:
+            p.on_step(epoch, n)
+
+    def end(result: EpochResult) -> None:
+        for p in hooks:
+            p.on_epoch_end(result)
+
+    return Callbacks(start, step, end)
 
 
 @dataclass(frozen=True)
@@ -95,97 +126,18 @@ class Prepared:
         return Tensor(self.train_x[idx]), Tensor(self.train_y[idx])
 
 
-def make_forward_fn(model: nn.Cell, loss_fn: nn.Cell, grad_mode: str) -> Callable:
-    """The seed's forward_fn; `stop_gradient` cuts the logits out of the gradient."""
-
-    def forward_fn(data, label):
-        logits = model(data)
-        loss = loss_fn(logits, label)
-        if grad_mode == "stop_gradient":
-            return loss, ops.stop_gradient(logits)
-        return loss, logits
-
-    return forward_fn
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float  # mean per sample
+    accuracy: float  # fraction
+    predictions: np.ndarray  # the predicted digit of every sample
 
 
-def make_grad_fn(model: nn.Cell, loss_fn: nn.Cell, params: list, grad_mode: str) -> Callable:
-    """`has_aux=False` makes the gradient that of loss + sum(logits), as the seed explains."""
-    forward_fn = make_forward_fn(model, loss_fn, grad_mode)
-    return mindspore.value_and_grad(forward_fn, None, params, has_aux=grad_mode == "has_aux")
-
-
-class TrainStep(nn.Cell):
-    def __init__(self, grad_fn: Callable, optimizer: nn.Optimizer) -> None:
-        super().__init__(auto_prefix=False)
-        self.grad_fn = grad_fn
-        self.optimizer = optimizer
-
-    def construct(self, data, label):
-        (loss, _), grads = self.grad_fn(data, label)
-        self.optimizer(grads)
-        return loss
-
-
-class MultiStep(nn.Cell):
-    """k train steps, one after the other, in one compiled call.
-
-    On CPU each call pays a launch cost of a few ms whatever the batch; k steps per call pay
-    it once. The batches come as 2k separate arguments (x0, y0, x1, y1, ...) rather than
-    one stacked tensor, because slicing a stacked 5-D input inside the graph costs more
-    than a step's matmuls (measured: 6.4 -> 4.7 ms per step at batch 64, k=8). Updates
-    happen in the same order on the same batches, so the results equal k single steps.
-    """
-
-    def __init__(self, step: TrainStep, k: int) -> None:
-        super().__init__(auto_prefix=False)
-        self.step = step
-        self.k = k
-
-    def construct(self, *batches):
-        losses = ()
-        for i in range(self.k):
-            losses = (*losses, self.step(batches[2 * i], batches[2 * i + 1]))
-        return ops.stack(losses)
-
-
-class EvalStep(nn.Cell):
-    """Summed loss, correct count and predicted digits of a batch.
-
-    Sums let the epoch average per sample exactly; the predictions feed the run's figures
-    without a second pass over the test set.
-    """
-
-    def __init__(self, model: nn.Cell) -> None:
-        super().__init__(auto_prefix=False)
-        self.model = model
-        self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
-
-    def construct(self, data, label):
-        logits = self.model(data)
-        predicted = logits.argmax(1).astype(mindspore.int32)
-        correct = (predicted == label).astype(mindspore.float32).sum()
-        return self.loss_fn(logits, label), correct, predicted
-
-
-class GradPair(nn.Cell):
-    """The has_aux and no_aux gradients of one batch, in one compiled graph."""
-
-    def __init__(self, aux_fn: Callable, no_aux_fn: Callable) -> None:
-        super().__init__(auto_prefix=False)
-        self.aux_fn = aux_fn
-        self.no_aux_fn = no_aux_fn
-
-    def construct(self, data, label):
-        _, aux = self.aux_fn(data, label)
-        _, no_aux = self.no_aux_fn(data, label)
-        return aux, no_aux
-
-
-def use_graph_mode() -> None:
-    # Once the runtime has started (on its CPU device) the device can no longer be set.
-    with contextlib.suppress(RuntimeError):
-        mindspore.set_device("CPU")
-    mindspore.set_context(mode=mindspore.GRAPH_MODE)
+@dataclass(frozen=True)
+class Fit:
+    history: list[EpochResult]
+    # The final weights' predicted digits on the test set (from the last evaluation).
+    predictions: np.ndarray
 
 
 class Trainer:
@@ -197,7 +149,6 @@ class Trainer:
         use_graph_mode()
         self.grad_mode = grad_mode
         self.init_digest = ""
-        self.predictions = np.zeros(0, np.int32)  # of the last evaluate()
         self.model = Network()
         self.loss_fn = nn.CrossEntropyLoss()
         self.optimizer = nn.SGD(self.model.trainable_params(), learning_rate=1e-2)
@@ -268,11 +219,8 @@ class Trainer:
             yield idx
         yield from pending
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
-        """(mean loss per sample, accuracy as a fraction) over exactly len(y) samples.
-
-        The predicted digits are kept in `self.predictions` until the next call.
-        """
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Evaluation:
+        """Mean loss, accuracy and predictions over exactly len(y) samples."""
         self.model.set_train(False)
         loss_sum, correct, predicted = 0.0, 0.0, []
         for start in range(0, len(y), batch_size):
@@ -283,8 +231,7 @@ class Trainer:
             loss_sum += float(loss.asnumpy())
             correct += float(hits.asnumpy())
             predicted.append(labels.asnumpy())
-        self.predictions = np.concatenate(predicted)
-        return loss_sum / len(y), correct / len(y)
+        return Evaluation(loss_sum / len(y), correct / len(y), np.concatenate(predicted))
 
     def gradients(self, data: Tensor, label: Tensor) -> dict[str, list[np.ndarray]]:
         """The has_aux and no_aux gradients of this batch, without touching the weights."""
@@ -292,8 +239,15 @@ class Trainer:
         return {"has_aux": [g.asnumpy() for g in aux], "no_aux": [g.asnumpy() for g in no_aux]}
 
 
+@functools.cache
+def trainer_for(grad_mode: str) -> Trainer:
+    """The process's trainer for a grad mode. Compiling the steps costs seconds and `fit`
+    resets the trainer, so every training in a process (trials, sweeps) shares one."""
+    return Trainer(grad_mode)
+
+
 def fit(config: Config, data: Prepared, trainer: Trainer,
-        callbacks: Callbacks | None = None) -> list[EpochResult]:
+        callbacks: Callbacks | None = None) -> Fit:
     """Train `config.epochs` epochs from a fresh start; raises Diverged on a NaN/inf loss."""
     if trainer.grad_mode != config.grad_mode:
         raise ValueError(f"trainer is for {trainer.grad_mode}, config wants {config.grad_mode}")
@@ -302,17 +256,18 @@ def fit(config: Config, data: Prepared, trainer: Trainer,
     # The data order depends on the seed only, so paired grad modes see the same batches.
     rng = np.random.default_rng(config.seed)
     probe = data.probe()
-    history = []
+    history: list[EpochResult] = []
+    evaluation = None
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         train_loss = trainer.train_epoch(data, config.batch_size, rng, epoch, callbacks)
-        test_loss, accuracy = trainer.evaluate(data.test_x, data.test_y,
-                                               config.data.eval_batch_size)
+        evaluation = trainer.evaluate(data.test_x, data.test_y, config.data.eval_batch_size)
         elapsed = time.perf_counter() - start
         grads = trainer.gradients(*probe)
         cosine, ratio = grad_relation(grads["has_aux"], grads["no_aux"])
-        result = EpochResult(epoch, train_loss, test_loss, accuracy, cosine, ratio, elapsed)
+        result = EpochResult(epoch, train_loss, evaluation.loss, evaluation.accuracy, cosine,
+                             ratio, elapsed)
         history.append(result)
-        for hook in callbacks.on_epoch_end:
-            hook(result)
-    return history
+        callbacks.on_epoch_end(result)
+    assert evaluation is not None  # epochs >= 1
+    return Fit(history, evaluation.predictions)

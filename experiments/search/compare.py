@@ -1,9 +1,9 @@
 """Runs of a sweep (or any experiment) as pandas DataFrames.
 
 `runs()` is one row per trial run with typed params and final and best-epoch metrics;
-`history()` is every per-epoch point in long form, fetched with one bulk request per
-metric per 100 runs instead of one per run per metric; `paired()` puts the grad modes of
-one trial side by side with their differences.
+`history()` is every per-epoch point in long form, fetched in bulk (one request per
+metric per 100 runs, not one per run per metric); `paired()` puts the grad modes of one
+trial side by side with their differences; `report()` is `runner.py compare`.
 """
 
 from __future__ import annotations
@@ -14,31 +14,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments import config as cfg
+from experiments.core import config as cfg
+from experiments.search.parent import PARENT_TAG
+from experiments.search.sweepfile import load
+from experiments.tracking.store import metric_history_bulk
 
 EPOCH_METRICS = ("train_loss", "test_loss", "test_accuracy", "grad_cosine", "grad_norm_ratio",
                  "epoch_time_s")
-BULK = 100  # run ids per bulk history request (the tracking server's limit)
 MAX_STEPS = 10_000
 
 
-class CompareError(ValueError):
+class CompareError(cfg.UserError):
     """Nothing to compare; the message names what was looked for."""
 
 
 def experiment_name(target: str) -> str:
     """A sweep file's name, or the argument itself as an experiment name."""
     if target.endswith((".yaml", ".yml")):
-        from experiments.sweepfile import load
-
         return load(target).name
     return target
 
 
 def sweep_metric(name: str, client: Any) -> tuple[str, bool]:
     """(metric, ascending) from the sweep's parent run, test_accuracy descending otherwise."""
-    parents = client.search_runs([_experiment(client, name)], "tags.`sweep.parent` = 'true'",
-                                 max_results=1)
+    parents = client.search_runs([_experiment(client, name)], f"tags.`{PARENT_TAG}` = 'true'",
+                                 order_by=["attributes.start_time ASC"], max_results=1)
     if parents:
         params = parents[0].data.params
         return params.get("metric", "test_accuracy"), params.get("goal") == "minimize"
@@ -67,7 +67,7 @@ def _search(client: Any, name: str) -> list:
         page = client.search_runs([_experiment(client, name)], max_results=1000,
                                   page_token=token)
         # A tag filter with != skips runs without the tag, so parents are dropped here.
-        out += [r for r in page if r.data.tags.get("sweep.parent") != "true"]
+        out += [r for r in page if r.data.tags.get(PARENT_TAG) != "true"]
         token = page.token
         if not token:
             return out
@@ -78,19 +78,8 @@ def history(target: str, client: Any, found: list | None = None) -> pd.DataFrame
     found = found if found is not None else _search(client, experiment_name(target))
     meta = {r.info.run_id: {**r.data.tags, "grad_mode": _grad_mode(r)} for r in found}
     ids = list(meta)
-    store = client._tracking_client.store
-    # A SQL store answers one query per metric for many runs; a tracking server one request
-    # per metric per 100 runs. Either beats one request per run per metric.
-    local = hasattr(store, "get_metric_history_bulk")
-    chunk_size = 500 if local else BULK
-    rows = []
-    for start in range(0, len(ids), chunk_size):
-        chunk = ids[start : start + chunk_size]
-        for key in EPOCH_METRICS:
-            points = (store.get_metric_history_bulk(chunk, key, MAX_STEPS * len(chunk)) if local
-                      else store.get_metric_history_bulk_interval(chunk, key, MAX_STEPS, None,
-                                                                  None))
-            rows += [(m.run_id, m.step, key, m.value) for m in points]
+    rows = [(m.run_id, m.step, key, m.value) for key in EPOCH_METRICS
+            for m in metric_history_bulk(client, ids, key, MAX_STEPS)]
     frame = pd.DataFrame(rows, columns=["run_id", "epoch", "metric", "value"]).astype(
         {"epoch": "int64", "value": "float64"})
     frame["trial"] = frame["run_id"].map(lambda i: _trial(meta[i])).astype("Int64")
@@ -191,3 +180,29 @@ def write(frame: pd.DataFrame, path: str) -> None:
         frame.to_parquet(target, index=False)
     else:
         frame.to_csv(target, index=False)
+
+
+def report(target: str, client: Any, top: int, csv: str | None = None,
+           history_path: str | None = None) -> str:
+    """`runner.py compare`: the top runs as a table, and the CSV/Parquet files asked for."""
+    for option, path in (("--csv", csv), ("--history", history_path)):
+        if path and not path.endswith((".csv", ".parquet")):
+            raise CompareError(f"{option}: expected a path ending in .csv or .parquet, got {path}")
+    frame = runs(target, client)
+    name = experiment_name(target)
+    metric, _ = sweep_metric(name, client)
+    shown = [c for c in ("trial", "state", "grad_mode") if c in frame]
+    shown += [c for c in frame.columns if c in ("epochs", "batch_size", "learning_rate")]
+    shown += [c for c in (f"final_{metric}", "best_epoch", f"best_{metric}", "duration_s",
+                          "run_id") if c in frame]
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        lines = [frame[shown].head(top).to_string(index=False) if len(frame) else
+                 f"no runs in experiment '{name}'"]
+    if csv:
+        write(frame, csv)
+        lines.append(f"wrote {len(frame)} runs to {csv}")
+    if history_path:
+        hist = history(name, client, _search(client, name))
+        write(hist, history_path)
+        lines.append(f"wrote {len(hist)} points to {history_path}")
+    return "\n".join(lines)

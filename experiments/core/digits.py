@@ -1,24 +1,22 @@
-"""The tutorial's custom predict, as an MLflow pyfunc model.
+"""Digits as people make them, read as MNIST's: the pre-processing of the custom predict.
 
-`Model.predict` only maps a normalised tensor to logits. Users have raw digits: 28x28
-uint8 arrays, or image files of any size and mode. The pyfunc model here does the
-pre-processing (exactly the training transforms), runs MindSpore `Model.predict`, and
-post-processes logits into the digit and class probabilities.
+Users have raw digits: 28x28 uint8 arrays, or image files of any size and mode (phone
+photos, scans, drawings on a transparent canvas, 16-bit PNGs). Here they become MNIST-style
+28x28 uint8 digits, light on dark and centred by mass; the model then applies exactly the
+training transforms (`experiments/tracking/pyfunc_model.py`).
 """
 
 from __future__ import annotations
 
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PIP_REQUIREMENTS = ["mindspore==2.10.0", "numpy==1.26.4", "pandas==2.3.3", "pillow==11.3.0"]
+from experiments.core.config import UserError
 
 
-class PredictError(ValueError):
+class PredictError(UserError):
     """Input that cannot be predicted; the message names it."""
 
 
@@ -139,60 +137,3 @@ def as_digits(data: Any) -> np.ndarray:
     if not np.array_equal(array, np.round(array)):
         raise PredictError("expected whole pixel values (uint8), got fractions")
     return array.astype(np.uint8)
-
-
-def resolve_model(client: Any, spec: str) -> str:
-    """A run id of the project's store, or `best:SWEEP.yaml` for the sweep's best trial."""
-    from mlflow.exceptions import MlflowException
-
-    if spec.startswith("best:"):
-        from experiments import sweepfile
-        from experiments.sweep import PARENT_TAG
-
-        name = sweepfile.load(spec[len("best:"):]).name
-        exp = client.get_experiment_by_name(name)
-        parents = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = 'true'") \
-            if exp else []
-        best = parents[0].data.tags.get("best_run_id") if parents else None
-        if not best:
-            raise PredictError(f"--model {spec}: sweep '{name}' has no finished best trial yet")
-        return best
-    try:
-        run = client.get_run(spec)
-    except MlflowException:
-        raise PredictError(f"--model: no run '{spec}' in {client.tracking_uri}") from None
-    if not [a for a in client.list_artifacts(run.info.run_id) if a.path == "model"]:
-        raise PredictError(f"--model: run '{spec}' has no logged model (diverged or pruned?)")
-    return run.info.run_id
-
-
-def log_model(client: Any, run_id: str, net: Any, example: np.ndarray) -> None:
-    """Save the pyfunc model (weights, code, signature, example) as the run's `model/`."""
-    import mindspore
-    import mlflow.pyfunc
-    from mlflow.models import infer_signature
-
-    from experiments.pyfunc_model import DigitClassifier
-
-    package = Path(__file__).resolve().parent
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # predict() takes arrays or paths on purpose; the signature below is the contract.
-        warnings.simplefilter("ignore", UserWarning)
-        weights = Path(tmp) / "weights.ckpt"
-        mindspore.save_checkpoint(net, str(weights))
-        example = example[:2].astype(np.uint8)
-        signature = infer_signature(example, _example_output())
-        mlflow.pyfunc.save_model(
-            path=str(Path(tmp) / "model"), python_model=DigitClassifier(),
-            artifacts={"weights": str(weights)}, code_paths=[str(package)],
-            signature=signature, input_example=example, pip_requirements=PIP_REQUIREMENTS)
-        client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
-
-
-def _example_output() -> Any:
-    import pandas as pd
-
-    frame = pd.DataFrame(np.full((2, 10), 0.1), columns=[f"p{i}" for i in range(10)])
-    frame.insert(0, "probability", 0.1)
-    frame.insert(0, "digit", np.zeros(2, dtype=np.int64))
-    return frame

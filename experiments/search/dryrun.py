@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments import config as cfg
-from experiments.sweepfile import Param, Sweep
+from experiments.core import config as cfg
+from experiments.search.sweepfile import Param, SweepSpec
 
 SAMPLES = 3
 # Trials drawn without looking at results, per method (Optuna's defaults): TPE and GP start
@@ -26,15 +26,15 @@ def _space(p: Param) -> str:
     return f"{p.distribution} [{p.low}, {p.high}]{step}"
 
 
-def describe(spec: Sweep) -> str:
+def describe(spec: SweepSpec) -> str:
     import optuna
 
-    from experiments import study as st
-    from experiments.sweep import grad_modes
+    from experiments.search import study as st
+    from experiments.search import trials as tr
 
-    modes = grad_modes(spec)
+    modes = spec.all_grad_modes()
     lines = [f"sweep '{spec.name}' from {spec.path}: method {spec.method}, "
-             f"{spec.goal} {spec.metric}, budget {st.budget(spec)} trials, "
+             f"{spec.goal} {spec.metric}, budget {tr.budget(spec)} trials, "
              f"pruner {spec.pruner} (warmup {spec.warmup_epochs} epochs)"
              + (f", timeout {spec.timeout_s:g}s" if spec.timeout_s else "")]
     if spec.ablation:
@@ -46,19 +46,19 @@ def describe(spec: Sweep) -> str:
     lines.append("fixed: " + (", ".join(f"{k}={v}" for k, v in spec.fixed.items()) or "-"))
     lines.append("search space:")
     lines += [f"  {p.key}: {_space(p)}" for p in spec.parameters]
-    n = min(SAMPLES, st.budget(spec))
+    n = min(SAMPLES, tr.budget(spec))
     configs = []
 
     def objective(trial: optuna.Trial) -> float:
-        config = cfg.build({**spec.fixed, **st.suggest(trial, spec.parameters)})
+        config = cfg.build({**spec.fixed, **tr.suggest(trial, spec.parameters)})
         configs.append({k: v for k, v in cfg.flatten(config).items()
                         if not k.startswith("data.")})
         return 0.0
 
     study = optuna.create_study(direction=spec.goal)
     study.sampler = st.sampler(spec)
-    st.work(study, dataclasses.replace(spec, n_trials=n, pruner="none"), objective,
-            lambda t: None, st.Recovery())
+    tr.work(study, dataclasses.replace(spec, n_trials=n, pruner="none"), objective,
+            lambda t: None, tr.Recovery())
     free = RESULT_FREE.get(spec.method)
     note = f"; from trial {free} on, draws depend on results" if free is not None and \
         free < n else ""

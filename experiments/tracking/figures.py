@@ -1,9 +1,8 @@
-"""Pictures logged as artifacts.
+"""Pictures logged with every run: learning curves, confusion matrix, test digits.
 
-Per-run pictures (learning curves, confusion matrix, test digits) are drawn with Pillow:
-~10-40 ms each instead of 0.2-0.4 s with Matplotlib, which was most of what tracking added
-to a short trial (benchmarks, section 3). Optuna's plots for the sweep's parent run need
-Matplotlib; it runs headless (Agg) and is imported late.
+They are drawn with Pillow, which costs a fraction of what Matplotlib did; Matplotlib's
+figures were most of what tracking added to a short trial (benchmark section 3 measures
+tracking's cost). Optuna's plots of a sweep are the search layer's (search/parent.py).
 """
 
 from __future__ import annotations
@@ -12,15 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def learning_curves(history: Sequence[Any], title: str) -> Any:
@@ -81,34 +71,6 @@ def _panel(draw: Any, box: tuple[int, int, int, int], epochs: list[int],
         draw.text((x1 - 8, legend_y + 16 * k), name, font=font, anchor="rm", fill=colour)
 
 
-def optuna_figures(study: Any) -> list[tuple[str, Any]]:
-    """Optuna's own plots that the study can draw so far (importances need 2+ trials)."""
-    import warnings
-
-    from optuna.visualization import matplotlib as ovm
-
-    plt = _pyplot()
-    makers = {"optimization_history": ovm.plot_optimization_history,
-              "param_importances": ovm.plot_param_importances,
-              "parallel_coordinate": ovm.plot_parallel_coordinate,
-              "slice": ovm.plot_slice}
-    out = []
-    for name, make in makers.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                axes = make(study)
-            except Exception:  # a plot the study cannot support yet (too few trials) is skipped
-                plt.close("all")
-                continue
-        first = axes.flat[0] if hasattr(axes, "flat") else axes
-        figure = first.figure
-        figure.set_size_inches(9, 5)
-        figure.tight_layout()
-        out.append((name, figure))
-    return out
-
-
 def _font(size: int) -> Any:
     from PIL import ImageFont
 
@@ -157,7 +119,7 @@ def digit_grid(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, n: i
     """
     from PIL import Image, ImageDraw
 
-    from experiments.data import denormalize, normalize
+    from experiments.core.data import denormalize, normalize
 
     cols, label = 8, 18
     width, height = 28 * scale + 16, 28 * scale + label + 8

@@ -1,0 +1,1 @@
+"""Process-level helpers under everything else: signals, fault points, retries, rendering."""

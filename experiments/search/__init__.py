@@ -1,0 +1,1 @@
+"""Sweeps: sweep files, the Optuna study, trials and workers, the command, comparison."""

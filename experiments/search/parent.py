@@ -1,0 +1,180 @@
+"""The sweep's parent run: created once, found again on resume, finalised with the best
+trial, the trials table and Optuna's plots; and the summary the command prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments.runtime import faults
+from experiments.search import study as st
+from experiments.search import trials as tr
+from experiments.search.sweepfile import SweepSpec
+from experiments.tracking.mlflow_run import MlflowRun
+from experiments.tracking.store import experiment_id
+
+PARENT_TAG = "sweep.parent"
+
+
+def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]) -> str:
+    """The sweep's parent run: found again on resume, created once otherwise. A change let
+    through by --allow-change is recorded on it with the new file."""
+    exp = experiment_id(client, spec.name)
+
+    def existing() -> list:
+        return client.search_runs([exp], f"tags.`{PARENT_TAG}` = 'true'",
+                                  order_by=["attributes.start_time ASC"])
+
+    runs = existing()
+    if not runs:
+        params = {"method": spec.method, "metric": spec.metric, "goal": spec.goal,
+                  "n_trials": spec.n_trials, "seed": spec.seed, "pruner": spec.pruner,
+                  "grad_modes": ",".join(spec.all_grad_modes()),
+                  **{f"fixed.{k}": v for k, v in spec.fixed.items()}}
+        run = MlflowRun.start(client, spec.name, spec.name, params,
+                        {PARENT_TAG: "true", "sweep": spec.name,
+                         st.FINGERPRINT: spec.fingerprint()})
+        client.log_text(run.run_id, sweep_text, "sweep.yaml")
+        runs = existing()
+        # Two workers starting at once may both create one: the earliest wins.
+        for extra in runs[1:]:
+            if extra.info.run_id == run.run_id:
+                client.delete_run(run.run_id)
+    chosen = runs[0]
+    if changed:
+        n = 1 + sum(k.startswith("sweep.change.") for k in chosen.data.tags)
+        client.log_text(chosen.info.run_id, sweep_text, f"changes/{n}/sweep.yaml")
+        client.set_tag(chosen.info.run_id, f"sweep.change.{n}", "; ".join(changed)[:5000])
+        client.set_tag(chosen.info.run_id, st.FINGERPRINT, spec.fingerprint())
+    if chosen.info.status != "RUNNING":
+        client.update_run(chosen.info.run_id, status="RUNNING")
+    return chosen.info.run_id
+
+
+# How a sweep ended -> the parent run's status. A timeout is a normal end, like the budget.
+END_STATUS = {"budget": "FINISHED", "timeout": "FINISHED", "interrupted": "KILLED",
+              "workers died": "FAILED", "failed": "FAILED"}
+
+
+def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
+             end: str) -> FrozenTrial | None:
+    """Best trial, trials table and Optuna's plots on the parent run; returns the best."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = None
+    if done:
+        best = study.best_trial
+        client.log_metric(parent_run_id, f"best_{spec.metric}", best.value,
+                          step=len(tr.finished(study)))
+        tags = {"best_trial": str(best.number), "best_value": str(best.value),
+                "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
+                **{f"best.{k}": str(v) for k, v in best.params.items()}}
+        for k, v in tags.items():
+            client.set_tag(parent_run_id, k, v)
+        for t in done:
+            if t.user_attrs.get("mlflow_run_id"):
+                client.set_tag(t.user_attrs["mlflow_run_id"], "best",
+                               "true" if t.number == best.number else "false")
+    frame = study.trials_dataframe()
+    client.log_text(parent_run_id, frame.to_csv(index=False), "trials.csv")
+    faults.point("finalize")
+    for name, figure in optuna_figures(study):
+        MlflowRun(client, parent_run_id).log_figure(figure, f"plots/{name}.png")
+    client.set_tag(parent_run_id, "end_reason", end)
+    client.set_terminated(parent_run_id, END_STATUS.get(end, "FAILED"))
+    return best
+
+
+def trial_line(t: FrozenTrial, metric: str) -> str:
+    params = "  ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+    value = f"{metric}={t.value:.4f}" if t.value is not None else metric + "=-"
+    seconds = t.duration.total_seconds() if t.duration else 0.0
+    reason = t.user_attrs.get("fail_reason", "")
+    return (f"trial {t.number:>3}  {t.state.name:<8} {value}  {params}  {seconds:.1f}s"
+            + (f"  ({reason})" if reason else ""))
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+ENDINGS = {"budget": "budget met", "timeout": "stopped by timeout_s",
+           "interrupted": "interrupted", "workers died": "worker processes died",
+           "failed": "failed"}
+
+
+def summary(study: optuna.Study, spec: SweepSpec, parent_run_id: str, end: str, top: int = 5
+            ) -> str:
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    done.sort(key=lambda t: t.value, reverse=spec.goal == "maximize")
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        kind = t.user_attrs.get(tr.FAIL_KIND) if t.state == TrialState.FAIL else None
+        name = f"FAIL ({kind})" if kind else t.state.name
+        states[name] = states.get(name, 0) + 1
+    lines = [f"sweep '{spec.name}' ({ENDINGS.get(end, end)}): {len(tr.finished(study))}/"
+             f"{tr.budget(spec)} trials counted "
+             f"({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})"]
+    if done:
+        lines.append(f"top {min(top, len(done))} by {spec.metric} ({spec.goal}):")
+        lines += ["  " + trial_line(t, spec.metric) for t in done[:top]]
+    lines.append(f"MLflow: python runner.py ui  -> experiment '{spec.name}', "
+                 f"parent run {parent_run_id}")
+    return "\n".join(lines)
+
+
+def sweep_text(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def best_run_id(client: Any, spec: SweepSpec) -> str | None:
+    """The run of the sweep's best trial, as the parent run records it."""
+    exp = client.get_experiment_by_name(spec.name)
+    if exp is None:
+        return None
+    parents = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = 'true'",
+                                 order_by=["attributes.start_time ASC"])
+    return parents[0].data.tags.get("best_run_id") if parents else None
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+
+def optuna_figures(study: Any) -> list[tuple[str, Any]]:
+    """Optuna's own plots that the study can draw so far (importances need 2+ trials)."""
+    import warnings
+
+    from optuna.visualization import matplotlib as ovm
+
+    plt = _pyplot()
+    makers = {"optimization_history": ovm.plot_optimization_history,
+              "param_importances": ovm.plot_param_importances,
+              "parallel_coordinate": ovm.plot_parallel_coordinate,
+              "slice": ovm.plot_slice}
+    out = []
+    for name, make in makers.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                axes = make(study)
+            except Exception:  # a plot the study cannot support yet (too few trials) is skipped
+                plt.close("all")
+                continue
+        first = axes.flat[0] if hasattr(axes, "flat") else axes
+        figure = first.figure
+        figure.set_size_inches(9, 5)
+        figure.tight_layout()
+        out.append((name, figure))
+    return out
+

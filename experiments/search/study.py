@@ -1,0 +1,223 @@
+"""The Optuna study: its storage, samplers and pruner, and the question it answers.
+
+The default storage is Optuna's journal file in `mlruns/optuna/`, which is built for
+several processes on one machine (SQLite is not). `--storage postgresql://...` uses the
+RDB storage with heartbeats, so trials of a worker that died on another machine are
+failed and retried by the survivors.
+
+A study answers one question: its sweep's meaning (space, method, metric and goal, fixed,
+ablation) is recorded on it, and a sweep file that asks another is refused.
+Every use of Optuna's private API is in this module.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments.runtime.retry import retry
+from experiments.search.sweepfile import SweepError, SweepSpec
+
+MEANING, FINGERPRINT = "sweep.meaning", "sweep.fingerprint"  # study user attrs
+# A worker that stops beating for GRACE_S is taken for dead (RDB storage).
+HEARTBEAT_S = int(os.environ.get("RUNNER_HEARTBEAT_S", "10"))
+GRACE_S = int(os.environ.get("RUNNER_GRACE_S", "30"))
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def storage(url: str | None, root: Path, on_stale: Callable[[optuna.Study, FrozenTrial], None],
+            create: bool = True) -> Any:
+    """The study storage: a journal file by default, an RDB (with heartbeats) for URLs.
+
+    `on_stale` is called for each trial the heartbeat check failed. With `create` False,
+    None where the journal file does not exist yet (no study can).
+    """
+    if not url or url.startswith("journal:") or url.endswith(".log"):
+        path = Path(url.removeprefix("journal:")) if url else root / "optuna" / "journal.log"
+        if not create and not path.exists():
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return retry(lambda: optuna.storages.RDBStorage(
+        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        failed_trial_callback=on_stale))
+
+
+def latest(study: optuna.Study, t: FrozenTrial | optuna.Trial) -> FrozenTrial:
+    """The trial as the storage has it now."""
+    return study._storage.get_trial(t._trial_id)
+
+
+def is_journal(study: optuna.Study) -> bool:
+    # Optuna wraps an RDBStorage in a cache, so an isinstance test for RDBStorage is always
+    # false; the journal is not wrapped.
+    return isinstance(study._storage, optuna.storages.JournalStorage)
+
+
+def set_attr(study: optuna.Study, t: FrozenTrial, key: str, value: Any) -> None:
+    """A user attr on any trial of the study (an Optuna `Trial` is only the running one)."""
+    study._storage.set_trial_user_attr(t._trial_id, key, value)
+
+
+def set_failed(study: optuna.Study, t: FrozenTrial) -> None:
+    """Fail a trial; UpdateFinishedTrialError when someone finished it first."""
+    study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+
+
+# --- samplers and pruners ---------------------------------------------------------------
+
+
+def trial_seed(seed: int, number: int) -> int:
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def _make_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        # QMC and GP are marked experimental; the warning says nothing the user can act on.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _new_sampler(method, seed)
+
+
+def _new_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
+    samplers = optuna.samplers
+    if method == "cmaes":
+        return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if method == "qmc":
+        return samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if method == "gp":
+        return samplers.GPSampler(seed=seed)
+    if method == "tpe":
+        return samplers.TPESampler(seed=seed)
+    # random, and grid: a grid trial's params come from the queue (see `_top_up_grid`).
+    return samplers.RandomSampler(seed=seed)
+
+
+class PerTrialSeed(optuna.samplers.BaseSampler):
+    """A sampler made afresh for each trial, seeded by (sweep seed, trial number).
+
+    Trial numbers are unique across workers and resumes, so parallel or resumed workers
+    never replay one another's draws, one worker is reproducible, and `--dry-run` shows
+    exactly the draws the run makes. The inner sampler sees the whole trial, from
+    `before_trial` to `after_trial`, with one seed.
+    """
+
+    def __init__(self, method: str, seed: int) -> None:
+        self._method, self._seed = method, seed
+        self._number: int | None = None
+        self._inner = _make_sampler(method, seed)
+
+    def _for(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        if trial.number != self._number:
+            self._number = trial.number
+            self._inner = _make_sampler(self._method, trial_seed(self._seed, trial.number))
+        return self._inner
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict
+                        ) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        return self._for(trial).sample_independent(study, trial, param_name,
+                                                   param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+
+
+def sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    # QMC indexes its sequence by trial number already and must keep one seed.
+    if spec.method == "qmc":
+        return _make_sampler("qmc", spec.seed)
+    return PerTrialSeed(spec.method, spec.seed)
+
+
+def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=spec.warmup_epochs)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.warmup_epochs))
+    return optuna.pruners.NopPruner()
+
+
+# --- one study, one question ------------------------------------------------------------
+
+
+def changes(spec: SweepSpec, study: optuna.Study) -> list[str]:
+    """What the sweep file asks that the study was not created for: 'part: old -> new'."""
+    out = []
+    goal = study.direction.name.lower()
+    old = study.user_attrs.get(MEANING) or {}
+    if goal != spec.goal or old.get("metric", f"{goal} {spec.metric}") != \
+            f"{spec.goal} {spec.metric}":
+        out.append(f"metric: {old.get('metric', goal)} -> {spec.goal} {spec.metric}")
+    if not old:
+        return out  # a study from before fingerprints: only its direction is known
+    new = spec.meaning()
+    for part in ("method", "ablation"):
+        if old.get(part) != new[part]:
+            out.append(f"{part}: {old.get(part)} -> {new[part]}")
+    for part in ("fixed", "parameters"):
+        was, now = old.get(part, {}), new[part]
+        for key in sorted(set(was) | set(now)):
+            if was.get(key) != now.get(key):
+                out.append(f"{part}.{key}: {was.get(key, '(none)')} -> {now.get(key, '(none)')}")
+    return out
+
+
+def check(spec: SweepSpec, store: Any, allow_change: bool = False) -> list[str]:
+    """The changes between the sweep file and the study of its name, if one exists.
+
+    Raises SweepError (before anything is written) when the file asks another question;
+    returns the changes that `allow_change` lets through, to be recorded.
+    """
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=store)
+    except KeyError:
+        return []
+    changed = changes(spec, study)
+    if not changed:
+        return []
+    n = len(study.get_trials(deepcopy=False))
+    what = "; ".join(changed)
+    if changed[0].startswith("metric:"):
+        raise SweepError(f"{spec.path}: study '{spec.name}' ({n} trials) optimises another "
+                         f"objective ({what}); an Optuna study keeps one metric and "
+                         "direction: give the sweep a new `name`")
+    if not allow_change:
+        raise SweepError(f"{spec.path}: study '{spec.name}' ({n} trials) was created for "
+                         f"another sweep: {what}; give the sweep a new `name`, or rerun with "
+                         "--allow-change to continue it and record the change on its parent run")
+    return changed
+
+
+def open_study(spec: SweepSpec, store: Any) -> optuna.Study:
+    """Load or create the study for `spec` (checked by `check` first), recording what it
+    asks (its meaning and fingerprint) on it."""
+    study = retry(lambda: optuna.create_study(study_name=spec.name, storage=store,
+                                              load_if_exists=True, direction=spec.goal))
+    if study.user_attrs.get(FINGERPRINT) != spec.fingerprint():
+        study.set_user_attr(MEANING, spec.meaning())
+        study.set_user_attr(FINGERPRINT, spec.fingerprint())
+    study.sampler = sampler(spec)
+    study.pruner = _pruner(spec)
+    return study
+
+

@@ -1,0 +1,1 @@
+"""Everything MLflow: the store, the tracked run, its figures and the pyfunc model."""

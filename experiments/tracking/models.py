@@ -1,0 +1,78 @@
+"""The run's model: saved as an MLflow pyfunc model, found again, loaded to predict.
+
+`model/` on a run holds the weights, this package's code, a signature and an input
+example; `DigitClassifier` (pyfunc_model.py) does the pre-processing, MindSpore
+`Model.predict` and the post-processing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.core.digits import PredictError
+
+PIP_REQUIREMENTS = ["mindspore==2.10.0", "numpy==1.26.4", "pandas==2.3.3", "pillow==11.3.0"]
+PACKAGE = Path(__file__).resolve().parent.parent  # experiments/, copied into every model
+
+
+def log_model(client: Any, run_id: str, net: Any, example: np.ndarray) -> None:
+    """Save the pyfunc model (weights, code, signature, example) as the run's `model/`."""
+    import mindspore
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    from experiments.tracking.pyfunc_model import DigitClassifier
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # predict() takes arrays or paths on purpose; the signature below is the contract.
+        warnings.simplefilter("ignore", UserWarning)
+        weights = Path(tmp) / "weights.ckpt"
+        mindspore.save_checkpoint(net, str(weights))
+        example = example[:2].astype(np.uint8)
+        signature = infer_signature(example, _example_output())
+        mlflow.pyfunc.save_model(
+            path=str(Path(tmp) / "model"), python_model=DigitClassifier(),
+            artifacts={"weights": str(weights)}, code_paths=[str(PACKAGE)],
+            signature=signature, input_example=example, pip_requirements=PIP_REQUIREMENTS)
+        client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
+
+
+def _example_output() -> Any:
+    import pandas as pd
+
+    frame = pd.DataFrame(np.full((2, 10), 0.1), columns=[f"p{i}" for i in range(10)])
+    frame.insert(0, "probability", 0.1)
+    frame.insert(0, "digit", np.zeros(2, dtype=np.int64))
+    return frame
+
+
+def model_run(client: Any, run_id: str) -> str:
+    """`run_id` if it is a run of the store with a logged model; PredictError otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise PredictError(f"--model: no run '{run_id}' in {client.tracking_uri}") from None
+    if not [a for a in client.list_artifacts(run.info.run_id) if a.path == "model"]:
+        raise PredictError(f"--model: run '{run_id}' has no logged model (diverged or pruned?)")
+    return run.info.run_id
+
+
+def predict(client: Any, run_id: str, digits: np.ndarray) -> Any:
+    """The run's model on 28x28 uint8 digits: a frame of digit, probability, p0..p9.
+
+    The model is fetched through `client` (not a global tracking URI), so it comes from
+    the store this process uses.
+    """
+    import mlflow.pyfunc
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's advice on type hints
+        local = client.download_artifacts(run_id, "model", tmp)
+        return mlflow.pyfunc.load_model(local).predict(digits)

@@ -1,0 +1,139 @@
+"""One training recorded as one MLflow run: where the training loop and the tracking meet.
+
+Whatever ends the run (the last epoch, a NaN loss, a pruning callback, Ctrl-C or an
+exception) the MLflow run is closed with a status and a reason, so no run is left RUNNING
+by anything short of a hard kill.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiments.core.config import Config, as_dict, flatten
+from experiments.core.data import Mnist, n_batches
+from experiments.core.train import (
+    Callbacks,
+    Diverged,
+    EpochResult,
+    Prepared,
+    Stop,
+    Trainer,
+    compose,
+    fit,
+    trainer_for,
+)
+from experiments.runtime import faults, interrupts
+from experiments.tracking import figures
+from experiments.tracking.mlflow_run import MlflowRun
+
+
+@dataclass(frozen=True)
+class TrackContext:
+    """What every tracked training in a process shares: where runs go, and the data."""
+
+    client: Any
+    data: Mnist
+    prepared: Prepared
+    experiment: str
+    parent_run_id: str | None = None
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    history: list[EpochResult] = field(default_factory=list)
+    diverged: Diverged | None = None
+    stopped: Stop | None = None
+
+    @property
+    def final(self) -> EpochResult | None:
+        return self.history[-1] if self.history else None
+
+
+def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: str, *,
+                tags: dict[str, str] | None = None, callbacks: Any = None,
+                diverged_status: str = "FAILED",
+                on_run_start: Callable[[str], None] | None = None,
+                save_model: bool = True) -> Outcome:
+    """Train `config` and record it as one MLflow run; returns what happened.
+
+    `callbacks` (anything with the three hooks) run after the run has recorded the epoch,
+    so a pruning callback that stops training never loses an epoch's metrics.
+    """
+    run = MlflowRun.start(ctx.client, ctx.experiment, run_name, flatten(config), tags,
+                          ctx.parent_run_id)
+    faults.point("run_started")
+    if on_run_start:
+        on_run_start(run.run_id)
+    outcome = Outcome(run.run_id)
+
+    def record(result: EpochResult) -> None:
+        run.log_epoch(result.epoch, result.metrics())
+        outcome.history.append(result)
+
+    status = "FAILED"
+    try:
+        run.log_config(as_dict(config))
+        run.log_data(ctx.data, {"train": len(ctx.prepared.train_y),
+                                "test": len(ctx.prepared.test_y)})
+        done = fit(config, ctx.prepared, trainer,
+                   compose(Callbacks(on_epoch_end=record), callbacks))
+        _log_results(run, ctx, done.predictions, trainer.model if save_model else None)
+        status = "FINISHED"
+    except Diverged as exc:
+        outcome.diverged = exc
+        # The way to NaN, step by step (global step numbers), finite values only.
+        offset = (exc.epoch - 1) * n_batches(len(ctx.prepared.train_y), config.batch_size)
+        run.log_series("diverging_step_loss", {offset + i: v for i, v in
+                                               enumerate(exc.losses, start=1) if math.isfinite(v)})
+        run.set_tags({"outcome": "diverged", "failure_reason": f"non-finite loss: {exc}",
+                      "diverged_epoch": exc.epoch, "diverged_step": exc.step})
+        status = diverged_status
+    except Stop as exc:
+        outcome.stopped = exc
+        run.set_tags({"state": exc.state, "stop_reason": str(exc)})
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        with interrupts.shielded():
+            run.set_tags({"failure_reason": "interrupted (Ctrl-C or SIGTERM)"})
+        status = "KILLED"
+        raise
+    except Exception as exc:
+        run.set_tags({"failure_reason": f"{type(exc).__name__}: {exc}"[:5000]})
+        raise
+    finally:
+        # A second Ctrl-C must not leave the run RUNNING: it waits until the run is closed.
+        with interrupts.shielded():
+            run.set_tags({"init_weights_digest": trainer.init_digest})
+            if outcome.history:
+                run.log_image(figures.learning_curves(outcome.history, run_name),
+                              "learning_curves.png")
+            run.end(status)
+    return outcome
+
+
+def train_once(config: Config, experiment: str, run_name: str, say: Callable[[str], None],
+               callbacks: Any = None) -> Outcome:
+    """`runner.py train`: load the data, train once, record one run in `experiment`."""
+    from experiments.core.data import load
+    from experiments.tracking.store import client
+
+    mnist = load(config.data.path, config.data.download, say)
+    ctx = TrackContext(client(), mnist, Prepared.from_mnist(mnist), experiment)
+    return tracked_fit(ctx, config, trainer_for(config.grad_mode), run_name,
+                       callbacks=callbacks)
+
+
+def _log_results(run: MlflowRun, ctx: TrackContext, predicted: Any, model: Any) -> None:
+    """What a person looks at after training: confusions, sample digits, the model."""
+    run.log_image(figures.confusion(ctx.prepared.test_y, predicted), "confusion_matrix.png")
+    faults.point("log_artifacts")
+    run.log_image(figures.digit_grid(ctx.data.test_images, ctx.prepared.test_y, predicted),
+                  "test_digits.png")
+    if model is not None:
+        from experiments.tracking.models import log_model
+
+        log_model(run.client, run.run_id, model, ctx.data.test_images)

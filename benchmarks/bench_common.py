@@ -19,7 +19,7 @@ import mindspore
 import numpy as np
 from mindspore import nn
 
-# The only place this module reaches into the project (see the other engineer's reshuffle).
+# The only place this module reaches into the project's code.
 from experiments.core import data as D
 from experiments.core.model import Network
 from experiments.core.steps import make_grad_fn

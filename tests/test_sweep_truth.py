@@ -4,6 +4,7 @@ Sweeps run in process (`runner.main`) on a real journal storage, a real SQLite M
 store and the offline digits, shrunk to one short epoch per trial.
 """
 
+import socket
 import textwrap
 from pathlib import Path
 
@@ -287,3 +288,22 @@ def test_gp_runs_with_pytorch_and_is_refused_without(store, capsys):
         assert runner.main(["sweep", path]) == 0
         trials = journal_study(store, "question").get_trials()
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+
+
+def test_a_resume_closes_runs_left_running_by_a_gone_process(store, capsys):
+    """A signal that cut a worker's closing short left its run RUNNING, its trial FAIL."""
+    from experiments.tracking.mlflow_run import MlflowRun
+
+    path = sweep_file(store, TINY_SPACE)
+    assert runner.main(["sweep", path]) == 0
+    client = mlflow_client(store)
+    gone = f"{socket.gethostname()}:999999999"  # no such process on this host
+    left = MlflowRun.start(client, "question", "trial-0-has_aux", {},
+                           {"sweep": "question", "trial": "0", "worker": gone})
+    alive = MlflowRun.start(client, "question", "elsewhere", {},  # another machine's, live
+                            {"sweep": "question", "trial": "0", "worker": "otherhost:1"})
+    assert runner.main(["sweep", path]) == 0
+    assert "1 MLflow run(s) of finished trials left RUNNING" in capsys.readouterr().err
+    closed = client.get_run(left.run_id)
+    assert closed.info.status == "KILLED" and "gone" in closed.data.tags["failure_reason"]
+    assert client.get_run(alive.run_id).info.status == "RUNNING"

@@ -9,6 +9,7 @@ same params. A grid's points are queued as trials, each claimed once.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -50,8 +51,8 @@ class Recovery:
 
     def lost(self, study: optuna.Study, t: FrozenTrial, kind: str, how: str = "",
              set_state: bool = True) -> None:
-        mark_failed(study, t, kind, set_state=set_state, how=how)
-        self.close_runs(study, st.latest(study, t), kind)
+        if mark_failed(study, t, kind, set_state=set_state, how=how):
+            self.close_runs(study, st.latest(study, t), kind)
 
     def stale(self, study: optuna.Study, t: FrozenTrial) -> None:
         """For the RDB storage's heartbeat check, which has failed `t` already."""
@@ -99,6 +100,12 @@ def _refusal(trials: list[FrozenTrial], trial: optuna.Trial, spec: SweepSpec, li
     return "" if trial.number in taken[:limit] else "over_budget"
 
 
+def grid_point(params: dict[str, Any]) -> str:
+    """A grid point's name: its params, so that it means the same point after the grid
+    changes (--allow-change) and for trials of a study made before points were named."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
 def _top_up_grid(study: optuna.Study, spec: SweepSpec, trials: list[FrozenTrial],
                  limit: int) -> None:
     """Queue the grid points no trial holds, as many as the budget still needs.
@@ -106,12 +113,12 @@ def _top_up_grid(study: optuna.Study, spec: SweepSpec, trials: list[FrozenTrial]
     Each point is queued with its claim; two workers queueing the same point at once
     leave a duplicate, which `_refusal` turns away when it is popped.
     """
-    held = {t.user_attrs.get(GRID_POINT) for t in trials if _holds(t)}
-    need = limit - sum(_holds(t) for t in trials)
-    free = [i for i in range(len(spec.grid_points())) if i not in held]
-    points = spec.grid_points()
-    for i in free[:max(0, need)]:
-        study.enqueue_trial(points[i], user_attrs={GRID_POINT: i, CLAIM: f"grid:{i}"},
+    holding = [t for t in trials if _holds(t)]
+    held = {t.user_attrs.get(GRID_POINT) or grid_point(t.params) for t in holding}
+    free = [p for p in spec.grid_points() if grid_point(p) not in held]
+    for params in free[:max(0, limit - len(holding))]:
+        point = grid_point(params)
+        study.enqueue_trial(params, user_attrs={GRID_POINT: point, CLAIM: f"grid:{point}"},
                             skip_if_exists=False)
 
 
@@ -177,23 +184,25 @@ def _dead_here(t: FrozenTrial) -> bool:
 
 
 def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool = True,
-                how: str = "") -> None:
-    """Fail a trial that will not finish, and queue its params for one retry."""
+                how: str = "") -> bool:
+    """Fail a trial that will not finish, and queue its params for one retry. False when
+    someone else finished it meanwhile (then it is theirs, and so are its runs)."""
     try:
         st.set_attr(study, t, FAIL_KIND, kind)
         if set_state:
             st.set_failed(study, t)
     except optuna.exceptions.UpdateFinishedTrialError:
-        # Finished meanwhile by someone else; unless that was the heartbeat check failing
-        # it for us (then the retry below is ours to queue), there is nothing to do.
+        # Unless that someone was the heartbeat check failing it for us (then the retry
+        # below is ours to queue), there is nothing to do.
         if how != "heartbeat":
-            return
+            return False
     if "retry_of" not in t.user_attrs and t.params:
         attrs = {"retry_of": t.number, "retry_reason": kind, "crash_detected_by": how,
                  CLAIM: t.user_attrs.get(CLAIM) or f"retry:{t.number}"}
         if GRID_POINT in t.user_attrs:
             attrs[GRID_POINT] = t.user_attrs[GRID_POINT]
         study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+    return True
 
 
 def recover(study: optuna.Study, recovery: Recovery, local: bool = True) -> int:

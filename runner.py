@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from experiments.core.config import ConfigError, UserError, one_line
 from experiments.runtime import interrupts, progress
-from experiments.search.sweep import SweepIncomplete
+from experiments.search.options import SweepIncomplete
 
 EXIT_INCOMPLETE = 1  # a sweep whose workers died short of the budget; autodiff checks fail
 EXIT_BAD_INPUT = 2
@@ -43,7 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from experiments.search.sweep import SweepOptions, run_sweep
+    from experiments.search.options import SweepOptions
+    from experiments.search.sweep import run_sweep
 
     text = run_sweep(SweepOptions(
         args.sweep, tuple(args.set or ()), args.n_trials, args.workers, args.storage,

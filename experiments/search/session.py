@@ -1,0 +1,111 @@
+"""One process's sweep, top-down: refuse a study that asks another question; load the
+data; open the store and the study; recover what dead processes left; run the trials
+here or in worker processes; record the best on the parent run, whatever ended the sweep.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from experiments.core import config as cfg
+from experiments.core.data import load
+from experiments.core.train import Prepared
+from experiments.runtime import interrupts, progress
+from experiments.search import parent as pr
+from experiments.search import study as st
+from experiments.search import trial_runs
+from experiments.search import trials as tr
+from experiments.search.objective import TrialRunner
+from experiments.search.options import SweepOptions
+from experiments.search.sweepfile import SweepSpec
+from experiments.search.workers import FALLBACK_ENV, run_workers
+from experiments.tracking.store import MLRUNS, client
+from experiments.tracking.tracked_fit import TrackContext
+
+
+@dataclass
+class Session:
+    """One process's view of a sweep, once the store and the study are open."""
+
+    options: SweepOptions
+    spec: SweepSpec
+    store_url: str
+    study: Any
+    recovery: Any
+    client: Any
+    mnist: Any
+    parent: str = ""
+
+
+def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
+    """Run (or resume) the checked sweep; returns the summary to print and how it ended."""
+    store_url = options.storage or f"journal:{(MLRUNS / 'optuna' / 'journal.log').resolve()}"
+    recovery = tr.Recovery()
+    # A study of this name that asks another question is refused before anything is written.
+    store = st.storage(store_url, MLRUNS, recovery.stale, create=False)
+    changed = st.check(spec, store, options.allow_change) if store is not None else []
+    config = cfg.build(spec.fixed)
+    mnist = load(config.data.path, config.data.download, progress.say,
+                 fell_back=os.environ.get(FALLBACK_ENV, "") if options.parent_run else "")
+    session = Session(options, spec, store_url, None, recovery, client(), mnist)
+    recovery.close_runs = trial_runs.close_runs(session.client)
+    session.study = st.open_study(spec, store or st.storage(store_url, MLRUNS, recovery.stale))
+    if options.parent_run is not None:  # a worker process of a parent
+        session.parent = options.parent_run
+        if options.pin_cpu is not None:
+            os.sched_setaffinity(0, {options.pin_cpu})
+        return "", _run_trials(session)
+    _recover(session)
+    session.parent = pr.parent_run(session.client, spec, pr.sweep_text(options.path), changed)
+    end = "failed"
+    try:
+        end = _run_trials(session)
+    except KeyboardInterrupt:
+        end = "interrupted"
+        raise
+    finally:
+        with interrupts.shielded():
+            pr.finalize(session.client, session.parent, session.study, spec, end)
+    return pr.summary(session.study, spec, session.parent, end), end
+
+
+def _recover(s: Session) -> None:
+    """What dead processes left: RUNNING trials, and runs of finished trials."""
+    recovered = tr.recover(s.study, s.recovery)
+    if recovered:
+        progress.say(f"{recovered} trial(s) left RUNNING by a dead process: marked FAIL, "
+                     "their MLflow runs KILLED, their params queued for one retry")
+    orphans = trial_runs.close_orphans(s.client, s.study)
+    if orphans:
+        progress.say(f"{orphans} MLflow run(s) of finished trials left RUNNING by a process "
+                     "that is gone: closed as KILLED")
+
+
+def _run_trials(s: Session) -> str:
+    """Trials here, or in worker processes; returns how the sweep ended."""
+    spec, options = s.spec, s.options
+    deadline = time.time() + spec.timeout_s if spec.timeout_s else None
+    if options.workers > 1 and options.parent_run is None:
+        died = run_workers(options.workers, options.worker_argv(), s.parent, s.store_url,
+                           s.mnist.fallback_reason, lambda: tr.recover(s.study, s.recovery))
+        # Workers stop at the budget or the deadline; a shortfall without a deadline
+        # means some died (the others may have made up for them).
+        return ("budget" if len(tr.finished(s.study)) >= tr.budget(spec)
+                else "workers died" if died else "timeout" if deadline else "failed")
+    shown = options.parent_run is None
+    bar = progress.trial_bar(tr.budget(spec), len(tr.finished(s.study)), enabled=shown)
+
+    def done(t: Any) -> None:
+        trial_runs.tag_trial_runs(s.client, t)
+        bar.update(1)
+        progress.say(pr.trial_line(t, spec.metric))
+
+    ctx = TrackContext(s.client, s.mnist, Prepared.from_mnist(s.mnist), spec.name, s.parent)
+    runner = TrialRunner(spec, ctx, show_progress=shown)
+    try:
+        return tr.work(s.study, spec, runner.objective, done, s.recovery, deadline)
+    finally:
+        bar.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -63,7 +64,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from experiments.search.compare import report
     from experiments.tracking.store import client
 
-    print(report(target, client(), args.top, args.csv, args.history))
+    print(report(target, client(create=False), args.top, args.csv, args.history))
     return 0
 
 
@@ -178,4 +179,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("GLOG_v", "3")  # MindSpore's INFO/WARNING chatter hides progress
-    sys.exit(main())
+    code = main()
+    # The command is over: a Ctrl-C while the runtimes shut down (a second or two) must not
+    # turn a finished sweep into exit 130.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)

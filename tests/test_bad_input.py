@@ -5,13 +5,16 @@ import contextlib
 import io
 import os
 import tempfile
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import runner
+from conftest import ROOT
 from experiments.core import config as cfg
 from experiments.search import sweepfile
 
@@ -141,3 +144,69 @@ def test_the_command_line_reads_a_value_as_yaml_does(key, text):
                         "  seed: {values: [1]}\n")
         in_yaml = read(lambda: sweepfile.load(path).fixed[key])
     assert cli == in_yaml
+
+
+@pytest.mark.parametrize("storage, says", [
+    ("journal:", "cannot use it as a journal file"),
+    ("journal:/tmp", "cannot use it as a journal file"),
+    ("journal:/proc/x.log", "cannot use it as a journal file"),
+    ("journal:/etc/passwd", "cannot open the study storage"),
+    ("mysql://localhost/x", "needs a MySQL driver"),
+    ("sqlite:///", "give a database file"),
+    pytest.param("postgresql://postgres@127.0.0.1:1/x", "cannot open the study storage",
+                 marks=pytest.mark.slow),  # the connection is retried for a few seconds
+])
+def test_a_storage_that_cannot_be_used_is_exit_2(tmp_path, storage, says):
+    code, err = run_main(["sweep", str(ROOT / "sweeps" / "tiny.yaml"), "--storage", storage],
+                         tmp_path)
+    assert_clean_failure(code, err, tmp_path, [])
+    assert says in err
+
+
+def test_read_only_commands_write_no_store(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"")
+    for argv in (["compare", "--experiment", "nope"], ["compare", str(ROOT / "sweeps" /
+                                                                    "tiny.yaml")],
+                 ["predict", "--model", "abc", str(tmp_path / "x.png")]):
+        code, err = run_main(argv, tmp_path)
+        assert code == 2 and err.startswith("error: "), err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"], argv
+
+
+def test_a_data_path_too_long_for_the_file_system_is_exit_2(tmp_path):
+    for path in ("a" * 300, "a/" * 3000):
+        for download in ("true", "false"):
+            code, err = run_main(["train", "--set", f"data.path={path}", "--set",
+                                  f"data.download={download}"], tmp_path)
+            assert_clean_failure(code, err, tmp_path, [])
+            assert "data.path" in err
+
+
+def test_numbers_too_long_to_print_are_refused_in_one_line(tmp_path):
+    huge = "9" * 5000
+    code, err = run_main(["train", "--set", f"epochs={huge}"], tmp_path)
+    assert_clean_failure(code, err, tmp_path, [])
+    assert len(err) < 400
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: t\nfixed: {{epochs: {huge}}}\nparameters: {{seed: {{values: [1]}}}}\n")
+    code, err = run_main(["sweep", str(path)], tmp_path)
+    assert_clean_failure(code, err, tmp_path, ["s.yaml"])
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """A 600-byte file whose aliases nest into billions of items, in a free-form key."""
+    lines = ["description:", '  a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"  a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    path = tmp_path / "s.yaml"
+    path.write_text("\n".join([*lines, "name: *a9", "parameters: {seed: {values: *a9}}", ""]))
+    start = time.perf_counter()
+    code, err = run_main(["sweep", str(path)], tmp_path)
+    assert time.perf_counter() - start < 5
+    assert_clean_failure(code, err, tmp_path, ["s.yaml"])
+
+
+def test_n_trials_has_the_same_ceiling_on_the_command_line(tmp_path):
+    code, err = run_main(["sweep", str(ROOT / "sweeps" / "tiny.yaml"), "--n-trials",
+                          "100001", "--dry-run"], tmp_path)
+    assert_clean_failure(code, err, tmp_path, [])
+    assert "--n-trials" in err and "100000" in err

@@ -334,3 +334,17 @@ def test_each_trial_run_carries_its_pictures(project, mnist):
     diagonal = np.mean([pixels[56 + 44 * k + 22, 60 + 44 * k + 5] for k in range(10)])
     off = np.mean([pixels[56 + 44 * k + 22, 60 + 44 * ((k + 5) % 10) + 5] for k in range(10)])
     assert run.final_test_accuracy > 0.8 and diagonal < off
+
+
+@pytest.mark.parametrize("option, path", [("--csv", "/proc/x.csv"), ("--csv", "folder.csv"),
+                                          ("--history", "/proc/x.parquet")])
+def test_compare_refuses_outputs_it_cannot_write(project, option, path, monkeypatch, capsys):
+    (project / "folder.csv").mkdir(exist_ok=True)
+    before = sorted(p.name for p in project.iterdir())
+    monkeypatch.chdir(project)
+    argv = ["compare", "look.yaml", "--csv", "ok.csv", option, path] if option == "--history" \
+        else ["compare", "look.yaml", option, path]
+    assert runner.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option in err[0] and "cannot write" in err[0]
+    assert sorted(p.name for p in project.iterdir()) == before  # not even ok.csv

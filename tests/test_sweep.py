@@ -425,3 +425,37 @@ parameters:
             assert t.user_attrs["fail_kind"] in ("duplicate", "no_grid_point"), t
     _client, _, children = sweep_runs(tmp_path, "grid2")
     assert sorted(int(r.data.params["seed"]) for r in children) == list(range(8))
+
+
+@pytest.mark.slow
+def test_a_double_ctrl_c_with_workers_stops_them_too(tmp_path):
+    """The second signal used to end the parent before it told the workers, which trained
+    on, unseen, in their own process group."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY),
+                             "--n-trials", "40", "--workers", "2", *LONGER], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    assert wait_for(lambda: trials_running_with_runs(tmp_path, "tiny", 2))
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=180) == 130
+    trials = journal_study(tmp_path, "tiny").get_trials()
+    workers = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in trials
+               if "worker" in t.user_attrs}
+    assert len(workers) == 2
+
+    def alive(pid: int) -> bool:
+        try:
+            return b"runner.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    assert not [pid for pid in workers if alive(pid)], "workers outlived their parent"
+    time.sleep(3)  # nothing goes on training behind the user's back
+    after = journal_study(tmp_path, "tiny").get_trials()
+    assert len(after) == len(trials)
+    assert not [t for t in after if t.state == TrialState.RUNNING]
+    _client, parents, children = sweep_runs(tmp_path, "tiny")
+    assert not [r.info.run_id for r in parents + children if r.info.status == "RUNNING"]

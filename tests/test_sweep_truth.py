@@ -307,3 +307,89 @@ def test_a_resume_closes_runs_left_running_by_a_gone_process(store, capsys):
     closed = client.get_run(left.run_id)
     assert closed.info.status == "KILLED" and "gone" in closed.data.tags["failure_reason"]
     assert client.get_run(alive.run_id).info.status == "RUNNING"
+
+
+def test_allow_change_refuses_what_optuna_cannot_continue(store, capsys):
+    """A values list changed in place made every later trial fail (Optuna refuses a new
+    value space for a parameter name) and spent the budget on failures."""
+    path = sweep_file(store, TINY_SPACE.replace(
+        "learning_rate: {distribution: log_uniform_values, min: 0.01, max: 0.5}",
+        "learning_rate: {values: [0.1, 0.2]}"))
+    assert runner.main(["sweep", path]) == 0
+    before = sorted(p.name for p in (store / "mlruns").rglob("*"))
+    capsys.readouterr()
+    for new in ("{values: [0.1, 0.4]}", "{distribution: uniform, min: 0.01, max: 0.5}"):
+        changed = sweep_file(store, Path(path).read_text().replace("{values: [0.1, 0.2]}", new),
+                             "changed.yaml")
+        assert runner.main(["sweep", changed, "--allow-change", "--n-trials", "3"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "parameters.learning_rate" in err[0] and "new `name`" in err[0]
+    assert sorted(p.name for p in (store / "mlruns").rglob("*")) == before
+
+
+def test_a_changed_grid_visits_its_new_points(store, capsys):
+    path = sweep_file(store, f"""
+        name: regrid
+        method: grid
+        n_trials: 10
+        pruner: {{type: none}}
+        {FAST}
+        parameters:
+          learning_rate: {{values: [0.1, 0.2]}}
+          grad_mode: {{values: [has_aux, stop_gradient]}}
+        """)
+    assert runner.main(["sweep", path]) == 0
+    text = Path(path).read_text().replace("  grad_mode: {values: [has_aux, stop_gradient]}\n",
+                                          "").replace("batch_size: 1000", "batch_size: 1000, "
+                                                      "grad_mode: has_aux")
+    changed = sweep_file(store, text, "changed.yaml")
+    assert runner.main(["sweep", changed, "--allow-change"]) == 0
+    assert "2/2 trials counted" in capsys.readouterr().out
+    trials = journal_study(store, "regrid").get_trials()
+    new = [t for t in trials if t.state == TrialState.COMPLETE and "grad_mode" not in t.params]
+    assert sorted(t.params["learning_rate"] for t in new) == [0.1, 0.2]
+
+
+def test_the_parent_run_keeps_the_current_budget(store):
+    path = sweep_file(store, TINY_SPACE)
+    assert runner.main(["sweep", path]) == 0
+    assert runner.main(["sweep", path, "--n-trials", "2"]) == 0
+    _, parents, _ = sweep_runs(store, "question")
+    tags = parents[0].data.tags
+    assert tags["sweep.n_trials"] == "2" and tags["sweep.pruner"].startswith("none")
+    assert "n_trials" not in parents[0].data.params
+
+
+def test_writing_out_a_default_asks_the_same_question(store):
+    path = sweep_file(store, TINY_SPACE)
+    assert runner.main(["sweep", path]) == 0
+    assert runner.main(["sweep", path, "--set", "seed=0", "--set", "data.path=MNIST_Data",
+                        "--set", "data.eval_batch_size=500", "--n-trials", "2"]) == 0
+
+
+def test_the_dry_run_checks_what_the_run_checks(store, capsys):
+    path = sweep_file(store, TINY_SPACE)
+    assert runner.main(["sweep", path, "--dry-run", "--set", "data.download=true",
+                        "--set", "data.path=/proc/x/MNIST_Data"]) == 2
+    assert "data.path" in capsys.readouterr().err
+    assert runner.main(["sweep", path, "--n-trials", "2"]) == 0
+    changed = sweep_file(store, TINY_SPACE.replace("max: 0.5", "max: 0.9"), "changed.yaml")
+    assert runner.main(["sweep", changed, "--dry-run"]) == 2
+    assert "parameters.learning_rate" in capsys.readouterr().err
+    # An existing study: the dry run shows the configs a rerun trains next.
+    capsys.readouterr()
+    assert runner.main(["sweep", path, "--n-trials", "4", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "exists with 2 trials" in out
+    shown = dry_run_configs_from(out)
+    assert runner.main(["sweep", path, "--n-trials", "4"]) == 0
+    trials = {t.number: t for t in journal_study(store, "question").get_trials()}
+    assert [repr(trials[n].params["learning_rate"]) for n in (2, 3)] == [
+        c["learning_rate"] for c in shown]
+
+
+def dry_run_configs_from(out: str) -> list[dict]:
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if "configs" in line and "trains" in line)
+    return [dict(item.split("=", 1) for item in line.split(". ", 1)[1].split(", "))
+            for line in lines[start + 1:]]

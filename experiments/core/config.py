@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,26 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
     """A bad config key or value; the message names the key and what is allowed."""
+
+
+class _Short(reprlib.Repr):
+    """repr, bounded: a value in an error message stays short and cheap to make, however
+    big or deep it is (YAML aliases can nest a 500-byte file into gigabytes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict, self.maxtuple = 2, 5, 5, 5
+        self.maxstring, self.maxother, self.maxlong = 60, 60, 40
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:  # Python refuses to print ints of over 4,300 digits
+            return f"<an integer of about {int(x.bit_length() * 0.30103)} digits>"
+        return super().repr_int(x, level)
+
+
+def show(value: Any) -> str:
+    """A user's value, quoted for an error message."""
+    return _Short().repr(value)
 
 
 def one_line(message: str) -> str:
@@ -115,7 +137,7 @@ def allowed(key: str) -> str:
 def check_name(value: Any, what: str) -> str:
     """A name that becomes an experiment, a study and a folder: checked, never escaped."""
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ConfigError(f"{what}: got {value!r}; allowed: {NAME_RULE}")
+        raise ConfigError(f"{what}: got {show(value)}; allowed: {NAME_RULE}")
     return value
 
 
@@ -125,7 +147,7 @@ def _scalar(text: str) -> Any:
 
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of over 4,300 digits
         return text
     return value if isinstance(value, str | int | float | bool) else text
 
@@ -135,7 +157,7 @@ def coerce(key: str, value: Any) -> Any:
     if key not in _RULES:
         raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
     rule = _RULES[key]
-    bad = ConfigError(f"config key '{key}': expected {rule.text}, got {value!r}")
+    bad = ConfigError(f"config key '{key}': expected {rule.text}, got {show(value)}")
     if rule.kind == "str":
         # A path is text; a YAML number (2020) is the folder of that name.
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -179,6 +201,14 @@ def _number(rule: Rule, value: Any, bad: ConfigError) -> int | float:
         value = float(value)
         if not math.isfinite(value):
             raise bad
+        if rule.high == FLOAT32_MAX:  # judged by what float32 makes of it, as it trains
+            try:
+                trained = struct.unpack("<f", struct.pack("<f", value))[0]
+            except OverflowError:
+                raise bad from None
+            if not FLOAT32_TINY <= trained <= FLOAT32_MAX:
+                raise bad
+            return value
     if not rule.low <= value <= rule.high:  # type: ignore[operator]
         raise bad
     return value

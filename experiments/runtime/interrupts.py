@@ -14,18 +14,18 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_requested = False
+_received = 0  # signals received so far
 _shield = 0  # depth of shielded() blocks
 _deferred = False  # a second signal arrived inside a shielded() block
 
 
 def _handler(signum: int, frame: object) -> None:
-    global _requested, _deferred  # the flags are process-wide by nature, like the signal
-    if _requested and _shield:
+    global _received, _deferred  # process-wide by nature, like the signal itself
+    _received += 1
+    if _received > 1 and _shield:
         _deferred = True
-    elif _requested:
+    elif _received > 1:
         raise KeyboardInterrupt
-    _requested = True
 
 
 def install() -> None:
@@ -34,11 +34,16 @@ def install() -> None:
 
 
 def requested() -> bool:
-    return _requested
+    return _received > 0
+
+
+def received() -> int:
+    """How many Ctrl-C/SIGTERM this process got: a parent passes each on to its workers."""
+    return _received
 
 
 def check() -> None:
-    if _requested:
+    if _received:
         raise KeyboardInterrupt
 
 

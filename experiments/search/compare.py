@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.core import config as cfg
+from experiments.runtime.paths import writable_ancestor
 from experiments.search.parent import PARENT_TAG
 from experiments.search.sweepfile import load
 from experiments.tracking.store import metric_history_bulk
@@ -172,22 +173,39 @@ def paired(frame: pd.DataFrame, metrics: tuple[str, ...] = ("final_test_accuracy
     return out.reset_index()
 
 
+def _check_output(option: str, path: str) -> None:
+    """Before any work: a path ending .csv/.parquet that is not a folder and can be made."""
+    if not path.endswith((".csv", ".parquet")):
+        raise CompareError(f"{option}: expected a path ending in .csv or .parquet, got {path}")
+    try:
+        if Path(path).is_dir():
+            raise IsADirectoryError(21, "is a folder")
+        writable_ancestor(Path(path))
+    except OSError as exc:
+        raise CompareError(f"{option}: cannot write {path} ({exc.strerror or exc})") from None
+
+
 def write(frame: pd.DataFrame, path: str) -> None:
-    """CSV, or Parquet when the name ends in .parquet."""
+    """CSV, or Parquet when the name ends in .parquet; written whole or not at all."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.suffix == ".parquet":
-        frame.to_parquet(target, index=False)
-    else:
-        frame.to_csv(target, index=False)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        if target.suffix == ".parquet":
+            frame.to_parquet(partial, index=False)
+        else:
+            frame.to_csv(partial, index=False)
+        partial.replace(target)
+    except OSError as exc:
+        raise CompareError(f"cannot write {path} ({exc.strerror or exc})") from None
 
 
 def report(target: str, client: Any, top: int, csv: str | None = None,
            history_path: str | None = None) -> str:
     """`runner.py compare`: the top runs as a table, and the CSV/Parquet files asked for."""
     for option, path in (("--csv", csv), ("--history", history_path)):
-        if path and not path.endswith((".csv", ".parquet")):
-            raise CompareError(f"{option}: expected a path ending in .csv or .parquet, got {path}")
+        if path:
+            _check_output(option, path)
     frame = runs(target, client)
     name = experiment_name(target)
     metric, _ = sweep_metric(name, client)

@@ -9,6 +9,7 @@ on results the dry run does not have; it says from which trial on.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from experiments.core import config as cfg
 from experiments.search.sweepfile import Param, SweepSpec
@@ -26,7 +27,10 @@ def _space(p: Param) -> str:
     return f"{p.distribution} [{p.low}, {p.high}]{step}"
 
 
-def describe(spec: SweepSpec) -> str:
+def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = None) -> str:
+    """The sweep as understood, and the configs its next trials train: those of a new
+    study, or, when `existing` (the study of this name) has trials, the ones it continues
+    with (its running trials taken as ended, since their workers cannot be asked)."""
     import optuna
 
     from experiments.search import study as st
@@ -46,23 +50,45 @@ def describe(spec: SweepSpec) -> str:
     lines.append("fixed: " + (", ".join(f"{k}={v}" for k, v in spec.fixed.items()) or "-"))
     lines.append("search space:")
     lines += [f"  {p.key}: {_space(p)}" for p in spec.parameters]
-    n = min(SAMPLES, tr.budget(spec))
     configs = []
 
     def objective(trial: optuna.Trial) -> float:
         config = cfg.build({**spec.fixed, **tr.suggest(trial, spec.parameters)})
-        configs.append({k: v for k, v in cfg.flatten(config).items()
-                        if not k.startswith("data.")})
+        configs.append((trial.number, {k: v for k, v in cfg.flatten(config).items()
+                                       if not k.startswith("data.")}))
         return 0.0
 
     study = optuna.create_study(direction=spec.goal)
     study.sampler = st.sampler(spec)
-    tr.work(study, dataclasses.replace(spec, n_trials=n, pruner="none"), objective,
+    past = existing.get_trials() if existing is not None else []
+    study.add_trials([_ended(t) for t in past])
+    done = len(tr.finished(study, spec))
+    n = min(SAMPLES, max(0, tr.budget(spec) - done))
+    tr.work(study, dataclasses.replace(spec, n_trials=done + n, pruner="none"), objective,
             lambda t: None, tr.Recovery())
     free = RESULT_FREE.get(spec.method)
     note = f"; from trial {free} on, draws depend on results" if free is not None and \
-        free < n else ""
-    lines.append(f"the first {len(configs)} configs a new study trains{note}:")
-    lines += [f"  {i}. " + ", ".join(f"{k}={v}" for k, v in c.items())
-              for i, c in enumerate(configs)]
+        free < len(past) + n else ""
+    if past:
+        lines.append(f"study '{spec.name}' exists with {len(past)} trials ({done} counted); "
+                     f"a rerun continues it" + (f", recording the change: {'; '.join(changed)}"
+                                                if changed else ""))
+        lines.append(f"the next {len(configs)} configs it trains{note}:" if configs else
+                     "its budget is met: a rerun trains nothing (raise it with --n-trials)")
+    else:
+        lines.append(f"the first {len(configs)} configs a new study trains{note}:")
+    lines += [f"  {number}. " + ", ".join(f"{k}={v}" for k, v in c.items())
+              for number, c in configs]
     return "\n".join(lines)
+
+
+def _ended(t: Any) -> Any:
+    """A copy of a stored trial for the in-memory study; a running one as failed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if t.state != TrialState.RUNNING:
+        return t
+    return optuna.trial.create_trial(state=TrialState.FAIL, params=t.params,
+                                     distributions=t.distributions, user_attrs=t.user_attrs,
+                                     system_attrs=t.system_attrs)

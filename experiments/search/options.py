@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 from experiments.core import config as cfg
 from experiments.core.config import ConfigError
+from experiments.runtime.paths import writable_ancestor
 from experiments.search import sweepfile
 
 STORAGE_PREFIXES = ("postgresql://", "postgresql+psycopg2://", "mysql://", "sqlite:///",
@@ -35,17 +38,47 @@ class SweepOptions:
         """The sweep file with --set and --n-trials applied; ConfigError/SweepError."""
         spec = sweepfile.load(self.path, cfg.parse_overrides(list(self.sets)))
         if self.n_trials is not None:
-            if self.n_trials < 1:
-                raise ConfigError(f"--n-trials: expected an integer >= 1, got {self.n_trials}")
+            if not 1 <= self.n_trials <= sweepfile.MAX_TRIALS:
+                raise ConfigError(f"--n-trials: expected an integer from 1 to "
+                                  f"{sweepfile.MAX_TRIALS}, got {self.n_trials}")
             spec = dataclasses.replace(spec, n_trials=self.n_trials)
         if not 1 <= self.workers <= 64:
             raise ConfigError(f"--workers: expected an integer from 1 to 64, got {self.workers}")
-        if self.storage and not self.storage.startswith(STORAGE_PREFIXES):
-            raise ConfigError(f"--storage: expected a URL starting with "
-                              f"{', '.join(STORAGE_PREFIXES)}, got {self.storage!r}")
+        if self.storage:
+            check_storage(self.storage)
         return spec
+
+
+    def storage_url(self) -> str:
+        """--storage, or the journal file under mlruns/ (safe for processes on one host)."""
+        from experiments.tracking.store import MLRUNS
+
+        return self.storage or f"journal:{(MLRUNS / 'optuna' / 'journal.log').resolve()}"
 
     def worker_argv(self) -> list[str]:
         """What a worker process is told: the same file, --set and budget."""
         argv = [self.path, *(["--n-trials", str(self.n_trials)] if self.n_trials else [])]
         return argv + [a for item in self.sets for a in ("--set", item)]
+
+
+def check_storage(url: str) -> None:
+    """What can be told of a storage URL without opening it; ConfigError otherwise."""
+    if not url.startswith(STORAGE_PREFIXES):
+        raise ConfigError(f"--storage: expected a URL starting with "
+                          f"{', '.join(STORAGE_PREFIXES)}, got {cfg.show(url)}")
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        try:
+            if not str(path) or str(path) == "." or path.is_dir():
+                raise IsADirectoryError(21, "a folder, not a journal file")
+            if not path.exists():
+                writable_ancestor(path)
+        except OSError as exc:
+            raise ConfigError(f"--storage {cfg.show(url)}: cannot use it as a journal file "
+                              f"({exc.strerror or exc})") from None
+    elif url.startswith("sqlite:///") and not url.removeprefix("sqlite:///"):
+        raise ConfigError("--storage sqlite:///: give a database file, e.g. "
+                          "sqlite:///mlruns/optuna.db (in memory, the study would be lost)")
+    elif url.startswith("mysql://") and importlib.util.find_spec("MySQLdb") is None:
+        raise ConfigError("--storage mysql://...: needs a MySQL driver (pip install "
+                          "mysqlclient); PostgreSQL works as installed (postgresql://...)")

@@ -21,8 +21,13 @@ PARENT_TAG = "sweep.parent"
 
 
 def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]) -> str:
-    """The sweep's parent run: found again on resume, created once otherwise. A change let
-    through by --allow-change is recorded on it with the new file."""
+    """The sweep's parent run: found again on resume, created once otherwise.
+
+    Its params are the question (method, metric, goal, grad modes, fixed keys); how long
+    and how it is searched (budget, timeout, seed, pruner) may change between runs of the
+    command and is kept current in tags `sweep.*`. A change let through by --allow-change
+    is recorded with the new file.
+    """
     exp = experiment_id(client, spec.name)
 
     def existing() -> list:
@@ -32,7 +37,6 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
     runs = existing()
     if not runs:
         params = {"method": spec.method, "metric": spec.metric, "goal": spec.goal,
-                  "n_trials": spec.n_trials, "seed": spec.seed, "pruner": spec.pruner,
                   "grad_modes": ",".join(spec.all_grad_modes()),
                   **{f"fixed.{k}": v for k, v in spec.fixed.items()}}
         run = MlflowRun.start(client, spec.name, spec.name, params,
@@ -50,6 +54,10 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
         client.log_text(chosen.info.run_id, sweep_text, f"changes/{n}/sweep.yaml")
         client.set_tag(chosen.info.run_id, f"sweep.change.{n}", "; ".join(changed)[:5000])
         client.set_tag(chosen.info.run_id, st.FINGERPRINT, spec.fingerprint())
+    MlflowRun(client, chosen.info.run_id).set_tags({
+        "sweep.n_trials": spec.n_trials, "sweep.timeout_s": spec.timeout_s or "none",
+        "sweep.seed": spec.seed, "sweep.pruner": f"{spec.pruner} (warmup "
+                                                  f"{spec.warmup_epochs} epochs)"})
     if chosen.info.status != "RUNNING":
         client.update_run(chosen.info.run_id, status="RUNNING")
     return chosen.info.run_id
@@ -69,7 +77,7 @@ def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSp
     if done:
         best = study.best_trial
         client.log_metric(parent_run_id, f"best_{spec.metric}", best.value,
-                          step=len(tr.finished(study)))
+                          step=len(tr.finished(study, spec)))
         tags = {"best_trial": str(best.number), "best_value": str(best.value),
                 "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
                 **{f"best.{k}": str(v) for k, v in best.params.items()}}
@@ -116,7 +124,7 @@ def summary(study: optuna.Study, spec: SweepSpec, parent_run_id: str, end: str, 
         kind = t.user_attrs.get(tr.FAIL_KIND) if t.state == TrialState.FAIL else None
         name = f"FAIL ({kind})" if kind else t.state.name
         states[name] = states.get(name, 0) + 1
-    lines = [f"sweep '{spec.name}' ({ENDINGS.get(end, end)}): {len(tr.finished(study))}/"
+    lines = [f"sweep '{spec.name}' ({ENDINGS.get(end, end)}): {len(tr.finished(study, spec))}/"
              f"{tr.budget(spec)} trials counted "
              f"({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})"]
     if done:

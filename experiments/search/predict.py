@@ -16,7 +16,7 @@ def predict_files(model: str, paths: list[str]) -> Any:
     from experiments.tracking import models
     from experiments.tracking.store import client as make_client
 
-    client = make_client()
+    client = make_client(create=False)
     if model.startswith("best:"):
         spec = load(model[len("best:"):])
         run_id = parent.best_run_id(client, spec)

@@ -42,11 +42,11 @@ class Session:
 
 def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
     """Run (or resume) the checked sweep; returns the summary to print and how it ended."""
-    store_url = options.storage or f"journal:{(MLRUNS / 'optuna' / 'journal.log').resolve()}"
+    store_url = options.storage_url()
     recovery = tr.Recovery()
     # A study of this name that asks another question is refused before anything is written.
     store = st.storage(store_url, MLRUNS, recovery.stale, create=False)
-    changed = st.check(spec, store, options.allow_change) if store is not None else []
+    changed = st.check(spec, store, store_url, options.allow_change) if store else []
     config = cfg.build(spec.fixed)
     mnist = load(config.data.path, config.data.download, progress.say,
                  fell_back=os.environ.get(FALLBACK_ENV, "") if options.parent_run else "")
@@ -93,10 +93,10 @@ def _run_trials(s: Session) -> str:
                            s.mnist.fallback_reason, lambda: tr.recover(s.study, s.recovery))
         # Workers stop at the budget or the deadline; a shortfall without a deadline
         # means some died (the others may have made up for them).
-        return ("budget" if len(tr.finished(s.study)) >= tr.budget(spec)
+        return ("budget" if len(tr.finished(s.study, spec)) >= tr.budget(spec)
                 else "workers died" if died else "timeout" if deadline else "failed")
     shown = options.parent_run is None
-    bar = progress.trial_bar(tr.budget(spec), len(tr.finished(s.study)), enabled=shown)
+    bar = progress.trial_bar(tr.budget(spec), len(tr.finished(s.study, spec)), enabled=shown)
 
     def done(t: Any) -> None:
         trial_runs.tag_trial_runs(s.client, t)

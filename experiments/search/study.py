@@ -22,8 +22,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from experiments.core.config import ConfigError
 from experiments.runtime.retry import retry
-from experiments.search.sweepfile import SweepError, SweepSpec
+from experiments.search.sweepfile import Param, SweepError, SweepSpec
 
 MEANING, FINGERPRINT = "sweep.meaning", "sweep.fingerprint"  # study user attrs
 # A worker that stops beating for GRACE_S is taken for dead (RDB storage).
@@ -40,17 +41,33 @@ def storage(url: str | None, root: Path, on_stale: Callable[[optuna.Study, Froze
     `on_stale` is called for each trial the heartbeat check failed. With `create` False,
     None where the journal file does not exist yet (no study can).
     """
-    if not url or url.startswith("journal:") or url.endswith(".log"):
-        path = Path(url.removeprefix("journal:")) if url else root / "optuna" / "journal.log"
-        if not create and not path.exists():
-            return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend
+    try:
+        if not url or url.startswith("journal:") or url.endswith(".log"):
+            path = Path(url.removeprefix("journal:")) if url else root / "optuna" / "journal.log"
+            if not create and not path.exists():
+                return None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return retry(lambda: optuna.storages.RDBStorage(
-        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-        failed_trial_callback=on_stale))
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return retry(lambda: _rdb(url, on_stale))
+    except Exception as exc:  # the driver's errors are of many kinds
+        raise unusable(url, exc) from None
+
+
+def _rdb(url: str, on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> Any:
+    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.x
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S,
+                                          grace_period=GRACE_S,
+                                          heartbeat_stale_trial_callback=on_stale)
+
+
+def unusable(url: str | None, exc: BaseException) -> ConfigError:
+    """A storage that cannot be opened or read, in one line."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return ConfigError(f"--storage {url}: cannot open the study storage "
+                       f"({type(exc).__name__}: {first})")
 
 
 def latest(study: optuna.Study, t: FrozenTrial | optuna.Trial) -> FrozenTrial:
@@ -182,7 +199,7 @@ def changes(spec: SweepSpec, study: optuna.Study) -> list[str]:
     return out
 
 
-def check(spec: SweepSpec, store: Any, allow_change: bool = False) -> list[str]:
+def check(spec: SweepSpec, store: Any, url: str, allow_change: bool = False) -> list[str]:
     """The changes between the sweep file and the study of its name, if one exists.
 
     Raises SweepError (before anything is written) when the file asks another question;
@@ -192,6 +209,8 @@ def check(spec: SweepSpec, store: Any, allow_change: bool = False) -> list[str]:
         study = optuna.load_study(study_name=spec.name, storage=store)
     except KeyError:
         return []
+    except Exception as exc:  # a journal that is not one, a database that went away
+        raise unusable(url, exc) from None
     changed = changes(spec, study)
     if not changed:
         return []
@@ -205,7 +224,52 @@ def check(spec: SweepSpec, store: Any, allow_change: bool = False) -> list[str]:
         raise SweepError(f"{spec.path}: study '{spec.name}' ({n} trials) was created for "
                          f"another sweep: {what}; give the sweep a new `name`, or rerun with "
                          "--allow-change to continue it and record the change on its parent run")
+    clash = _clash(spec, study)
+    if clash:
+        raise SweepError(f"{spec.path}: {clash}; an Optuna study cannot change a parameter's "
+                         "values, type or scale in place (its ranges, yes): give the sweep a "
+                         "new `name`")
     return changed
+
+
+def distribution(p: Param) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution a sweep parameter is suggested from."""
+    dist = optuna.distributions
+    if p.distribution in ("categorical", "constant"):
+        return dist.CategoricalDistribution(list(p.values))
+    if p.distribution == "int_uniform":
+        return dist.IntDistribution(int(p.low), int(p.high))
+    if p.distribution == "log_uniform_values":
+        return dist.FloatDistribution(p.low, p.high, log=True)
+    if p.distribution == "q_uniform":
+        if isinstance(p.low, int) and isinstance(p.high, int):
+            return dist.IntDistribution(p.low, p.high, step=int(p.q))
+        return dist.FloatDistribution(p.low, p.high, step=p.q)
+    return dist.FloatDistribution(p.low, p.high)
+
+
+def _clash(spec: SweepSpec, study: optuna.Study) -> str:
+    """The first parameter whose new law Optuna would refuse beside the study's trials
+    (it raises at the trial's first suggestion, so every later trial would fail)."""
+    for p in spec.parameters:
+        new = distribution(p)
+        for t in study.get_trials(deepcopy=False):
+            old = t.distributions.get(p.key)
+            if old is None:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(old, new)
+            except ValueError as exc:
+                return f"parameters.{p.key}: {str(exc).rstrip('.')}"
+    return ""
+
+
+def existing(spec: SweepSpec, store: Any) -> optuna.Study | None:
+    """The study of this sweep's name, if the storage has one."""
+    try:
+        return optuna.load_study(study_name=spec.name, storage=store)
+    except KeyError:
+        return None
 
 
 def open_study(spec: SweepSpec, store: Any) -> optuna.Study:

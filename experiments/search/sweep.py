@@ -4,6 +4,7 @@ so bad input costs nothing and writes nothing; the sweep itself runs in session.
 
 from __future__ import annotations
 
+from experiments.search import sweepfile
 from experiments.search.options import SweepIncomplete, SweepOptions
 
 
@@ -12,9 +13,7 @@ def run_sweep(options: SweepOptions) -> str:
     Raises SweepIncomplete when worker processes died before the budget was met."""
     spec = options.check()
     if options.dry_run:
-        from experiments.search.dryrun import describe
-
-        return describe(spec)
+        return _dry_run(options, spec)
     from experiments.search import session  # MindSpore, MLflow, Optuna: after the checks
 
     summary, end = session.run(options, spec)
@@ -24,3 +23,20 @@ def run_sweep(options: SweepOptions) -> str:
                               "to resume")
     return summary
 
+
+def _dry_run(options: SweepOptions, spec: sweepfile.SweepSpec) -> str:
+    """Everything the run checks first (the data folder, a study that asks another
+    question), then the sweep as understood and its first configs; nothing is written."""
+    from experiments.core import config as cfg
+    from experiments.core.data import check_path
+    from experiments.search import study as st
+    from experiments.search.dryrun import describe
+    from experiments.tracking.store import MLRUNS
+
+    config = cfg.build(spec.fixed)
+    check_path(config.data.path, config.data.download)
+    url = options.storage_url()
+    store = st.storage(url, MLRUNS, lambda study, t: None, create=False)
+    changed = st.check(spec, store, url, options.allow_change) if store else []
+    existing = st.existing(spec, store) if store else None
+    return describe(spec, existing, changed)

@@ -29,6 +29,9 @@ TOP_KEYS = ("name", "method", "metric", "n_trials", "timeout_s", "seed", "pruner
             "parameters", "ablation", "description")
 
 
+MAX_TRIALS = 100_000
+
+
 class SweepError(cfg.UserError):
     """A bad sweep file; the message is one line."""
 
@@ -85,10 +88,18 @@ class SweepSpec:
 
     def meaning(self) -> dict[str, Any]:
         """What the sweep asks: a study answers one such question. The budget (n_trials,
-        timeout_s), the seed and the pruner say how long and how, not what."""
+        timeout_s), the seed and the pruner say how long and how, not what.
+
+        `fixed` is every config value a trial does not search, defaults included, so that
+        writing a default out (`--set data.path=MNIST_Data`) asks the same question; the
+        evaluation batch size changes no result, only speed, and is left out.
+        """
+        searched = {p.key for p in self.parameters} | ({"grad_mode"} if self.ablation else set())
+        config = cfg.flatten(cfg.build(self.fixed))
+        fixed = {k: v for k, v in config.items()
+                 if k not in searched and k != "data.eval_batch_size"}
         return {"method": self.method, "metric": f"{self.goal} {self.metric}",
-                "fixed": {k: self.fixed[k] for k in sorted(self.fixed)},
-                "parameters": {p.key: _describe(p) for p in self.parameters},
+                "fixed": fixed, "parameters": {p.key: _describe(p) for p in self.parameters},
                 "ablation": list(self.ablation)}
 
     def fingerprint(self) -> str:
@@ -112,10 +123,10 @@ class _Reader:
 
     def mapping(self, value: Any, key: str) -> dict:
         if not isinstance(value, dict):
-            raise self.fail(key, f"expected a mapping, got {_show(value)}")
+            raise self.fail(key, f"expected a mapping, got {cfg.show(value)}")
         for k in value:
             if not isinstance(k, str):
-                raise self.fail(key, f"keys must be strings, got {_show(k)}")
+                raise self.fail(key, f"keys must be strings, got {cfg.show(k)}")
         return value
 
     def known(self, value: dict, key: str, allowed: tuple[str, ...]) -> None:
@@ -126,35 +137,31 @@ class _Reader:
 
     def choice(self, value: Any, key: str, allowed: tuple[str, ...]) -> str:
         if value not in allowed:
-            raise self.fail(key, f"got {_show(value)}; allowed: {', '.join(allowed)}")
+            raise self.fail(key, f"got {cfg.show(value)}; allowed: {', '.join(allowed)}")
         return value
 
     def integer(self, value: Any, key: str, low: int, high: int = 10**9) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(key, f"expected an integer from {low} to {high}, got {_show(value)}")
+            raise self.fail(key, f"expected an integer from {low} to {high}, "
+                                 f"got {cfg.show(value)}")
         return value
 
     def number(self, value: Any, key: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
                 value):
-            raise self.fail(key, f"expected a finite number, got {_show(value)}")
+            raise self.fail(key, f"expected a finite number, got {cfg.show(value)}")
         return value
 
     def config_value(self, key: str, config_key: str, value: Any) -> Any:
         try:
             return cfg.coerce(config_key, value)
         except cfg.ConfigError:
-            raise self.fail(key, f"got {_show(value)}; {config_key} takes "
+            raise self.fail(key, f"got {cfg.show(value)}; {config_key} takes "
                                  f"{cfg.allowed(config_key)}") from None
 
     def config_key(self, key: str, config_key: str) -> None:
         if config_key not in cfg.KEYS:
             raise self.fail(key, f"unknown config key; known: {', '.join(cfg.KEYS)}")
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
@@ -173,6 +180,8 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise SweepError(cfg.one_line(f"{path}: malformed YAML{where}: {problem}")) from None
+    except ValueError:  # PyYAML's int() of a number of over 4,300 digits
+        raise SweepError(f"{path}: malformed YAML: a number of over 4,300 digits") from None
     raw = r.mapping(raw, "(top level)")
     r.known(raw, "", TOP_KEYS)
     for required in ("name", "parameters"):
@@ -180,7 +189,7 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
             raise r.fail(required, "missing; a sweep needs a name and parameters")
     name = raw["name"]
     if not isinstance(name, str) or not cfg.NAME_RE.match(name):
-        raise r.fail("name", f"got {_show(name)}; allowed: {cfg.NAME_RULE}")
+        raise r.fail("name", f"got {cfg.show(name)}; allowed: {cfg.NAME_RULE}")
     method = r.choice(raw.get("method", "tpe"), "method", METHODS)
     metric = r.mapping(raw.get("metric", {"name": "test_accuracy", "goal": "maximize"}),
                        "metric")
@@ -188,10 +197,10 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
     metric_name = r.choice(metric.get("name", "test_accuracy"), "metric.name", METRICS)
     default_goal = "maximize" if metric_name == "test_accuracy" else "minimize"
     goal = r.choice(metric.get("goal", default_goal), "metric.goal", GOALS)
-    n_trials = r.integer(raw.get("n_trials", 10), "n_trials", 1, 100_000)
+    n_trials = r.integer(raw.get("n_trials", 10), "n_trials", 1, MAX_TRIALS)
     timeout = raw.get("timeout_s")
     if timeout is not None and r.number(timeout, "timeout_s") <= 0:
-        raise r.fail("timeout_s", f"expected a number of seconds > 0, got {_show(timeout)}")
+        raise r.fail("timeout_s", f"expected a number of seconds > 0, got {cfg.show(timeout)}")
     seed = r.integer(raw.get("seed", 0), "seed", 0, 2**32 - 1)
     pruner = r.mapping(raw.get("pruner", {"type": "median"}), "pruner")
     r.known(pruner, "pruner", ("type", "warmup_epochs"))
@@ -258,7 +267,7 @@ def _param(r: _Reader, where: str, key: str, spec: dict) -> Param:
     if dist == "categorical":
         values = spec.get("values")
         if not isinstance(values, list) or not values:
-            raise r.fail(f"{where}.values", f"expected a non-empty list, got {_show(values)}")
+            raise r.fail(f"{where}.values", f"expected a non-empty list, got {cfg.show(values)}")
         checked = tuple(r.config_value(f"{where}.values[{i}]", key, v)
                         for i, v in enumerate(values))
         if len(set(checked)) != len(checked):
@@ -288,7 +297,7 @@ def _param(r: _Reader, where: str, key: str, spec: dict) -> Param:
         q = r.number(spec.get("q", 1), f"{where}.q")
         if q <= 0 or (is_int and not float(q).is_integer()) or q > high - low:
             raise r.fail(f"{where}.q", f"expected a step > 0 that fits in [min, max]"
-                                       f"{' and is whole' if is_int else ''}, got {_show(q)}")
+                                       f"{' and is whole' if is_int else ''}, got {cfg.show(q)}")
     elif "q" in spec:
         raise r.fail(f"{where}.q", f"only q_uniform takes q, not {dist}")
     return Param(key, dist, (), low, high, q)

@@ -62,42 +62,12 @@ class Recovery:
 # --- the budget -----------------------------------------------------------------------
 
 
-def budget(spec: SweepSpec) -> int:
-    """n_trials, capped for a grid at the number of grid points."""
-    if spec.method == "grid":
-        return min(spec.n_trials, math.prod(len(p.values) for p in spec.parameters))
-    return spec.n_trials
-
-
 def counts(t: FrozenTrial) -> bool:
-    """Whether a trial uses up budget: finished, or failed for a reason of its own (the
+    """Whether a trial used up budget: finished, or failed for a reason of its own (the
     objective records `fail_reason`; crashes, interrupts and refusals leave none)."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return t.state == TrialState.FAIL and "fail_reason" in t.user_attrs
-
-
-def finished(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False) if counts(t)]
-
-
-def _holds(t: FrozenTrial) -> bool:
-    """Whether a trial holds its claim: it will train, trains, or trained and counted."""
-    return t.state in (TrialState.WAITING, TrialState.RUNNING) or counts(t)
-
-
-def _refusal(trials: list[FrozenTrial], trial: optuna.Trial, spec: SweepSpec, limit: int) -> str:
-    """Why `trial` must not train, or ''. Every worker applies the same rules to the same
-    trial numbers, so the budget is never overshot and no claim is trained twice."""
-    attrs = trial.user_attrs
-    if spec.method == "grid" and GRID_POINT not in attrs:
-        return "no_grid_point"  # lost a race for the queue: the sampler made a fresh trial
-    claim = attrs.get(CLAIM)
-    if claim and any(t.number < trial.number and t.user_attrs.get(CLAIM) == claim and _holds(t)
-                     for t in trials):
-        return "duplicate"
-    taken = sorted(t.number for t in trials if counts(t) or t.state == TrialState.RUNNING)
-    return "" if trial.number in taken[:limit] else "over_budget"
 
 
 def grid_point(params: dict[str, Any]) -> str:
@@ -106,17 +76,73 @@ def grid_point(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
+def point_of(t: FrozenTrial) -> str:
+    return t.user_attrs.get(GRID_POINT) or grid_point(t.params)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many trials the sweep runs, and which trials count towards that.
+
+    For a grid, only trials on the points of the grid as the file now gives it count: a
+    point dropped by an allowed change is history, and the new points are still visited.
+    """
+
+    limit: int
+    points: frozenset[str] | None = None  # a grid's points
+
+    @classmethod
+    def of(cls, spec: SweepSpec) -> Budget:
+        if spec.method != "grid":
+            return cls(spec.n_trials)
+        points = frozenset(grid_point(p) for p in spec.grid_points())
+        return cls(min(spec.n_trials, len(points)), points)
+
+    def counts(self, t: FrozenTrial) -> bool:
+        return counts(t) and (self.points is None or point_of(t) in self.points)
+
+    def holds(self, t: FrozenTrial) -> bool:
+        """Whether a trial holds its claim: will train, trains, or trained and counts."""
+        return t.state in (TrialState.WAITING, TrialState.RUNNING) or self.counts(t)
+
+
+def budget(spec: SweepSpec) -> int:
+    """n_trials, capped for a grid at the number of grid points."""
+    return Budget.of(spec).limit
+
+
+def finished(study: optuna.Study, spec: SweepSpec) -> list[FrozenTrial]:
+    """The trials that count towards the budget."""
+    b = Budget.of(spec)
+    return [t for t in study.get_trials(deepcopy=False) if b.counts(t)]
+
+
+def _refusal(trials: list[FrozenTrial], trial: optuna.Trial, spec: SweepSpec,
+             b: Budget) -> str:
+    """Why `trial` must not train, or ''. Every worker applies the same rules to the same
+    trial numbers, so the budget is never overshot and no claim is trained twice."""
+    attrs = trial.user_attrs
+    if b.points is not None and GRID_POINT not in attrs:
+        return "no_grid_point"  # lost a race for the queue: the sampler made a fresh trial
+    claim = attrs.get(CLAIM)
+    if claim and any(t.number < trial.number and t.user_attrs.get(CLAIM) == claim
+                     and b.holds(t) for t in trials):
+        return "duplicate"
+    taken = sorted(t.number for t in trials if b.counts(t) or t.state == TrialState.RUNNING)
+    return "" if trial.number in taken[:b.limit] else "over_budget"
+
+
 def _top_up_grid(study: optuna.Study, spec: SweepSpec, trials: list[FrozenTrial],
-                 limit: int) -> None:
+                 b: Budget) -> None:
     """Queue the grid points no trial holds, as many as the budget still needs.
 
     Each point is queued with its claim; two workers queueing the same point at once
     leave a duplicate, which `_refusal` turns away when it is popped.
     """
-    holding = [t for t in trials if _holds(t)]
-    held = {t.user_attrs.get(GRID_POINT) or grid_point(t.params) for t in holding}
+    holding = [t for t in trials if b.holds(t)]
+    held = {point_of(t) for t in holding}
     free = [p for p in spec.grid_points() if grid_point(p) not in held]
-    for params in free[:max(0, limit - len(holding))]:
+    for params in free[:max(0, b.limit - len(holding))]:
         point = grid_point(params)
         study.enqueue_trial(params, user_attrs={GRID_POINT: point, CLAIM: f"grid:{point}"},
                             skip_if_exists=False)
@@ -127,19 +153,13 @@ def suggest(trial: optuna.Trial, params: tuple[Param, ...]) -> dict[str, Any]:
     are params of the trial like any other (trials.csv, best.*)."""
     out: dict[str, Any] = {}
     for p in params:
-        if p.distribution in ("categorical", "constant"):
-            out[p.key] = trial.suggest_categorical(p.key, list(p.values))
-        elif p.distribution == "int_uniform":
-            out[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high))
-        elif p.distribution == "log_uniform_values":
-            out[p.key] = trial.suggest_float(p.key, p.low, p.high, log=True)
-        elif p.distribution == "q_uniform":
-            if isinstance(p.low, int) and isinstance(p.high, int):
-                out[p.key] = trial.suggest_int(p.key, p.low, p.high, step=int(p.q))
-            else:
-                out[p.key] = trial.suggest_float(p.key, p.low, p.high, step=p.q)
+        d = st.distribution(p)
+        if isinstance(d, optuna.distributions.CategoricalDistribution):
+            out[p.key] = trial.suggest_categorical(p.key, d.choices)
+        elif isinstance(d, optuna.distributions.IntDistribution):
+            out[p.key] = trial.suggest_int(p.key, d.low, d.high, step=d.step, log=d.log)
         else:
-            out[p.key] = trial.suggest_float(p.key, p.low, p.high)
+            out[p.key] = trial.suggest_float(p.key, d.low, d.high, step=d.step, log=d.log)
     return out
 
 
@@ -225,13 +245,13 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
     When the trials still running elsewhere would use up the budget, wait for them rather
     than start more: they may fail (a crashed worker) and free their slot for a retry.
     """
-    limit = budget(spec)
+    b = Budget.of(spec)
     me = worker_id()
 
     def wrapped(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", me)
         faults.point("trial_start")
-        refusal = _refusal(study.get_trials(deepcopy=False), trial, spec, limit)
+        refusal = _refusal(study.get_trials(deepcopy=False), trial, spec, b)
         if refusal:
             trial.set_user_attr(FAIL_KIND, refusal)
             raise Refused(refusal)
@@ -254,11 +274,11 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
     while deadline is None or time.time() < deadline:
         interrupts.check()
         trials = study.get_trials(deepcopy=False)
-        done = sum(counts(t) for t in trials)
-        if done >= limit:
+        done = sum(b.counts(t) for t in trials)
+        if done >= b.limit:
             return "budget"
         running = [t for t in trials if t.state == TrialState.RUNNING]
-        if done + len(running) >= limit:
+        if done + len(running) >= b.limit:
             # RDB storage knows dead workers on any machine by their heartbeat; the journal
             # (one machine) by their process.
             if st.is_journal(study):
@@ -269,7 +289,7 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
             time.sleep(poll_s)
             continue
         if spec.method == "grid":
-            _top_up_grid(study, spec, trials, limit)
+            _top_up_grid(study, spec, trials, b)
         study.optimize(wrapped, n_trials=1, catch=(Exception,), gc_after_trial=False)
         mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == me]
         if mine and mine[-1].user_attrs.get(FAIL_KIND) not in REFUSALS:

@@ -40,18 +40,23 @@ def run_workers(n: int, argv: list[str], parent: str, store_url: str, fallback: 
         # worker would stop inside the code that closes its runs.
         procs.append(subprocess.Popen(cmd, env=env, process_group=0))
     died: set[int] = set()
-    while True:
-        if interrupts.requested():
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                p.wait()
-            raise KeyboardInterrupt
-        for i, p in enumerate(procs):
-            if p.poll() not in (None, 0) and i not in died:
-                died.add(i)
-                recover()
-        if all(p.poll() is not None for p in procs):
-            return len(died)
-        time.sleep(0.2)
+    passed_on = 0
+    # Shielded: a second Ctrl-C must not end this loop before the workers are told (they
+    # would train on, unseen, in their own process group); it is passed on like the first,
+    # and the interrupt is raised once every worker has closed its runs and exited.
+    with interrupts.shielded():
+        while True:
+            while passed_on < min(interrupts.received(), 2):
+                passed_on += 1
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGTERM)
+            for i, p in enumerate(procs):
+                if p.poll() not in (None, 0) and i not in died and not passed_on:
+                    died.add(i)
+                    recover()
+            if all(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.1)
+    interrupts.check()
+    return len(died)

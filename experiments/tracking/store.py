@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from experiments.core.config import UserError
+
 MLRUNS = Path("mlruns")
 PACKAGES = ("mindspore", "numpy", "mlflow", "optuna", "pandas")
 
@@ -52,8 +54,14 @@ def _store_lock() -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def client():
-    """A client on the project's store, creating (and migrating) the store once, under a lock."""
+class NoStore(UserError):
+    """A command that only reads found no store to read."""
+
+
+def client(create: bool = True):
+    """A client on the project's store, creating (and migrating) the store once, under a
+    lock. With `create` False (commands that only read) a missing local store is NoStore,
+    and nothing is written."""
     from mlflow import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -63,7 +71,12 @@ def client():
     # No mlflow.set_tracking_uri(): it exports MLFLOW_TRACKING_URI, which would hide from
     # the rest of this process whether the user chose the store.
     uri = tracking_uri()
-    if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
+    local = uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI")
+    if local and not create and not (MLRUNS / "mlflow.db").exists():
+        raise NoStore(f"no MLflow store here ({(MLRUNS / 'mlflow.db').resolve()}): nothing has "
+                      "been tracked in this folder; run `runner.py sweep` or `train` here first, "
+                      "or set MLFLOW_TRACKING_URI")
+    if local and create:
         with _store_lock():
             c = MlflowClient(uri)
             c.search_experiments(max_results=1)

@@ -20,12 +20,16 @@ from experiments.search import sweepfile
 
 KEYS = ["name", "method", "metric", "n_trials", "timeout_s", "seed", "pruner", "fixed",
         "parameters", "ablation", "distribution", "values", "value", "min", "max", "q", "goal",
-        "type", "warmup_epochs", "grad_mode", *cfg.KEYS, "nope"]
+        "type", "warmup_epochs", "grad_mode", *cfg.KEYS, "nope", "program", "command",
+        "project", "entity", "early_terminate", "run_cap", "min_iter", "max_iter", "s", "eta",
+        "strict", "target", "mu", "sigma", "probabilities", "a", "b"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
                     st.sampled_from(["tpe", "grid", "median", "has_aux", "no_aux",
                                      "log_uniform_values", "uniform", "int_uniform",
-                                     "q_uniform", "log_uniform", "test_accuracy", "maximize"]))
+                                     "q_uniform", "log_uniform", "test_accuracy", "maximize",
+                                     "bayes", "hyperband", "normal", "q_normal", "beta",
+                                     "test_loss", "minimize"]))
 documents = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS), inner, max_size=6)),
     max_leaves=25)

@@ -25,9 +25,12 @@ GRAD_MODES = ("has_aux", "no_aux", "stop_gradient")
 # a subnormal that the CPU kernels flush to 0), above the largest it becomes inf.
 FLOAT32_TINY = 1.1754943508222875e-38
 FLOAT32_MAX = 3.4028234663852886e38
-# Names that become MLflow experiments, Optuna studies and artifact folders.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-NAME_RULE = "letters, digits, '_', '.', '-' (1-100 characters, starting with a letter or digit)"
+# Names that become Optuna studies and MLflow experiments (W&B's sweep names are free
+# text). Quotes and backslashes would break the MLflow filters that find a sweep's runs;
+# artifact folders are made safe apart (tracking/store.py).
+NAME_RE = re.compile(r"""^(?=\S)[^'"`\\]{1,100}(?<=\S)$""")
+NAME_RULE = ("1-100 printable characters without quotes, backticks or backslashes, not "
+             "starting or ending with a space")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
@@ -134,10 +137,44 @@ def allowed(key: str) -> str:
     return _RULES[key].text
 
 
-def check_name(value: Any, what: str) -> str:
-    """A name that becomes an experiment, a study and a folder: checked, never escaped."""
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ConfigError(f"{what}: got {show(value)}; allowed: {NAME_RULE}")
+# Words other tools use for this runner's: its held-out split is "test".
+_SYNONYMS = {"val": "test", "valid": "test", "validation": "test", "eval": "test",
+             "acc": "accuracy", "lr": "learning_rate", "bs": "batch_size"}
+
+
+def did_you_mean(name: Any, options: tuple[str, ...] | list[str]) -> str:
+    """' (did you mean X?)' for the closest option, or '' when none is close.
+
+    Closeness counts the ways people shorten and misspell names: initials (`lr`), a word
+    of the name (`batch`), a prefix, and difflib's ratio for typos (`learning_rte`)."""
+    import difflib
+
+    words = str(name).strip().lower().replace("-", "_").split("_")
+    text = "_".join(_SYNONYMS.get(w, w) for w in words)
+    if not text:
+        return ""
+
+    def score(option: str) -> float:
+        words = option.replace(".", "_").split("_")
+        if text == "".join(w[0] for w in words if w):
+            return 1.0
+        if text in words or option.startswith(text) or text.startswith(option):
+            return 0.9
+        return difflib.SequenceMatcher(None, text, option).ratio()
+
+    best = max(options, key=score, default=None)
+    return f" (did you mean {best}?)" if best is not None and score(best) >= 0.6 else ""
+
+
+def valid_name(value: Any) -> bool:
+    """Whether a sweep's name can be a study and an experiment (see NAME_RULE)."""
+    return isinstance(value, str) and value.isprintable() and bool(NAME_RE.match(value))
+
+
+def check_text(value: str, what: str) -> str:
+    """Free text that names something (an experiment): printable, 1-500 characters."""
+    if not value.strip() or not value.isprintable() or len(value) > 500:
+        raise ConfigError(f"{what}: expected 1-500 printable characters, got {show(value)}")
     return value
 
 
@@ -145,8 +182,10 @@ def _scalar(text: str) -> Any:
     """A command-line value read as YAML reads a scalar; anything else stays text."""
     import yaml
 
+    from experiments.core import yamlfile
+
     try:
-        value = yaml.safe_load(text)
+        value = yamlfile.load(text)
     except (yaml.YAMLError, ValueError):  # ValueError: an integer of over 4,300 digits
         return text
     return value if isinstance(value, str | int | float | bool) else text

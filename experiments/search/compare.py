@@ -32,7 +32,7 @@ class CompareError(cfg.UserError):
 def experiment_name(target: str) -> str:
     """A sweep file's name, or the argument itself as an experiment name."""
     if target.endswith((".yaml", ".yml")):
-        return load(target).name
+        return load(target).experiment
     return target
 
 

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from experiments.core import config as cfg
-from experiments.search.sweepfile import Param, SweepSpec
+from experiments.search.sweepfile import Pruner, SweepSpec
 
 SAMPLES = 3
 # Trials drawn without looking at results, per method (Optuna's defaults): TPE and GP start
@@ -20,11 +20,20 @@ SAMPLES = 3
 RESULT_FREE = {"tpe": 10, "gp": 10, "cmaes": 1}
 
 
-def _space(p: Param) -> str:
-    if p.distribution in ("categorical", "constant"):
-        return f"{p.distribution} {list(p.values)}"
-    step = f" step {p.q}" if p.q else ""
-    return f"{p.distribution} [{p.low}, {p.high}]{step}"
+SAMPLERS = {"tpe": "Optuna TPESampler (model-based; its first 10 trials are random)",
+            "bayes": "Optuna TPESampler: W&B's bayes is model-based search, and TPE is "
+                     "Optuna's (its first 10 trials are random)",
+            "random": "Optuna RandomSampler", "grid": "every point once, from a queue",
+            "cmaes": "Optuna CmaEsSampler", "qmc": "Optuna QMCSampler (Sobol)",
+            "gp": "Optuna GPSampler (Gaussian process; PyTorch)"}
+
+
+def _pruner(spec: SweepSpec) -> Pruner:
+    """The pruner as it runs: Hyperband's last rung is the trials' epochs unless given."""
+    p = spec.pruner
+    if p.type == "hyperband" and not p.max_resource:
+        return dataclasses.replace(p, max_resource=spec.max_epochs())
+    return p
 
 
 def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = None) -> str:
@@ -33,14 +42,20 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
     with (its running trials taken as ended, since their workers cannot be asked)."""
     import optuna
 
+    from experiments.search import space
     from experiments.search import study as st
     from experiments.search import trials as tr
 
     modes = spec.all_grad_modes()
-    lines = [f"sweep '{spec.name}' from {spec.path}: method {spec.method}, "
-             f"{spec.goal} {spec.metric}, budget {tr.budget(spec)} trials, "
-             f"pruner {spec.pruner} (warmup {spec.warmup_epochs} epochs)"
-             + (f", timeout {spec.timeout_s:g}s" if spec.timeout_s else "")]
+    lines = [f"sweep '{spec.name}' from {spec.path}: method {spec.method} -> "
+             f"{SAMPLERS[spec.method]}; {spec.goal} {spec.metric}"
+             + (f" (no trial starts once one reaches {spec.target:g})"
+                if spec.target is not None else "")
+             + f"; budget {tr.budget(spec)} trials; pruner {_pruner(spec)}"
+             + (f"; timeout {spec.timeout_s:g}s" if spec.timeout_s else "")]
+    lines.append(f"MLflow experiment: '{spec.experiment}'"
+                 + (" (W&B's project)" if spec.project else " (the sweep's name)"))
+    lines += [f"W&B {note}" for note in spec.notes]
     if spec.ablation:
         lines.append("grad modes per trial: " + ", ".join(modes)
                      + ("  (first is the objective)" if len(modes) > 1 else ""))
@@ -49,13 +64,16 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
             p.key == "grad_mode" for p in spec.parameters) else modes[0]))
     lines.append("fixed: " + (", ".join(f"{k}={v}" for k, v in spec.fixed.items()) or "-"))
     lines.append("search space:")
-    lines += [f"  {p.key}: {_space(p)}" for p in spec.parameters]
+    lines += [f"  {p.key}: {p.describe()}" + (" (sampled as its quantile)" if p.mapped else "")
+              for p in spec.parameters]
     configs = []
 
     def objective(trial: optuna.Trial) -> float:
-        config = cfg.build({**spec.fixed, **tr.suggest(trial, spec.parameters)})
+        config = cfg.build({**spec.fixed, **space.suggest(trial, spec.parameters,
+                                                           spec.method == "grid")})
+        searched = {p.key for p in spec.parameters}
         configs.append((trial.number, {k: v for k, v in cfg.flatten(config).items()
-                                       if not k.startswith("data.")}))
+                                       if not k.startswith("data.") or k in searched}))
         return 0.0
 
     study = optuna.create_study(direction=spec.goal)
@@ -64,7 +82,8 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
     study.add_trials([_ended(t) for t in past])
     done = len(tr.finished(study, spec))
     n = min(SAMPLES, max(0, tr.budget(spec) - done))
-    tr.work(study, dataclasses.replace(spec, n_trials=done + n, pruner="none"), objective,
+    tr.work(study, dataclasses.replace(spec, n_trials=done + n, pruner=Pruner("none"),
+                                       target=None), objective,
             lambda t: None, tr.Recovery())
     free = RESULT_FREE.get(spec.method)
     note = f"; from trial {free} on, draws depend on results" if free is not None and \

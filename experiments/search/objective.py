@@ -17,6 +17,7 @@ import optuna
 from experiments.core import config as cfg
 from experiments.core.train import Callbacks, EpochResult, Stop, compose, trainer_for
 from experiments.runtime.progress import EpochBars
+from experiments.search import space
 from experiments.search import trials as tr
 from experiments.search.sweepfile import SweepSpec
 from experiments.tracking.tracked_fit import TrackContext, tracked_fit
@@ -36,7 +37,8 @@ class TrialRunner:
 
     def objective(self, trial: optuna.Trial) -> float:
         spec = self.spec
-        config = cfg.build({**spec.fixed, **tr.suggest(trial, spec.parameters)})
+        config = cfg.build({**spec.fixed, **space.suggest(trial, spec.parameters,
+                                                           spec.method == "grid")})
         value, epochs_run, pruned, failure = math.nan, config.epochs, False, ""
         for i, mode in enumerate(spec.grad_modes(config.grad_mode)):
             run_config = dataclasses.replace(config, grad_mode=mode, epochs=epochs_run)
@@ -76,7 +78,8 @@ class TrialRunner:
             trial.report(getattr(result, self.spec.metric), result.epoch)
             # Pruning after the last epoch would only throw a finished result away.
             if result.epoch < epochs and trial.should_prune():
-                raise Stop("PRUNED", f"pruned by {self.spec.pruner} after epoch {result.epoch}")
+                raise Stop("PRUNED", f"pruned by {self.spec.pruner.type} after epoch "
+                                     f"{result.epoch}")
 
         return Callbacks(on_epoch_end=report)
 

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from experiments.runtime import faults
 from experiments.search import study as st
 from experiments.search import trials as tr
+from experiments.search.space import values_of
 from experiments.search.sweepfile import SweepSpec
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.store import experiment_id
@@ -28,7 +29,7 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
     command and is kept current in tags `sweep.*`. A change let through by --allow-change
     is recorded with the new file.
     """
-    exp = experiment_id(client, spec.name)
+    exp = experiment_id(client, spec.experiment)
 
     def existing() -> list:
         return client.search_runs([exp], f"tags.`{PARENT_TAG}` = 'true'",
@@ -39,9 +40,11 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
         params = {"method": spec.method, "metric": spec.metric, "goal": spec.goal,
                   "grad_modes": ",".join(spec.all_grad_modes()),
                   **{f"fixed.{k}": v for k, v in spec.fixed.items()}}
-        run = MlflowRun.start(client, spec.name, spec.name, params,
-                        {PARENT_TAG: "true", "sweep": spec.name,
-                         st.FINGERPRINT: spec.fingerprint()})
+        tags = {PARENT_TAG: "true", "sweep": spec.name, st.FINGERPRINT: spec.fingerprint(),
+                **{f"wandb.{k}": v for k, v in spec.recorded}}
+        if "description" in dict(spec.recorded):  # shown as the run's description in the UI
+            tags["mlflow.note.content"] = dict(spec.recorded)["description"]
+        run = MlflowRun.start(client, spec.experiment, spec.name, params, tags)
         client.log_text(run.run_id, sweep_text, "sweep.yaml")
         runs = existing()
         # Two workers starting at once may both create one: the earliest wins.
@@ -56,15 +59,16 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
         client.set_tag(chosen.info.run_id, st.FINGERPRINT, spec.fingerprint())
     MlflowRun(client, chosen.info.run_id).set_tags({
         "sweep.n_trials": spec.n_trials, "sweep.timeout_s": spec.timeout_s or "none",
-        "sweep.seed": spec.seed, "sweep.pruner": f"{spec.pruner} (warmup "
-                                                  f"{spec.warmup_epochs} epochs)"})
+        "sweep.seed": spec.seed, "sweep.pruner": str(spec.pruner),
+        "sweep.target": "none" if spec.target is None else spec.target})
     if chosen.info.status != "RUNNING":
         client.update_run(chosen.info.run_id, status="RUNNING")
     return chosen.info.run_id
 
 
 # How a sweep ended -> the parent run's status. A timeout is a normal end, like the budget.
-END_STATUS = {"budget": "FINISHED", "timeout": "FINISHED", "interrupted": "KILLED",
+END_STATUS = {"budget": "FINISHED", "timeout": "FINISHED", "target": "FINISHED",
+              "interrupted": "KILLED",
               "workers died": "FAILED", "failed": "FAILED"}
 
 
@@ -80,7 +84,7 @@ def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSp
                           step=len(tr.finished(study, spec)))
         tags = {"best_trial": str(best.number), "best_value": str(best.value),
                 "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
-                **{f"best.{k}": str(v) for k, v in best.params.items()}}
+                **{f"best.{k}": str(v) for k, v in values_of(best).items()}}
         for k, v in tags.items():
             client.set_tag(parent_run_id, k, v)
         for t in done:
@@ -98,7 +102,7 @@ def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSp
 
 
 def trial_line(t: FrozenTrial, metric: str) -> str:
-    params = "  ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+    params = "  ".join(f"{k}={_fmt(v)}" for k, v in values_of(t).items())
     value = f"{metric}={t.value:.4f}" if t.value is not None else metric + "=-"
     seconds = t.duration.total_seconds() if t.duration else 0.0
     reason = t.user_attrs.get("fail_reason", "")
@@ -111,6 +115,7 @@ def _fmt(v: Any) -> str:
 
 
 ENDINGS = {"budget": "budget met", "timeout": "stopped by timeout_s",
+           "target": "a trial reached metric.target",
            "interrupted": "interrupted", "workers died": "worker processes died",
            "failed": "failed"}
 
@@ -130,7 +135,7 @@ def summary(study: optuna.Study, spec: SweepSpec, parent_run_id: str, end: str, 
     if done:
         lines.append(f"top {min(top, len(done))} by {spec.metric} ({spec.goal}):")
         lines += ["  " + trial_line(t, spec.metric) for t in done[:top]]
-    lines.append(f"MLflow: python runner.py ui  -> experiment '{spec.name}', "
+    lines.append(f"MLflow: python runner.py ui  -> experiment '{spec.experiment}', "
                  f"parent run {parent_run_id}")
     return "\n".join(lines)
 
@@ -141,7 +146,7 @@ def sweep_text(path: str) -> str:
 
 def best_run_id(client: Any, spec: SweepSpec) -> str | None:
     """The run of the sweep's best trial, as the parent run records it."""
-    exp = client.get_experiment_by_name(spec.name)
+    exp = client.get_experiment_by_name(spec.experiment)
     if exp is None:
         return None
     parents = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = 'true'",

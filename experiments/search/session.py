@@ -43,6 +43,10 @@ class Session:
 def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
     """Run (or resume) the checked sweep; returns the summary to print and how it ended."""
     store_url = options.storage_url()
+    if options.parent_run is None:
+        for note in spec.notes:  # program and command first: they are not run
+            if note.startswith(("program", "command")):
+                progress.say(f"{spec.path}: {note}")
     recovery = tr.Recovery()
     # A study of this name that asks another question is refused before anything is written.
     store = st.storage(store_url, MLRUNS, recovery.stale, create=False)
@@ -51,7 +55,7 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
     mnist = load(config.data.path, config.data.download, progress.say,
                  fell_back=os.environ.get(FALLBACK_ENV, "") if options.parent_run else "")
     session = Session(options, spec, store_url, None, recovery, client(), mnist)
-    recovery.close_runs = trial_runs.close_runs(session.client)
+    recovery.close_runs = trial_runs.close_runs(session.client, spec.experiment)
     session.study = st.open_study(spec, store or st.storage(store_url, MLRUNS, recovery.stale))
     if options.parent_run is not None:  # a worker process of a parent
         session.parent = options.parent_run
@@ -78,7 +82,7 @@ def _recover(s: Session) -> None:
     if recovered:
         progress.say(f"{recovered} trial(s) left RUNNING by a dead process: marked FAIL, "
                      "their MLflow runs KILLED, their params queued for one retry")
-    orphans = trial_runs.close_orphans(s.client, s.study)
+    orphans = trial_runs.close_orphans(s.client, s.study, s.spec.experiment)
     if orphans:
         progress.say(f"{orphans} MLflow run(s) of finished trials left RUNNING by a process "
                      "that is gone: closed as KILLED")
@@ -94,6 +98,7 @@ def _run_trials(s: Session) -> str:
         # Workers stop at the budget or the deadline; a shortfall without a deadline
         # means some died (the others may have made up for them).
         return ("budget" if len(tr.finished(s.study, spec)) >= tr.budget(spec)
+                else "target" if tr.reached(s.study.get_trials(deepcopy=False), spec)
                 else "workers died" if died else "timeout" if deadline else "failed")
     shown = options.parent_run is None
     bar = progress.trial_bar(tr.budget(spec), len(tr.finished(s.study, spec)), enabled=shown)
@@ -103,7 +108,8 @@ def _run_trials(s: Session) -> str:
         bar.update(1)
         progress.say(pr.trial_line(t, spec.metric))
 
-    ctx = TrackContext(s.client, s.mnist, Prepared.from_mnist(s.mnist), spec.name, s.parent)
+    ctx = TrackContext(s.client, s.mnist, Prepared.from_mnist(s.mnist), spec.experiment,
+                       s.parent)
     runner = TrialRunner(spec, ctx, show_progress=shown)
     try:
         return tr.work(s.study, spec, runner.objective, done, s.recovery, deadline)

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.core.config import ConfigError
 from experiments.runtime.retry import retry
-from experiments.search.sweepfile import Param, SweepError, SweepSpec
+from experiments.search.sweepfile import SweepError, SweepSpec
 
 MEANING, FINGERPRINT = "sweep.meaning", "sweep.fingerprint"  # study user attrs
 # A worker that stops beating for GRACE_S is taken for dead (RDB storage).
@@ -161,16 +161,21 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
 
 def sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     # QMC indexes its sequence by trial number already and must keep one seed.
-    if spec.method == "qmc":
+    if spec.sampler == "qmc":
         return _make_sampler("qmc", spec.seed)
-    return PerTrialSeed(spec.method, spec.seed)
+    return PerTrialSeed(spec.sampler, spec.seed)
 
 
-def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=spec.warmup_epochs)
-    if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.warmup_epochs))
+def pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=p.warmup_epochs)
+    if p.type == "hyperband":
+        # W&B's max_iter, or the most epochs a trial trains (Optuna's "auto" would guess it
+        # from the first trial to finish, which a pruned sweep may not have yet).
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource, max_resource=p.max_resource or spec.max_epochs(),
+            reduction_factor=p.reduction_factor)
     return optuna.pruners.NopPruner()
 
 
@@ -232,29 +237,14 @@ def check(spec: SweepSpec, store: Any, url: str, allow_change: bool = False) -> 
     return changed
 
 
-def distribution(p: Param) -> optuna.distributions.BaseDistribution:
-    """The Optuna distribution a sweep parameter is suggested from."""
-    dist = optuna.distributions
-    if p.distribution in ("categorical", "constant"):
-        return dist.CategoricalDistribution(list(p.values))
-    if p.distribution == "int_uniform":
-        return dist.IntDistribution(int(p.low), int(p.high))
-    if p.distribution == "log_uniform_values":
-        return dist.FloatDistribution(p.low, p.high, log=True)
-    if p.distribution == "q_uniform":
-        if isinstance(p.low, int) and isinstance(p.high, int):
-            return dist.IntDistribution(p.low, p.high, step=int(p.q))
-        return dist.FloatDistribution(p.low, p.high, step=p.q)
-    return dist.FloatDistribution(p.low, p.high)
-
-
 def _clash(spec: SweepSpec, study: optuna.Study) -> str:
     """The first parameter whose new law Optuna would refuse beside the study's trials
     (it raises at the trial's first suggestion, so every later trial would fail)."""
+    grid = spec.method == "grid"
     for p in spec.parameters:
-        new = distribution(p)
+        new = p.optuna_distribution(grid)
         for t in study.get_trials(deepcopy=False):
-            old = t.distributions.get(p.key)
+            old = t.distributions.get(p.optuna_name(grid))
             if old is None:
                 continue
             try:
@@ -281,7 +271,7 @@ def open_study(spec: SweepSpec, store: Any) -> optuna.Study:
         study.set_user_attr(MEANING, spec.meaning())
         study.set_user_attr(FINGERPRINT, spec.fingerprint())
     study.sampler = sampler(spec)
-    study.pruner = _pruner(spec)
+    study.pruner = pruner(spec)
     return study
 
 

@@ -1,7 +1,12 @@
-"""Sweep files: W&B-style YAML, checked whole before anything runs.
+"""Sweep files: W&B's sweep YAML as W&B documents it, plus this runner's own keys, checked
+whole before anything runs.
 
-Every mistake becomes one `SweepError` line naming the file, the key path and what is
-allowed. Nothing here imports Optuna, MindSpore or MLflow: validation is instant.
+Every W&B key is accepted with W&B's meaning and mapped onto Optuna and MLflow (`bayes` is
+Optuna's TPE sampler, `early_terminate` its Hyperband pruner, `run_cap` the budget,
+`metric.target` a stopping rule, `project` the MLflow experiment); what does not apply
+here (`program`, `command`, `entity`, ...) is recorded on the parent run and said in
+`--dry-run`. Every mistake is one `SweepError` line naming the file, the key path and
+what is allowed. Nothing here imports Optuna, MindSpore or MLflow: validation is instant.
 """
 
 from __future__ import annotations
@@ -9,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,34 +22,49 @@ from typing import Any
 import yaml
 
 from experiments.core import config as cfg
+from experiments.core import yamlfile
+from experiments.search.parameters import parameters
+from experiments.search.reader import Reader, SweepError
+from experiments.search.space import Param
 
-METHODS = ("tpe", "random", "grid", "cmaes", "qmc", "gp")
+METHODS = ("tpe", "bayes", "random", "grid", "cmaes", "qmc", "gp")
 METRICS = ("test_accuracy", "test_loss", "train_loss")
 GOALS = ("maximize", "minimize")
 PRUNERS = ("median", "hyperband", "none")
-DISTRIBUTIONS = ("constant", "categorical", "uniform", "int_uniform", "log_uniform_values",
-                 "q_uniform")
-TOP_KEYS = ("name", "method", "metric", "n_trials", "timeout_s", "seed", "pruner", "fixed",
-            "parameters", "ablation", "description")
-
-
+WANDB_KEYS = ("program", "command", "entity", "project", "description", "name", "method",
+              "metric", "parameters", "early_terminate", "run_cap")
+RUNNER_KEYS = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation")
+# W&B keys about its own service: kept on the parent run, nothing to do here.
+RECORDED_ONLY = ("apiVersion", "kind", "controller", "job", "image_uri")
+TOP_KEYS = WANDB_KEYS + RUNNER_KEYS + RECORDED_ONLY
+REFUSED = {"scheduler": "W&B's custom schedulers (Optuna or Ax engines) are not run here; "
+                        "use method and early_terminate",
+           "metrics": "multi-objective sweeps are not supported; give one `metric`"}
 MAX_TRIALS = 100_000
 
-
-class SweepError(cfg.UserError):
-    """A bad sweep file; the message is one line."""
-
-
+__all__ = ["MAX_TRIALS", "Param", "Pruner", "SweepError", "SweepSpec", "load"]
 
 
 @dataclass(frozen=True)
-class Param:
-    key: str
-    distribution: str
-    values: tuple = ()
-    low: float = 0.0
-    high: float = 0.0
-    q: float = 0.0
+class Pruner:
+    """When to stop a trial early: the median rule, Hyperband, or never."""
+
+    type: str = "median"
+    warmup_epochs: int = 1
+    min_resource: int = 1  # hyperband: the first rung, in epochs
+    max_resource: int | None = None  # hyperband: the last rung; None: the trials' epochs
+    reduction_factor: int = 3  # hyperband: W&B's eta
+    strict: bool | None = None  # W&B's early_terminate.strict: recorded, no Optuna counterpart
+    source: str = "pruner"  # or early_terminate
+
+    def __str__(self) -> str:
+        if self.type == "median":
+            return f"median (warmup {self.warmup_epochs} epochs)"
+        if self.type == "hyperband":
+            last = f"{self.max_resource} epochs" if self.max_resource else "the trials' epochs"
+            return (f"hyperband (rungs from {self.min_resource} to {last}, reduction "
+                    f"factor {self.reduction_factor})")
+        return "none"
 
 
 @dataclass(frozen=True)
@@ -60,11 +79,28 @@ class SweepSpec:
     n_trials: int = 10
     timeout_s: float | None = None
     seed: int = 0
-    pruner: str = "median"
-    warmup_epochs: int = 1
+    pruner: Pruner = field(default_factory=Pruner)
     fixed: dict[str, Any] = field(default_factory=dict)
     parameters: tuple[Param, ...] = ()
     ablation: tuple[str, ...] = ()
+    target: float | None = None  # metric.target: no trial starts once one reached it
+    project: str | None = None  # the MLflow experiment, when not the sweep's name
+    recorded: tuple[tuple[str, str], ...] = ()  # W&B keys kept on the parent run as text
+    notes: tuple[str, ...] = ()  # how the file's W&B keys were understood
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment of the sweep's runs: W&B's `project`, or the name."""
+        return self.project or self.name
+
+    @property
+    def sampler(self) -> str:
+        """The Optuna sampler: W&B's model-based `bayes` is Optuna's TPE."""
+        return "tpe" if self.method == "bayes" else self.method
+
+    @property
+    def warmup_epochs(self) -> int:
+        return self.pruner.warmup_epochs
 
     def grad_modes(self, grad_mode: str) -> tuple[str, ...]:
         """What a trial whose config says `grad_mode` trains: the ablation's modes (the
@@ -82,13 +118,23 @@ class SweepSpec:
         """Every point of a grid, in the order the sweep visits them: shuffled by the seed,
         so that a budget below the grid's size still spreads over the grid."""
         points = [dict(zip([p.key for p in self.parameters], values, strict=True))
-                  for values in itertools.product(*(p.values for p in self.parameters))]
+                  for values in itertools.product(*(p.grid_values() for p in self.parameters))]
         order = random.Random(self.seed).sample(range(len(points)), len(points))
         return [points[i] for i in order]
 
+    def max_epochs(self) -> int:
+        """The most epochs a trial trains: fixed, the top of a searched range, or 3."""
+        searched = [p for p in self.parameters if p.key == "epochs"]
+        if not searched:
+            return cfg.build(self.fixed).epochs
+        p = searched[0]
+        if p.distribution in ("categorical", "constant"):
+            return max(p.values)
+        return int(p.support()[1]) if p.support()[1] < float("inf") else 10_000
+
     def meaning(self) -> dict[str, Any]:
         """What the sweep asks: a study answers one such question. The budget (n_trials,
-        timeout_s), the seed and the pruner say how long and how, not what.
+        run_cap, timeout_s, target), the seed and the pruner say how long and how, not what.
 
         `fixed` is every config value a trial does not search, defaults included, so that
         writing a default out (`--set data.path=MNIST_Data`) asks the same question; the
@@ -98,83 +144,30 @@ class SweepSpec:
         config = cfg.flatten(cfg.build(self.fixed))
         fixed = {k: v for k, v in config.items()
                  if k not in searched and k != "data.eval_batch_size"}
-        return {"method": self.method, "metric": f"{self.goal} {self.metric}",
-                "fixed": fixed, "parameters": {p.key: _describe(p) for p in self.parameters},
-                "ablation": list(self.ablation)}
+        out = {"method": self.method, "metric": f"{self.goal} {self.metric}",
+               "fixed": fixed, "parameters": {p.key: p.describe() for p in self.parameters},
+               "ablation": list(self.ablation)}
+        if self.experiment != self.name:
+            out["experiment"] = self.experiment
+        return out
 
     def fingerprint(self) -> str:
         text = json.dumps(self.meaning(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _describe(p: Param) -> str:
-    if p.distribution in ("categorical", "constant"):
-        return f"{p.distribution} {list(p.values)}"
-    step = f" step {p.q}" if p.q else ""
-    return f"{p.distribution} [{p.low}, {p.high}]{step}"
-
-
-class _Reader:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def fail(self, key: str, problem: str) -> SweepError:
-        return SweepError(cfg.one_line(f"{self.path}: {key}: {problem}"))
-
-    def mapping(self, value: Any, key: str) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected a mapping, got {cfg.show(value)}")
-        for k in value:
-            if not isinstance(k, str):
-                raise self.fail(key, f"keys must be strings, got {cfg.show(k)}")
-        return value
-
-    def known(self, value: dict, key: str, allowed: tuple[str, ...]) -> None:
-        for k in value:
-            if k not in allowed:
-                where = f"{key}.{k}" if key else k
-                raise self.fail(where, f"unknown key; allowed: {', '.join(allowed)}")
-
-    def choice(self, value: Any, key: str, allowed: tuple[str, ...]) -> str:
-        if value not in allowed:
-            raise self.fail(key, f"got {cfg.show(value)}; allowed: {', '.join(allowed)}")
-        return value
-
-    def integer(self, value: Any, key: str, low: int, high: int = 10**9) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(key, f"expected an integer from {low} to {high}, "
-                                 f"got {cfg.show(value)}")
-        return value
-
-    def number(self, value: Any, key: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
-                value):
-            raise self.fail(key, f"expected a finite number, got {cfg.show(value)}")
-        return value
-
-    def config_value(self, key: str, config_key: str, value: Any) -> Any:
-        try:
-            return cfg.coerce(config_key, value)
-        except cfg.ConfigError:
-            raise self.fail(key, f"got {cfg.show(value)}; {config_key} takes "
-                                 f"{cfg.allowed(config_key)}") from None
-
-    def config_key(self, key: str, config_key: str) -> None:
-        if config_key not in cfg.KEYS:
-            raise self.fail(key, f"unknown config key; known: {', '.join(cfg.KEYS)}")
-
-
-def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
-    """Read and check a sweep file; `overrides` (from --set) are merged into `fixed`."""
-    path = str(path)
-    r = _Reader(path)
+def read(path: str) -> Any:
+    """The file's YAML, or SweepError naming the line."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise SweepError(cfg.one_line(f"{path}: cannot read: {reason}")) from None
     try:
-        raw = yaml.safe_load(text)
+        return yamlfile.load(text)
+    except yamlfile.DuplicateKey as exc:
+        raise SweepError(cfg.one_line(f"{path}: line {exc.line}: {exc}; YAML forbids a key "
+                                      "given twice (and would keep only the last)")) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -182,128 +175,164 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
         raise SweepError(cfg.one_line(f"{path}: malformed YAML{where}: {problem}")) from None
     except ValueError:  # PyYAML's int() of a number of over 4,300 digits
         raise SweepError(f"{path}: malformed YAML: a number of over 4,300 digits") from None
-    raw = r.mapping(raw, "(top level)")
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Read and check a sweep file; `overrides` (from --set) are merged into `fixed`."""
+    path = str(path)
+    r = Reader(path)
+    raw = r.mapping(read(path), "(top level)")
+    for key, why in REFUSED.items():
+        if key in raw:
+            raise r.fail(key, why)
     r.known(raw, "", TOP_KEYS)
-    for required in ("name", "parameters"):
-        if required not in raw:
-            raise r.fail(required, "missing; a sweep needs a name and parameters")
-    name = raw["name"]
-    if not isinstance(name, str) or not cfg.NAME_RE.match(name):
+    if "parameters" not in raw:
+        raise r.fail("parameters", "missing; a sweep needs parameters to search")
+    name = raw.get("name", Path(path).stem)
+    if not cfg.valid_name(name):
         raise r.fail("name", f"got {cfg.show(name)}; allowed: {cfg.NAME_RULE}")
     method = r.choice(raw.get("method", "tpe"), "method", METHODS)
-    metric = r.mapping(raw.get("metric", {"name": "test_accuracy", "goal": "maximize"}),
-                       "metric")
-    r.known(metric, "metric", ("name", "goal"))
-    metric_name = r.choice(metric.get("name", "test_accuracy"), "metric.name", METRICS)
-    default_goal = "maximize" if metric_name == "test_accuracy" else "minimize"
-    goal = r.choice(metric.get("goal", default_goal), "metric.goal", GOALS)
-    n_trials = r.integer(raw.get("n_trials", 10), "n_trials", 1, MAX_TRIALS)
+    notes: list[str] = []
+    metric, goal, target = _metric(r, raw, notes)
+    n_trials = _budget(r, raw, notes)
     timeout = raw.get("timeout_s")
     if timeout is not None and r.number(timeout, "timeout_s") <= 0:
         raise r.fail("timeout_s", f"expected a number of seconds > 0, got {cfg.show(timeout)}")
     seed = r.integer(raw.get("seed", 0), "seed", 0, 2**32 - 1)
-    pruner = r.mapping(raw.get("pruner", {"type": "median"}), "pruner")
-    r.known(pruner, "pruner", ("type", "warmup_epochs"))
-    pruner_type = r.choice(pruner.get("type", "median"), "pruner.type", PRUNERS)
-    warmup = r.integer(pruner.get("warmup_epochs", 1), "pruner.warmup_epochs", 0, 10_000)
-
     fixed = {}
     for key, value in r.mapping(raw.get("fixed") or {}, "fixed").items():
         r.config_key(f"fixed.{key}", key)
         fixed[key] = r.config_value(f"fixed.{key}", key, value)
     for key, value in (overrides or {}).items():
         fixed[key] = cfg.coerce(key, value)
-
-    params = _parameters(r, r.mapping(raw["parameters"], "parameters"), fixed)
+    params = parameters(r, r.mapping(raw["parameters"], "parameters"), fixed, method)
     ablation = _ablation(r, raw.get("ablation"), fixed, params)
-    if method == "grid":
-        for p in params:
-            if p.distribution not in ("categorical", "constant"):
-                raise r.fail(f"parameters.{p.key}", "method grid needs `values` or `value` for "
-                                                    f"every parameter, got {p.distribution}")
+    pruner = _pruner(r, raw, notes)
     if method == "gp":
         import importlib.util
 
         if importlib.util.find_spec("torch") is None:
             raise r.fail("method", "gp needs PyTorch (pip install torch==2.13.0); "
-                                   "allowed without it: tpe, random, grid, cmaes, qmc")
-    return SweepSpec(path, name, method, metric_name, goal, n_trials,
-                 None if timeout is None else float(timeout), seed, pruner_type, warmup,
-                 fixed, params, ablation)
+                                   "allowed without it: tpe, bayes, random, grid, cmaes, qmc")
+    project = None
+    if "project" in raw:
+        project = r.text(raw["project"], "project")
+        cfg.check_text(project, f"{path}: project")
+    recorded = _recorded(r, raw, notes)
+    return SweepSpec(path, name, method, metric, goal, n_trials,
+                     None if timeout is None else float(timeout), seed, pruner, fixed, params,
+                     ablation, target, project, recorded, tuple(notes))
 
 
-def _parameters(r: _Reader, raw: dict, fixed: dict) -> tuple[Param, ...]:
-    if not raw:
-        raise r.fail("parameters", "empty; give at least one config key to search")
+def _metric(r: Reader, raw: dict, notes: list[str]) -> tuple[str, str, float | None]:
+    metric = r.mapping(raw.get("metric", {"name": "test_accuracy", "goal": "maximize"}),
+                       "metric")
+    r.known(metric, "metric", ("name", "goal", "target", "impute", "impute_while_running"))
+    if "name" not in metric:
+        raise r.fail("metric.name", f"missing; allowed: {', '.join(METRICS)}")
+    name = r.choice(metric["name"], "metric.name", METRICS)
+    if "goal" not in metric and name == "test_accuracy":
+        raise r.fail("metric.goal", "missing, and W&B's default (minimize) would minimize "
+                                    "test_accuracy: write goal: maximize (or minimize)")
+    goal = r.choice(metric.get("goal", "minimize"), "metric.goal", GOALS)
+    target = None
+    if "target" in metric:
+        target = float(r.number(metric["target"], "metric.target"))
+    for key in ("impute", "impute_while_running"):
+        if key in metric:
+            notes.append(f"metric.{key}: recorded; Optuna's samplers leave failed and running "
+                         "trials out rather than impute a value")
+    return name, goal, target
+
+
+def _budget(r: Reader, raw: dict, notes: list[str]) -> int:
+    n_trials = r.integer(raw.get("n_trials", 10), "n_trials", 1, MAX_TRIALS)
+    if "run_cap" not in raw:
+        return n_trials
+    cap = r.integer(raw["run_cap"], "run_cap", 1, MAX_TRIALS)
+    if "n_trials" in raw and cap != n_trials:
+        raise r.fail("run_cap", f"{cap}, but n_trials is {n_trials}: both are the budget; "
+                                "give one of them")
+    notes.append(f"run_cap: {cap} -> the global budget, {cap} trials")
+    return cap
+
+
+def _pruner(r: Reader, raw: dict, notes: list[str]) -> Pruner:
+    if "early_terminate" in raw:
+        if "pruner" in raw:
+            raise r.fail("early_terminate", "and `pruner` both stop trials early: give one")
+        return _hyperband(r, r.mapping(raw["early_terminate"], "early_terminate"), notes)
+    pruner = r.mapping(raw.get("pruner", {"type": "median"}), "pruner")
+    r.known(pruner, "pruner", ("type", "warmup_epochs"))
+    kind = r.choice(pruner.get("type", "median"), "pruner.type", PRUNERS)
+    warmup = r.integer(pruner.get("warmup_epochs", 1), "pruner.warmup_epochs", 0, 10_000)
+    return Pruner(kind, warmup, min_resource=max(1, warmup))
+
+
+def _hyperband(r: Reader, raw: dict, notes: list[str]) -> Pruner:
+    """W&B's Hyperband: rungs from min_iter (or max_iter / eta^s) by factors of eta."""
+    where = "early_terminate"
+    r.known(raw, where, ("type", "min_iter", "max_iter", "s", "eta", "strict"))
+    r.choice(raw.get("type"), f"{where}.type", ("hyperband",))
+    eta = r.number(raw.get("eta", 3), f"{where}.eta")
+    if eta <= 1 or not float(eta).is_integer():
+        raise r.fail(f"{where}.eta", f"expected a whole number > 1 (Optuna's Hyperband "
+                                     f"reduction factor), got {cfg.show(eta)}")
+    eta = int(eta)
+    max_iter = None
+    if "max_iter" in raw:
+        max_iter = r.integer(raw["max_iter"], f"{where}.max_iter", 1, 10_000)
+    if "min_iter" in raw:
+        min_iter = r.integer(raw["min_iter"], f"{where}.min_iter", 1, 10_000)
+    elif max_iter is not None and "s" in raw:
+        s = r.number(raw["s"], f"{where}.s")
+        if s < 0:
+            raise r.fail(f"{where}.s", f"expected a number of brackets >= 0, got {s}")
+        min_iter = max(1, round(max_iter / eta**s))
+    else:
+        raise r.fail(where, "give min_iter, or max_iter with s (W&B's two forms)")
+    if max_iter is not None and max_iter < min_iter:
+        raise r.fail(f"{where}.max_iter", f"{max_iter} is below the first rung, {min_iter}")
+    strict = raw.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise r.fail(f"{where}.strict", f"expected true or false, got {cfg.show(strict)}")
+    pruner = Pruner("hyperband", min_resource=min_iter, max_resource=max_iter,
+                    reduction_factor=eta, strict=strict, source="early_terminate")
+    notes.append(f"early_terminate: hyperband -> Optuna HyperbandPruner(min_resource="
+                 f"{min_iter}, max_resource={max_iter or 'the most epochs a trial trains'}, "
+                 f"reduction_factor={eta})")
+    if strict is not None:
+        notes.append("early_terminate.strict: recorded; Optuna's Hyperband has no strict mode")
+    return pruner
+
+
+def _recorded(r: Reader, raw: dict, notes: list[str]) -> tuple[tuple[str, str], ...]:
+    """W&B keys kept on the parent run as text; program and command are not run."""
     out = []
-    for key, spec in raw.items():
-        where = f"parameters.{key}"
-        r.config_key(where, key)
-        if key in cfg.DATA_SOURCE_KEYS:
-            raise r.fail(where, "the data a sweep trains on is one choice, not a search: set "
-                                f"{key} in `fixed` (or with --set)")
-        if key in fixed:
-            raise r.fail(where, "also set in `fixed` (or by --set); a key is searched or fixed")
-        spec = r.mapping(spec, where)
-        out.append(_param(r, where, key, spec))
+    for key in ("program", "command", "entity", "description", *RECORDED_ONLY):
+        if key not in raw:
+            continue
+        value = raw[key]
+        if key == "command":
+            if not isinstance(value, list | str):
+                raise r.fail(key, f"expected a list (W&B's form) or text, got {cfg.show(value)}")
+            text = json.dumps(value) if isinstance(value, list) else value
+        elif isinstance(value, dict | list):
+            text = json.dumps(value, default=str)
+        else:
+            text = str(value)
+        out.append((key, cfg.show(text) if len(text) > 5000 else text))
+    ran = [k for k, _ in out if k in ("program", "command")]
+    if ran:
+        notes.append(f"{' and '.join(ran)}: recorded on the parent run, not run: this runner "
+                     "trains the MindSpore tutorial's model itself")
+    others = [k for k, _ in out if k not in ("program", "command")]
+    if others:
+        notes.append(f"{', '.join(others)}: recorded on the parent run")
     return tuple(out)
 
 
-def _param(r: _Reader, where: str, key: str, spec: dict) -> Param:
-    r.known(spec, where, ("distribution", "values", "value", "min", "max", "q"))
-    dist = spec.get("distribution")
-    if dist == "log_uniform":
-        raise r.fail(f"{where}.distribution", "log_uniform takes natural-log exponents in W&B; "
-                     "use log_uniform_values with min/max as plain values")
-    if dist is None:
-        dist = ("categorical" if "values" in spec else "constant" if "value" in spec
-                else "int_uniform" if all(isinstance(spec.get(b), int) for b in ("min", "max"))
-                else "uniform")
-    r.choice(dist, f"{where}.distribution", DISTRIBUTIONS)
-    if dist == "constant":
-        if "value" not in spec:
-            raise r.fail(f"{where}.value", "missing for distribution constant")
-        return Param(key, dist, (r.config_value(f"{where}.value", key, spec["value"]),))
-    if dist == "categorical":
-        values = spec.get("values")
-        if not isinstance(values, list) or not values:
-            raise r.fail(f"{where}.values", f"expected a non-empty list, got {cfg.show(values)}")
-        checked = tuple(r.config_value(f"{where}.values[{i}]", key, v)
-                        for i, v in enumerate(values))
-        if len(set(checked)) != len(checked):
-            raise r.fail(f"{where}.values", "has duplicates")
-        return Param(key, dist, checked)
-    if key not in cfg.NUMERIC_KEYS:
-        raise r.fail(f"{where}.distribution", f"{dist} needs a numeric key; {key} takes "
-                                              f"{cfg.allowed(key)}: use values")
-    is_int = cfg.kind(key) == "int"
-    if is_int and dist not in ("int_uniform", "q_uniform"):
-        raise r.fail(f"{where}.distribution", f"{key} is an integer: use int_uniform, q_uniform "
-                                              "or values")
-    if not is_int and dist == "int_uniform":
-        raise r.fail(f"{where}.distribution", f"{key} is not an integer: use uniform, "
-                                              "log_uniform_values or q_uniform")
-    for bound in ("min", "max"):
-        if bound not in spec:
-            raise r.fail(f"{where}.{bound}", f"missing for distribution {dist}")
-    low = r.config_value(f"{where}.min", key, r.number(spec["min"], f"{where}.min"))
-    high = r.config_value(f"{where}.max", key, r.number(spec["max"], f"{where}.max"))
-    if low >= high:
-        raise r.fail(f"{where}.min", f"min ({low}) must be below max ({high})")
-    if dist == "log_uniform_values" and low <= 0:
-        raise r.fail(f"{where}.min", "a log scale needs min > 0")
-    q = 0.0
-    if dist == "q_uniform":
-        q = r.number(spec.get("q", 1), f"{where}.q")
-        if q <= 0 or (is_int and not float(q).is_integer()) or q > high - low:
-            raise r.fail(f"{where}.q", f"expected a step > 0 that fits in [min, max]"
-                                       f"{' and is whole' if is_int else ''}, got {cfg.show(q)}")
-    elif "q" in spec:
-        raise r.fail(f"{where}.q", f"only q_uniform takes q, not {dist}")
-    return Param(key, dist, (), low, high, q)
-
-
-def _ablation(r: _Reader, raw: Any, fixed: dict, params: tuple[Param, ...]) -> tuple[str, ...]:
+def _ablation(r: Reader, raw: Any, fixed: dict, params: tuple[Param, ...]) -> tuple[str, ...]:
     if raw is None:
         return ()
     raw = r.mapping(raw, "ablation")

@@ -26,7 +26,8 @@ def tag_trial_runs(client: Any, t: FrozenTrial) -> None:
         client.set_tag(run_id, "state", t.state.name)
 
 
-def close_runs(client: Any) -> Callable[[optuna.Study, FrozenTrial, str], None]:
+def close_runs(client: Any, experiment: str
+               ) -> Callable[[optuna.Study, FrozenTrial, str], None]:
     """Mark the runs of a trial that will not finish (crashed, interrupted) as such, and
     close the ones still RUNNING as KILLED. Finished variants of such a trial keep their
     status but say `state=FAIL`: they are not a result of the sweep."""
@@ -35,7 +36,7 @@ def close_runs(client: Any) -> Callable[[optuna.Study, FrozenTrial, str], None]:
         # A process killed between creating a run and recording its id on the trial leaves
         # a run only its tags can find, so look for those too.
         found = set(run_ids(t))
-        exp = client.get_experiment_by_name(study.study_name)
+        exp = client.get_experiment_by_name(experiment)
         if exp is not None:
             tagged = client.search_runs(
                 [exp.experiment_id],
@@ -57,10 +58,10 @@ REASONS = {"crashed": "worker process died (crash or kill -9)",
            "orphaned": "left RUNNING by a process that is gone"}
 
 
-def close_orphans(client: Any, study: optuna.Study) -> int:
+def close_orphans(client: Any, study: optuna.Study, experiment: str) -> int:
     """Close the sweep's runs left RUNNING by a process that is gone although their trial
     is over (a signal that cut the closing short); returns how many."""
-    exp = client.get_experiment_by_name(study.study_name)
+    exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return 0
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}

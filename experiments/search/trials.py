@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.runtime import faults, interrupts
 from experiments.search import study as st
-from experiments.search.sweepfile import Param, SweepSpec
+from experiments.search.sweepfile import SweepSpec
 
 FAIL_KIND = "fail_kind"  # user attr: why a FAIL trial does not count towards the budget
 REFUSALS = ("over_budget", "duplicate", "no_grid_point")  # trials refused before training
@@ -106,6 +106,16 @@ class Budget:
         return t.state in (TrialState.WAITING, TrialState.RUNNING) or self.counts(t)
 
 
+def reached(trials: list[FrozenTrial], spec: SweepSpec) -> bool:
+    """Whether a completed trial reached the metric's target (W&B's metric.target)."""
+    if spec.target is None:
+        return False
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if spec.goal == "maximize":
+        return any(v >= spec.target for v in values)
+    return any(v <= spec.target for v in values)
+
+
 def budget(spec: SweepSpec) -> int:
     """n_trials, capped for a grid at the number of grid points."""
     return Budget.of(spec).limit
@@ -146,21 +156,6 @@ def _top_up_grid(study: optuna.Study, spec: SweepSpec, trials: list[FrozenTrial]
         point = grid_point(params)
         study.enqueue_trial(params, user_attrs={GRID_POINT: point, CLAIM: f"grid:{point}"},
                             skip_if_exists=False)
-
-
-def suggest(trial: optuna.Trial, params: tuple[Param, ...]) -> dict[str, Any]:
-    """Sample one configuration: {config key: value}. Constants are suggested too, so they
-    are params of the trial like any other (trials.csv, best.*)."""
-    out: dict[str, Any] = {}
-    for p in params:
-        d = st.distribution(p)
-        if isinstance(d, optuna.distributions.CategoricalDistribution):
-            out[p.key] = trial.suggest_categorical(p.key, d.choices)
-        elif isinstance(d, optuna.distributions.IntDistribution):
-            out[p.key] = trial.suggest_int(p.key, d.low, d.high, step=d.step, log=d.log)
-        else:
-            out[p.key] = trial.suggest_float(p.key, d.low, d.high, step=d.step, log=d.log)
-    return out
 
 
 # --- workers, crashes, retries ----------------------------------------------------------
@@ -277,6 +272,8 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
         done = sum(b.counts(t) for t in trials)
         if done >= b.limit:
             return "budget"
+        if reached(trials, spec):  # running trials elsewhere finish; none starts
+            return "target"
         running = [t for t in trials if t.state == TrialState.RUNNING]
         if done + len(running) >= b.limit:
             # RDB storage knows dead workers on any machine by their heartbeat; the journal

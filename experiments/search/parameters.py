@@ -1,0 +1,181 @@
+"""A sweep file's `parameters:`, read as W&B documents them, into the search space.
+
+Nested `parameters` become dotted config keys (`data: {parameters: {eval_batch_size:
+...}}` is `data.eval_batch_size`). Without `distribution`, `values` is categorical,
+`value` constant, integer `min`/`max` int_uniform and other `min`/`max` uniform. Each law
+takes W&B's keys and no others; its values must be ones the config key accepts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from experiments.core import config as cfg
+from experiments.search.reader import Reader
+from experiments.search.space import (
+    BETA_FAMILY,
+    BOUNDED,
+    DISTRIBUTIONS,
+    GRID,
+    NORMAL_FAMILY,
+    QUANTISED,
+    Param,
+)
+
+# What each law takes (W&B's schema allows nothing else).
+KEYS_OF = {
+    "constant": ("value",), "categorical": ("values", "probabilities"),
+    **{d: ("min", "max") for d in ("int_uniform", "uniform", "log_uniform",
+                                   "log_uniform_values", "inv_log_uniform",
+                                   "inv_log_uniform_values")},
+    **{d: ("min", "max", "q") for d in ("q_uniform", "q_log_uniform", "q_log_uniform_values")},
+    "normal": ("mu", "sigma"), "log_normal": ("mu", "sigma"), "q_normal": ("mu", "sigma", "q"),
+    "q_log_normal": ("mu", "sigma", "q"), "beta": ("a", "b"), "q_beta": ("a", "b", "q"),
+}
+SPEC_KEYS = ("distribution", "values", "value", "probabilities", "min", "max", "mu", "sigma",
+             "q", "a", "b", "parameters")
+# Laws whose draws are not whole numbers unless quantised by a whole q.
+_REAL = {"uniform", "log_uniform", "log_uniform_values", "inv_log_uniform",
+         "inv_log_uniform_values", "normal", "log_normal", "beta"}
+
+
+def parameters(r: Reader, raw: dict, fixed: dict, method: str) -> tuple[Param, ...]:
+    if not raw:
+        raise r.fail("parameters", "empty; give at least one config key to search")
+    out = [_param(r, where, key, spec, fixed, method)
+           for where, key, spec in _flatten(r, raw, "parameters", "")]
+    return tuple(out)
+
+
+def _flatten(r: Reader, raw: dict, where: str, prefix: str) -> list[tuple[str, str, dict]]:
+    """(where, dotted key, spec) for every leaf parameter, nested `parameters` unfolded."""
+    out = []
+    for name, spec in raw.items():
+        at = f"{where}.{name}"
+        spec = r.mapping(spec, at)
+        if "parameters" in spec:
+            r.known(spec, at, ("parameters",))
+            out += _flatten(r, r.mapping(spec["parameters"], f"{at}.parameters"),
+                            f"{at}.parameters", f"{prefix}{name}.")
+        else:
+            out.append((at, f"{prefix}{name}", spec))
+    return out
+
+
+def _law(r: Reader, where: str, spec: dict) -> str:
+    r.known(spec, where, SPEC_KEYS)
+    dist = spec.get("distribution")
+    if dist == "categorical_w_probabilities":  # W&B's schema name for weighted values
+        return "categorical"
+    if dist is not None:
+        return r.choice(dist, f"{where}.distribution", DISTRIBUTIONS)
+    if "values" in spec:
+        return "categorical"
+    if "value" in spec:
+        return "constant"
+    if "min" in spec and "max" in spec:
+        whole = all(isinstance(spec[b], int) and not isinstance(spec[b], bool)
+                    for b in ("min", "max"))
+        return "int_uniform" if whole else "uniform"
+    raise r.fail(where, "give `values`, `value`, `min` and `max`, or a `distribution`")
+
+
+def _param(r: Reader, where: str, key: str, spec: dict, fixed: dict, method: str) -> Param:
+    r.config_key(where, key)
+    if key in cfg.DATA_SOURCE_KEYS:
+        raise r.fail(where, "the data a sweep trains on is one choice, not a search: set "
+                            f"{key} in `fixed` (or with --set)")
+    if key in fixed:
+        raise r.fail(where, "also set in `fixed` (or by --set); a key is searched or fixed")
+    dist = _law(r, where, spec)
+    for k in spec:
+        if k != "distribution" and k not in KEYS_OF[dist]:
+            raise r.fail(f"{where}.{k}", f"{dist} does not take {k}; it takes "
+                                         f"{', '.join(KEYS_OF[dist])}")
+    if method == "grid" and (dist not in GRID or "probabilities" in spec):
+        raise r.fail(where, f"method grid visits values: give values, value, int_uniform or "
+                            f"q_uniform (without probabilities), not {dist}")
+    kind = cfg.kind(key)
+    if dist in ("constant", "categorical"):
+        return _choices(r, where, key, spec, dist)
+    if kind not in ("int", "float"):
+        raise r.fail(f"{where}.distribution", f"{dist} needs a numeric key; {key} takes "
+                                              f"{cfg.allowed(key)}: use values")
+    numbers = {k: r.number(spec[k], f"{where}.{k}") for k in ("min", "max", "mu", "sigma",
+                                                             "q", "a", "b") if k in spec}
+    q = spec.get("q", 1) if dist in QUANTISED else None
+    if kind == "int" and (dist in _REAL or (q is not None and not float(q).is_integer())):
+        raise r.fail(f"{where}.distribution", f"{key} is an integer: use int_uniform, a q_ law "
+                                              "with a whole q, or values")
+    if q is not None:
+        q = _step(r, where, numbers.get("q", q), kind)
+    p = Param(key, dist, low=numbers.get("min", 0.0), high=numbers.get("max", 0.0), q=q,
+              mu=numbers.get("mu", 0.0), sigma=numbers.get("sigma", 1.0),
+              a=numbers.get("a", 1.0), b=numbers.get("b", 1.0))
+    _check_law(r, where, p, spec)
+    return p
+
+
+def _choices(r: Reader, where: str, key: str, spec: dict, dist: str) -> Param:
+    if dist == "constant":
+        if "value" not in spec:
+            raise r.fail(f"{where}.value", "missing for distribution constant")
+        return Param(key, dist, (r.config_value(f"{where}.value", key, spec["value"]),))
+    values = spec.get("values")
+    if not isinstance(values, list) or not values:
+        raise r.fail(f"{where}.values", f"expected a non-empty list, got {cfg.show(values)}")
+    checked = tuple(r.config_value(f"{where}.values[{i}]", key, v) for i, v in enumerate(values))
+    if len(set(checked)) != len(checked):
+        raise r.fail(f"{where}.values", "has duplicates")
+    if "probabilities" not in spec:
+        return Param(key, dist, checked)
+    probs = spec["probabilities"]
+    if not isinstance(probs, list) or len(probs) != len(checked):
+        raise r.fail(f"{where}.probabilities", f"expected {len(checked)} numbers, one per value, "
+                                               f"got {cfg.show(probs)}")
+    probs = [r.number(p, f"{where}.probabilities[{i}]") for i, p in enumerate(probs)]
+    if min(probs) < 0 or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
+        raise r.fail(f"{where}.probabilities", f"expected numbers >= 0 that sum to 1, got "
+                                               f"{cfg.show(probs)} (sum {sum(probs):g})")
+    return Param(key, dist, checked, tuple(float(p) for p in probs))
+
+
+def _step(r: Reader, where: str, q: Any, kind: str) -> int | float:
+    if q <= 0:
+        raise r.fail(f"{where}.q", f"expected a step > 0, got {cfg.show(q)}")
+    # A whole q gives whole values, as W&B returns them (int when q is an int).
+    return int(q) if isinstance(q, int) or (kind == "int" and float(q).is_integer()) else q
+
+
+def _check_law(r: Reader, where: str, p: Param, spec: dict) -> None:
+    """The law's own parameters, then its values against what the key accepts."""
+    d = p.distribution
+    if d in BOUNDED:
+        for bound in ("min", "max"):
+            if bound not in spec:
+                raise r.fail(f"{where}.{bound}", f"missing for distribution {d}")
+        if p.low >= p.high:
+            raise r.fail(f"{where}.min", f"min ({p.low}) must be below max ({p.high})")
+        if d == "int_uniform" and not all(float(v).is_integer() for v in (p.low, p.high)):
+            raise r.fail(f"{where}.min", "int_uniform takes whole min and max")
+        if d in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values") \
+                and p.low <= 0:
+            raise r.fail(f"{where}.min", f"{d} is a log scale: it needs min > 0")
+    if d in NORMAL_FAMILY and p.sigma <= 0:
+        raise r.fail(f"{where}.sigma", f"expected a standard deviation > 0, got {p.sigma}")
+    if d in BETA_FAMILY and (p.a <= 0 or p.b <= 0):
+        raise r.fail(f"{where}.a", f"beta needs a > 0 and b > 0, got a={p.a}, b={p.b}")
+    if d not in BOUNDED:  # normal, log-normal, beta: a draw out of range fails its trial
+        return
+    low, high = p.support()
+    for end, value in (("smallest", low), ("largest", high)):
+        _fits(r, where, p.key, value, end)
+
+
+def _fits(r: Reader, where: str, key: str, value: float, end: str) -> None:
+    try:
+        cfg.coerce(key, int(value) if cfg.kind(key) == "int" else value)
+    except cfg.ConfigError:
+        raise r.fail(where, f"its {end} value, {value:g}, is outside what {key} takes: "
+                            f"{cfg.allowed(key)}") from None

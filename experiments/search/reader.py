@@ -1,0 +1,77 @@
+"""Reading a sweep file's values: every mistake is one SweepError line naming the file,
+the key path, what was found and what is allowed (with the closest allowed name)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+from experiments.core import config as cfg
+
+
+class SweepError(cfg.UserError):
+    """A bad sweep file; the message is one line."""
+
+
+class Reader:
+    """Checks for the values of one sweep file, whose path every message names."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> SweepError:
+        return SweepError(cfg.one_line(f"{self.path}: {key}: {problem}"))
+
+    def mapping(self, value: Any, key: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {cfg.show(value)}")
+        for k in value:
+            if not isinstance(k, str):
+                raise self.fail(key, f"keys must be strings, got {cfg.show(k)}")
+        return value
+
+    def known(self, value: dict, key: str, allowed: tuple[str, ...]) -> None:
+        for k in value:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else k
+                raise self.fail(where, f"unknown key{cfg.did_you_mean(k, allowed)}; allowed: "
+                                       f"{', '.join(allowed)}")
+
+    def choice(self, value: Any, key: str, allowed: tuple[str, ...]) -> Any:
+        if not isinstance(value, str | int | float | bool) or value not in allowed:
+            hint = cfg.did_you_mean(value, allowed) if isinstance(value, str) else ""
+            raise self.fail(key, f"got {cfg.show(value)}{hint}; allowed: {', '.join(allowed)}")
+        return value
+
+    def integer(self, value: Any, key: str, low: int, high: int = 10**9) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(key, f"expected an integer from {low} to {high}, "
+                                 f"got {cfg.show(value)}")
+        return value
+
+    def number(self, value: Any, key: str) -> float:
+        if isinstance(value, str):  # "1e-5" in quotes is a number people meant
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            raise self.fail(key, f"expected a finite number, got {cfg.show(value)}")
+        return value
+
+    def text(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"expected text, got {cfg.show(value)}")
+        return value
+
+    def config_value(self, key: str, config_key: str, value: Any) -> Any:
+        try:
+            return cfg.coerce(config_key, value)
+        except cfg.ConfigError:
+            raise self.fail(key, f"got {cfg.show(value)}; {config_key} takes "
+                                 f"{cfg.allowed(config_key)}") from None
+
+    def config_key(self, key: str, config_key: str) -> None:
+        if config_key not in cfg.KEYS:
+            raise self.fail(key, f"unknown config key{cfg.did_you_mean(config_key, cfg.KEYS)}; "
+                                 f"known: {', '.join(cfg.KEYS)}")

@@ -1,0 +1,215 @@
+"""The search space: W&B's parameter distributions, sampled through Optuna as W&B samples.
+
+W&B draws every parameter as `ppf(u)` with `u` uniform on [0, 1) (its `params.py`). Here a
+distribution that Optuna has natively with the same law (uniform, int_uniform, the log
+families, categorical) is suggested natively, so the value is the Optuna param and
+model-based samplers see its scale. Any other (quantised, normal family, beta, weighted
+categorical) is suggested as its quantile `u` (Optuna param `<key>.quantile`) and mapped
+through W&B's formula; every sampler works on `u`. Either way the trial records the value
+that trains as user attr `value.<key>`, which is also the MLflow param.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+DISTRIBUTIONS = (
+    "constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform",
+    "log_uniform_values", "q_log_uniform", "q_log_uniform_values", "inv_log_uniform",
+    "inv_log_uniform_values", "normal", "q_normal", "log_normal", "q_log_normal", "beta",
+    "q_beta")
+# Laws Optuna samples natively: (low, high, log) in value space, from the file's min/max.
+NATIVE = {"uniform", "int_uniform", "log_uniform", "log_uniform_values", "inv_log_uniform",
+          "inv_log_uniform_values"}
+QUANTISED = {"q_uniform", "q_log_uniform", "q_log_uniform_values", "q_normal",
+             "q_log_normal", "q_beta"}
+BOUNDED = {"uniform", "int_uniform", "q_uniform", "log_uniform", "log_uniform_values",
+           "q_log_uniform", "q_log_uniform_values", "inv_log_uniform", "inv_log_uniform_values"}
+NORMAL_FAMILY = {"normal", "q_normal", "log_normal", "q_log_normal"}
+BETA_FAMILY = {"beta", "q_beta"}
+# W&B's grid enumerates these too (int_uniform: min..max; q_uniform: arange(min, max, q)).
+GRID = ("constant", "categorical", "int_uniform", "q_uniform")
+VALUE_ATTR = "value."  # trial user attr prefix: the value that trains
+# u = 0 would map the normal family to -inf; W&B's own draw never hits it in practice.
+_EDGE = 1e-12
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key and its law, as the sweep file gives it."""
+
+    key: str  # the dotted config key (nested W&B parameters are joined with dots)
+    distribution: str
+    values: tuple = ()
+    probabilities: tuple[float, ...] = ()
+    low: float = 0.0  # min
+    high: float = 0.0  # max
+    q: float | int | None = None
+    mu: float = 0.0
+    sigma: float = 1.0
+    a: float = 1.0
+    b: float = 1.0
+
+    @property
+    def mapped(self) -> bool:
+        """Whether Optuna samples the quantile `u` rather than the value."""
+        return (self.distribution in QUANTISED | NORMAL_FAMILY | BETA_FAMILY
+                or bool(self.probabilities))
+
+    def optuna_name(self, grid: bool = False) -> str:
+        return f"{self.key}.quantile" if self.mapped and not grid else self.key
+
+    def native_range(self) -> tuple[float, float, bool]:
+        """(low, high, log) of the value, for a law Optuna samples natively."""
+        d, lo, hi = self.distribution, self.low, self.high
+        if d in ("uniform", "int_uniform"):
+            return lo, hi, False
+        if d in ("log_uniform_values", "inv_log_uniform_values"):
+            # log(1/X) uniform on [log(1/max), log(1/min)] is log(X) uniform on [min, max].
+            return lo, hi, True
+        if d == "log_uniform":  # min/max are natural-log exponents
+            return math.exp(lo), math.exp(hi), True
+        if d == "inv_log_uniform":  # log(1/X) uniform on [min, max]
+            return math.exp(-hi), math.exp(-lo), True
+        raise ValueError(d)
+
+    def ppf(self, u: float) -> Any:
+        """W&B's value at quantile `u` (its `HyperParameter.ppf`)."""
+        d = self.distribution
+        if self.probabilities:
+            cdf = np.cumsum(self.probabilities)
+            return self.values[min(int(np.searchsorted(cdf, u, side="right")),
+                                   len(self.values) - 1)]
+        if d == "categorical":
+            return self.values[min(int(u * len(self.values)), len(self.values) - 1)]
+        if d == "constant":
+            return self.values[0]
+        u = min(max(u, _EDGE), 1 - _EDGE)
+        if d in ("uniform", "q_uniform"):
+            x = self.low + u * (self.high - self.low)
+        elif d == "int_uniform":
+            x = int(self.low + math.floor(u * (self.high - self.low + 1)))
+        elif d in ("log_uniform", "q_log_uniform"):
+            x = math.exp(self.low + u * (self.high - self.low))
+        elif d in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values"):
+            x = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+        elif d == "inv_log_uniform":
+            x = math.exp(-(self.low + (1 - u) * (self.high - self.low)))
+        elif d in ("normal", "q_normal"):
+            x = NormalDist(self.mu, self.sigma).inv_cdf(u)
+        elif d in ("log_normal", "q_log_normal"):
+            x = math.exp(NormalDist(self.mu, self.sigma).inv_cdf(u))
+        else:  # beta, q_beta
+            from scipy import stats  # only a beta law needs SciPy (MindSpore's dependency)
+
+            x = float(stats.beta.ppf(u, self.a, self.b))
+        return self.quantise(x) if d in QUANTISED else x
+
+    def quantise(self, x: float) -> int | float:
+        """round(x / q) * q, an integer when q is one (as W&B returns it)."""
+        q = self.q if self.q is not None else 1
+        if isinstance(q, int):
+            return round(x / q) * q
+        # Rounded to q's own decimals, so 0.1 * 3 is recorded as 0.3, not 0.30000000000000004.
+        return float(round(round(x / q) * q, _decimals(q)))
+
+    def grid_values(self) -> tuple:
+        """The values a grid visits, as W&B's grid enumerates them."""
+        d = self.distribution
+        if d in ("categorical", "constant"):
+            return self.values
+        if d == "int_uniform":
+            return tuple(range(int(self.low), int(self.high) + 1))
+        q = self.q if self.q is not None else 1
+        # W&B: numpy.arange(min, max, q), so max itself is never a grid value.
+        return tuple(self.quantise(v) if isinstance(q, float) else int(v)
+                     for v in np.arange(self.low, self.high, q).tolist())
+
+    def optuna_distribution(self, grid: bool = False) -> Any:
+        """The Optuna distribution the parameter is suggested from (under `optuna_name`);
+        in a grid, the grid's values (the queue's fixed params name them)."""
+        from optuna import distributions as od
+
+        if grid:
+            return od.CategoricalDistribution(list(self.grid_values()))
+        if self.mapped:
+            return od.FloatDistribution(0.0, 1.0)
+        if self.distribution in ("categorical", "constant"):
+            return od.CategoricalDistribution(list(self.values))
+        low, high, log = self.native_range()
+        if self.distribution == "int_uniform":
+            return od.IntDistribution(int(low), int(high))
+        return od.FloatDistribution(low, high, log=log)
+
+    def suggest(self, trial: Any, grid: bool = False) -> Any:
+        """Sample this parameter on an Optuna trial; returns the value that trains."""
+        d = self.optuna_distribution(grid)
+        if grid:
+            return trial.suggest_categorical(self.key, d.choices)
+        if self.mapped:
+            return self.ppf(trial.suggest_float(self.optuna_name(), d.low, d.high))
+        if hasattr(d, "choices"):
+            return trial.suggest_categorical(self.key, d.choices)
+        if self.distribution == "int_uniform":
+            return trial.suggest_int(self.key, d.low, d.high)
+        return trial.suggest_float(self.key, d.low, d.high, log=d.log)
+
+    def describe(self) -> str:
+        """The law in words, for --dry-run and the sweep's fingerprint."""
+        d = self.distribution
+        if self.probabilities:
+            return f"categorical {list(self.values)} with probabilities {list(self.probabilities)}"
+        if d in ("categorical", "constant"):
+            return f"{d} {list(self.values)}"
+        q = f" q {self.q}" if d in QUANTISED else ""
+        if d in NORMAL_FAMILY:
+            return f"{d} mu {self.mu} sigma {self.sigma}{q}"
+        if d in BETA_FAMILY:
+            return f"{d} a {self.a} b {self.b}{q}"
+        return f"{d} [{self.low}, {self.high}]{q}"
+
+    def support(self) -> tuple[float, float]:
+        """The smallest and largest value the law can draw (infinite for unbounded laws)."""
+        d = self.distribution
+        if d in ("categorical", "constant"):
+            numbers = [v for v in self.values if isinstance(v, int | float)]
+            return (min(numbers), max(numbers)) if numbers else (math.nan, math.nan)
+        if d in NATIVE:
+            low, high, _ = self.native_range()
+            return low, high
+        if d in BETA_FAMILY:
+            return 0.0, 1.0
+        if d in ("log_normal", "q_log_normal"):
+            return 0.0, math.inf
+        if d in NORMAL_FAMILY:
+            return -math.inf, math.inf
+        return self.ppf(0.0), self.ppf(1.0)  # the quantised uniform families
+
+
+def _decimals(q: float) -> int:
+    text = repr(q)
+    if "e-" in text:
+        mantissa, exponent = text.split("e-")
+        return int(exponent) + len(mantissa.partition(".")[2])
+    return len(text.partition(".")[2])
+
+
+def suggest(trial: Any, params: tuple[Param, ...], grid: bool = False) -> dict[str, Any]:
+    """Sample one configuration: {config key: value}, each value recorded on the trial."""
+    out: dict[str, Any] = {}
+    for p in params:
+        out[p.key] = p.suggest(trial, grid)
+        trial.set_user_attr(VALUE_ATTR + p.key, out[p.key])
+    return out
+
+
+def values_of(t: Any) -> dict[str, Any]:
+    """The values a finished trial trained with, by config key (older trials: its params)."""
+    recorded = {k[len(VALUE_ATTR):]: v for k, v in t.user_attrs.items()
+                if k.startswith(VALUE_ATTR)}
+    return recorded or dict(t.params)

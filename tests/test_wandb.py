@@ -1,0 +1,342 @@
+"""W&B sweep files run as written: every key and distribution of W&B's sweep reference,
+checked against W&B's own definitions (its `params.py` samples `ppf(u)`, u uniform)."""
+
+import math
+import statistics
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from test_sweep import journal_study, sweep_runs
+
+import runner
+from conftest import ROOT
+from experiments.search import study as st
+from experiments.search import sweepfile
+from experiments.search.space import suggest
+
+DRAWS = 2000
+
+
+def spec_of(tmp_path, text: str, name: str = "w.yaml") -> sweepfile.SweepSpec:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return sweepfile.load(path)
+
+
+def draws(spec: sweepfile.SweepSpec, n: int = DRAWS) -> list[dict]:
+    """n configs from the sweep's own sampling path, with Optuna's random sampler."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(suggest(trial, spec.parameters))
+        study.tell(trial, 0.0)
+    return out
+
+
+def one(tmp_path, law: str, key: str = "learning_rate") -> list:
+    spec = spec_of(tmp_path, f"""
+        method: random
+        metric: {{name: test_loss}}
+        parameters:
+          {key}: {law}
+        """)
+    return [d[key] for d in draws(spec)]
+
+
+def log_spaced(values: list[float], low: float, high: float) -> None:
+    """As many draws below the geometric middle as above it, and a quarter per quarter
+    of the log range."""
+    logs = np.log(values)
+    quarters = np.histogram(logs, bins=4, range=(math.log(low), math.log(high)))[0] / len(logs)
+    assert np.all(np.abs(quarters - 0.25) < 0.05), quarters
+
+
+# --- every distribution, thousands of draws ---------------------------------------------
+
+
+def test_uniform_and_int_uniform(tmp_path):
+    values = one(tmp_path, "{distribution: uniform, min: 0.01, max: 0.09}")
+    assert min(values) >= 0.01 and max(values) <= 0.09
+    assert abs(statistics.mean(values) - 0.05) < 0.002
+    epochs = one(tmp_path, "{distribution: int_uniform, min: 1, max: 4}", "epochs")
+    assert set(epochs) == {1, 2, 3, 4} and all(isinstance(v, int) for v in epochs)
+    counts = np.bincount(epochs)[1:] / len(epochs)
+    assert np.all(np.abs(counts - 0.25) < 0.04)
+
+
+def test_q_uniform_draws_as_wandb_rounds(tmp_path):
+    """W&B: round(U(min, max) / q) * q, so 16..256 by 32 gives 32, 64, ..., 256 (never
+    16 + k*32), the inner values twice as often as the ends."""
+    values = one(tmp_path, "{distribution: q_uniform, min: 16, max: 256, q: 32}", "batch_size")
+    assert set(values) == {32, 64, 96, 128, 160, 192, 224, 256}
+    freq = {v: values.count(v) / len(values) for v in set(values)}
+    assert abs(freq[256] - 16 / 240) < 0.02 and abs(freq[128] - 32 / 240) < 0.03
+    assert all(isinstance(v, int) for v in values)
+    rates = one(tmp_path, "{distribution: q_uniform, min: 0.1, max: 0.5, q: 0.05}")
+    assert set(rates) <= {round(0.05 * k, 2) for k in range(2, 11)}
+    assert 0.15 in rates  # recorded as 0.15, not 0.15000000000000002
+
+
+@pytest.mark.parametrize("law, low, high", [
+    ("{distribution: log_uniform_values, min: 1e-4, max: 1e-1}", 1e-4, 1e-1),
+    ("{distribution: inv_log_uniform_values, min: 1e-4, max: 1e-1}", 1e-4, 1e-1),
+    # W&B: min and max are natural-log exponents; inv: log(1/X) is uniform on [min, max].
+    ("{distribution: log_uniform, min: -9.21, max: -2.3}", math.exp(-9.21), math.exp(-2.3)),
+    ("{distribution: inv_log_uniform, min: 2.3, max: 9.21}", math.exp(-9.21), math.exp(-2.3)),
+])
+def test_log_families_are_log_spaced(tmp_path, law, low, high):
+    values = one(tmp_path, law)
+    assert min(values) >= low * (1 - 1e-9) and max(values) <= high * (1 + 1e-9)
+    log_spaced(values, low, high)
+
+
+@pytest.mark.parametrize("law, q", [
+    ("{distribution: q_log_uniform_values, min: 1.0e-3, max: 1.0, q: 0.001}", 0.001),
+    ("{distribution: q_log_uniform, min: -6.9, max: 0.0, q: 0.001}", 0.001),
+])
+def test_quantised_log_families(tmp_path, law, q):
+    values = one(tmp_path, law)
+    assert all(abs(v / q - round(v / q)) < 1e-6 for v in values)
+    assert min(values) >= 0.001 and max(values) <= 1.0
+    assert sum(v < 0.0316 for v in values) / len(values) == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("law, mean, sd, positive", [
+    ("{distribution: normal, mu: 0.05, sigma: 0.01}", 0.05, 0.01, False),
+    ("{distribution: log_normal, mu: -3.0, sigma: 0.5}",
+     math.exp(-3.0 + 0.125), math.sqrt((math.exp(0.25) - 1) * math.exp(-6 + 0.25)), True),
+    ("{distribution: beta, a: 2, b: 5}", 2 / 7, math.sqrt(10 / (49 * 8)), True),
+])
+def test_normal_and_beta_families_have_their_mean_and_spread(tmp_path, law, mean, sd,
+                                                             positive):
+    values = one(tmp_path, law)
+    se = sd / math.sqrt(len(values))
+    assert abs(statistics.mean(values) - mean) < 4 * se
+    assert statistics.stdev(values) == pytest.approx(sd, rel=0.08)
+    if positive:
+        assert min(values) > 0
+
+
+def test_quantised_normal_families(tmp_path):
+    values = one(tmp_path, "{distribution: q_normal, mu: 128, sigma: 30, q: 16}", "batch_size")
+    assert all(v % 16 == 0 and isinstance(v, int) for v in values)
+    assert abs(statistics.mean(values) - 128) < 3
+    log_normal = one(tmp_path, "{distribution: q_log_normal, mu: 4.5, sigma: 0.3, q: 8}",
+                     "batch_size")
+    assert all(v % 8 == 0 for v in log_normal)
+    assert statistics.median(log_normal) == pytest.approx(math.exp(4.5), rel=0.05)
+    beta = one(tmp_path, "{distribution: q_beta, a: 2, b: 2, q: 0.1}")
+    assert set(beta) <= {round(0.1 * k, 1) for k in range(11)}
+
+
+def test_probabilities_weight_the_values(tmp_path):
+    values = one(tmp_path, "{values: [32, 64, 128], probabilities: [0.7, 0.2, 0.1]}",
+                 "batch_size")
+    for v, p in ((32, 0.7), (64, 0.2), (128, 0.1)):
+        assert values.count(v) / len(values) == pytest.approx(p, abs=0.03)
+
+
+# --- defaults, nesting, refusals ---------------------------------------------------------
+
+
+def test_laws_without_a_distribution_follow_wandbs_defaults(tmp_path):
+    spec = spec_of(tmp_path, """
+        method: random
+        metric: {name: test_loss}
+        parameters:
+          batch_size: {values: [32, 64]}
+          seed: {value: 3}
+          epochs: {min: 1, max: 3}
+          learning_rate: {min: 0.01, max: 0.1}
+        """)
+    laws = {p.key: p.distribution for p in spec.parameters}
+    assert laws == {"batch_size": "categorical", "seed": "constant", "epochs": "int_uniform",
+                    "learning_rate": "uniform"}
+
+
+def test_nested_parameters_are_dotted_config_keys(tmp_path):
+    spec = spec_of(tmp_path, """
+        method: grid
+        metric: {name: test_loss}
+        parameters:
+          data:
+            parameters:
+              eval_batch_size: {values: [500, 1000]}
+          learning_rate: {value: 0.1}
+        """)
+    assert [p.key for p in spec.parameters] == ["data.eval_batch_size", "learning_rate"]
+    assert sorted(d["data.eval_batch_size"] for d in spec.grid_points()) == [500, 1000]
+
+
+def test_grid_takes_int_uniform_and_q_uniform_as_wandb_does(tmp_path):
+    spec = spec_of(tmp_path, """
+        method: grid
+        metric: {name: test_loss}
+        parameters:
+          epochs: {min: 1, max: 3}
+          batch_size: {distribution: q_uniform, min: 32, max: 128, q: 32}
+        """)
+    points = spec.grid_points()
+    # W&B: range(min, max + 1) and numpy.arange(min, max, q) (max itself excluded).
+    assert sorted({p["epochs"] for p in points}) == [1, 2, 3]
+    assert sorted({p["batch_size"] for p in points}) == [32, 64, 96]
+    assert len(points) == 9
+
+
+@pytest.mark.parametrize("text, where, says", [
+    ("parameters:\n  lr: {values: [0.1]}\n", "parameters.lr", "did you mean learning_rate?"),
+    ("metric: {name: val_loss, goal: minimize}\nparameters:\n  seed: {values: [1]}\n",
+     "metric.name", "did you mean test_loss?"),
+    ("metric: {name: test_accuracy}\nparameters:\n  seed: {values: [1]}\n", "metric.goal",
+     "goal: maximize"),
+    ("metric: {name: test_loss}\nrun_cap: 5\nn_trials: 6\nparameters:\n  seed: {values: [1]}\n",
+     "run_cap", "give one of them"),
+    ("metric: {name: test_loss}\npruner: {type: median}\nearly_terminate: {type: hyperband, "
+     "min_iter: 1}\nparameters:\n  seed: {values: [1]}\n", "early_terminate", "give one"),
+    ("metric: {name: test_loss}\nearly_terminate: {type: hyperband, max_iter: 9}\n"
+     "parameters:\n  seed: {values: [1]}\n", "early_terminate", "min_iter, or max_iter with s"),
+    ("method: grid\nmetric: {name: test_loss}\nparameters:\n  batch_size: {values: [32, 64], "
+     "probabilities: [0.5, 0.5]}\n", "parameters.batch_size", "without probabilities"),
+    ("metric: {name: test_loss}\nparameters:\n  batch_size: {values: [32, 64], probabilities: "
+     "[0.5, 0.6]}\n", "parameters.batch_size.probabilities", "sum to 1"),
+    ("metric: {name: test_loss}\nparameters:\n  epochs: {distribution: normal, mu: 3, "
+     "sigma: 1}\n", "parameters.epochs.distribution", "is an integer"),
+    ("metric: {name: test_loss}\nparameters:\n  learning_rate: {distribution: normal, mu: 0.1,"
+     " q: 0.1}\n", "parameters.learning_rate.q", "normal does not take q"),
+    ("metric: {name: test_loss}\nparameters:\n  seed: {values: [1]}\n  seed: {values: [2]}\n",
+     "line 4", "given twice"),
+    ("metric: {name: test_loss}\nmetrics: [{name: a}, {name: b}]\nparameters:\n  seed: "
+     "{values: [1]}\n", "metrics", "multi-objective"),
+])
+def test_mistakes_are_one_line_naming_the_key(tmp_path, monkeypatch, capsys, text, where,
+                                              says):
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert runner.main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and where in err[0] and says in err[0], err
+
+
+def test_yaml_as_people_write_it(tmp_path):
+    """1e-5 (text in YAML 1.1, a known W&B bug), CRLF line endings, comments, any order."""
+    spec = spec_of(tmp_path, "parameters:\r\n  learning_rate:\r\n    max: 1e-1  # top\r\n"
+                             "    distribution: log_uniform_values\r\n    min: 1e-5\r\n"
+                             "metric: {goal: minimize, name: test_loss}\r\n")
+    (p,) = spec.parameters
+    assert (p.low, p.high) == (1e-5, 0.1)
+
+
+# --- what each W&B key does ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("terminate, rungs", [
+    ("{type: hyperband, min_iter: 2}", (2, None, 3)),
+    ("{type: hyperband, min_iter: 1, eta: 2, max_iter: 8}", (1, 8, 2)),
+    ("{type: hyperband, max_iter: 27, s: 2}", (3, 27, 3)),
+    ("{type: hyperband, max_iter: 16, s: 2, eta: 2, strict: true}", (4, 16, 2)),
+])
+def test_early_terminate_is_optunas_hyperband(tmp_path, terminate, rungs):
+    spec = spec_of(tmp_path, f"""
+        method: random
+        metric: {{name: test_loss}}
+        early_terminate: {terminate}
+        fixed: {{epochs: 30}}
+        parameters:
+          learning_rate: {{values: [0.1]}}
+        """)
+    p = spec.pruner
+    assert (p.min_resource, p.max_resource, p.reduction_factor) == rungs
+    pruner = st.pruner(spec)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert pruner._min_resource == rungs[0]
+    assert pruner._max_resource == (rungs[1] or 30)  # the trials' epochs by default
+    assert pruner._reduction_factor == rungs[2]
+
+
+def test_bayes_is_model_based(tmp_path):
+    spec = spec_of(tmp_path, "method: bayes\nmetric: {name: test_loss}\nparameters:\n"
+                             "  learning_rate: {min: 0.01, max: 0.1}\n")
+    study = optuna.create_study(sampler=st.sampler(spec))
+    study.ask()
+    assert spec.sampler == "tpe"
+    assert isinstance(study.sampler._inner, optuna.samplers.TPESampler)
+
+
+def test_a_pure_wandb_file_runs_end_to_end(store, capsys):
+    shipped = ROOT / "sweeps" / "wandb_bayes_hyperband.yaml"
+    assert runner.main(["sweep", str(shipped), "--n-trials", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "program: recorded on the parent run, not run" in captured.err.splitlines()[0]
+    trials = journal_study(store, "wandb_bayes_hyperband").get_trials()
+    assert len(trials) == 3
+    _client, parents, children = sweep_runs(store, "wandb_bayes_hyperband")
+    assert parents[0].data.tags["wandb.program"] == "train.py"
+    for run in children:
+        t = trials[int(run.data.tags["trial"])]
+        assert float(run.data.params["learning_rate"]) == t.user_attrs["value.learning_rate"]
+
+
+def test_project_target_and_recorded_keys(store, capsys):
+    path = store / "w.yaml"
+    path.write_text(textwrap.dedent("""
+        name: targeted
+        project: digits
+        entity: a-team
+        description: stop at the first decent model
+        command: [python, train.py, --epochs, "1"]
+        method: random
+        run_cap: 20
+        metric: {name: test_accuracy, goal: maximize, target: 0.05}
+        parameters:
+          learning_rate: {distribution: q_uniform, min: 0.05, max: 0.15, q: 0.05}
+          epochs: {value: 1}
+          batch_size: {value: 500}
+        """))
+    assert runner.main(["sweep", str(path), "--set", "data.download=false"]) == 0
+    assert "reached metric.target" in capsys.readouterr().out
+    _client, parents, children = sweep_runs(store, "digits")  # the experiment is the project
+    assert len(children) == 1  # the first trial reached 0.05; none started after it
+    tags = parents[0].data.tags
+    assert parents[0].info.status == "FINISHED" and tags["end_reason"] == "target"
+    assert tags["wandb.entity"] == "a-team" and tags["wandb.command"].startswith('["python"')
+    assert tags["mlflow.note.content"] == "stop at the first decent model"
+    value = journal_study(store, "targeted").get_trials()[0].user_attrs["value.learning_rate"]
+    assert value in (0.05, 0.1, 0.15)
+    assert children[0].data.params["learning_rate"] == str(value)
+    assert tags["best.learning_rate"] == str(value)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parent /
+                                                        "wandb_files").glob("*.yaml")))
+def test_wandb_files_written_from_the_documentation_load(tmp_path, monkeypatch, capsys, name):
+    monkeypatch.chdir(tmp_path)
+    path = Path(__file__).parent / "wandb_files" / name
+    assert runner.main(["sweep", str(path), "--dry-run"]) == 0, capsys.readouterr().err
+    assert "configs a new study trains" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_grid_over_int_uniform_and_q_uniform_trains_its_points(store):
+    path = store / "g.yaml"
+    path.write_text(textwrap.dedent("""
+        method: grid
+        metric: {name: test_loss}
+        fixed: {data.download: false, batch_size: 1000}
+        parameters:
+          epochs: {min: 1, max: 2}
+          learning_rate: {distribution: q_uniform, min: 0.05, max: 0.2, q: 0.05}
+        """))
+    assert runner.main(["sweep", str(path)]) == 0
+    trials = journal_study(store, "g").get_trials()
+    trained = sorted((t.params["epochs"], t.params["learning_rate"]) for t in trials)
+    # W&B's grid is numpy.arange(min, max, q): with float steps it reaches 0.2 here
+    # (0.05 + 3 * 0.05 falls a hair below 0.2), and so does this runner's.
+    assert trained == [(e, lr) for e in (1, 2) for lr in (0.05, 0.1, 0.15, 0.2)]
+    _, _, children = sweep_runs(store, "g")
+    assert sorted((int(r.data.params["epochs"]), float(r.data.params["learning_rate"]))
+                  for r in children) == trained

@@ -27,10 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from experiments.core import config as cfg
 
     config = cfg.build(cfg.parse_overrides(args.set))
-    experiment = args.experiment.strip()
-    if not experiment or not experiment.isprintable() or len(experiment) > 500:
-        raise ConfigError(f"--experiment: expected a name of 1-500 printable characters, got "
-                          f"{args.experiment!r}")
+    experiment = cfg.check_text(args.experiment.strip(), "--experiment")
     from experiments.tracking.store import tracking_uri
     from experiments.tracking.tracked_fit import train_once
 

@@ -12,7 +12,8 @@ import dataclasses
 from typing import Any
 
 from experiments.core import config as cfg
-from experiments.search.sweepfile import Pruner, SweepSpec
+from experiments.search.pruners import Pruner
+from experiments.search.sweepfile import SweepSpec
 
 SAMPLES = 3
 # Trials drawn without looking at results, per method (Optuna's defaults): TPE and GP start

@@ -24,13 +24,13 @@ import yaml
 from experiments.core import config as cfg
 from experiments.core import yamlfile
 from experiments.search.parameters import parameters
+from experiments.search.pruners import Pruner, read_pruner
 from experiments.search.reader import Reader, SweepError
 from experiments.search.space import Param
 
 METHODS = ("tpe", "bayes", "random", "grid", "cmaes", "qmc", "gp")
 METRICS = ("test_accuracy", "test_loss", "train_loss")
 GOALS = ("maximize", "minimize")
-PRUNERS = ("median", "hyperband", "none")
 WANDB_KEYS = ("program", "command", "entity", "project", "description", "name", "method",
               "metric", "parameters", "early_terminate", "run_cap")
 RUNNER_KEYS = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation")
@@ -43,28 +43,6 @@ REFUSED = {"scheduler": "W&B's custom schedulers (Optuna or Ax engines) are not 
 MAX_TRIALS = 100_000
 
 __all__ = ["MAX_TRIALS", "Param", "Pruner", "SweepError", "SweepSpec", "load"]
-
-
-@dataclass(frozen=True)
-class Pruner:
-    """When to stop a trial early: the median rule, Hyperband, or never."""
-
-    type: str = "median"
-    warmup_epochs: int = 1
-    min_resource: int = 1  # hyperband: the first rung, in epochs
-    max_resource: int | None = None  # hyperband: the last rung; None: the trials' epochs
-    reduction_factor: int = 3  # hyperband: W&B's eta
-    strict: bool | None = None  # W&B's early_terminate.strict: recorded, no Optuna counterpart
-    source: str = "pruner"  # or early_terminate
-
-    def __str__(self) -> str:
-        if self.type == "median":
-            return f"median (warmup {self.warmup_epochs} epochs)"
-        if self.type == "hyperband":
-            last = f"{self.max_resource} epochs" if self.max_resource else "the trials' epochs"
-            return (f"hyperband (rungs from {self.min_resource} to {last}, reduction "
-                    f"factor {self.reduction_factor})")
-        return "none"
 
 
 @dataclass(frozen=True)
@@ -207,7 +185,7 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
         fixed[key] = cfg.coerce(key, value)
     params = parameters(r, r.mapping(raw["parameters"], "parameters"), fixed, method)
     ablation = _ablation(r, raw.get("ablation"), fixed, params)
-    pruner = _pruner(r, raw, notes)
+    pruner = read_pruner(r, raw, notes)
     if method == "gp":
         import importlib.util
 
@@ -255,55 +233,6 @@ def _budget(r: Reader, raw: dict, notes: list[str]) -> int:
                                 "give one of them")
     notes.append(f"run_cap: {cap} -> the global budget, {cap} trials")
     return cap
-
-
-def _pruner(r: Reader, raw: dict, notes: list[str]) -> Pruner:
-    if "early_terminate" in raw:
-        if "pruner" in raw:
-            raise r.fail("early_terminate", "and `pruner` both stop trials early: give one")
-        return _hyperband(r, r.mapping(raw["early_terminate"], "early_terminate"), notes)
-    pruner = r.mapping(raw.get("pruner", {"type": "median"}), "pruner")
-    r.known(pruner, "pruner", ("type", "warmup_epochs"))
-    kind = r.choice(pruner.get("type", "median"), "pruner.type", PRUNERS)
-    warmup = r.integer(pruner.get("warmup_epochs", 1), "pruner.warmup_epochs", 0, 10_000)
-    return Pruner(kind, warmup, min_resource=max(1, warmup))
-
-
-def _hyperband(r: Reader, raw: dict, notes: list[str]) -> Pruner:
-    """W&B's Hyperband: rungs from min_iter (or max_iter / eta^s) by factors of eta."""
-    where = "early_terminate"
-    r.known(raw, where, ("type", "min_iter", "max_iter", "s", "eta", "strict"))
-    r.choice(raw.get("type"), f"{where}.type", ("hyperband",))
-    eta = r.number(raw.get("eta", 3), f"{where}.eta")
-    if eta <= 1 or not float(eta).is_integer():
-        raise r.fail(f"{where}.eta", f"expected a whole number > 1 (Optuna's Hyperband "
-                                     f"reduction factor), got {cfg.show(eta)}")
-    eta = int(eta)
-    max_iter = None
-    if "max_iter" in raw:
-        max_iter = r.integer(raw["max_iter"], f"{where}.max_iter", 1, 10_000)
-    if "min_iter" in raw:
-        min_iter = r.integer(raw["min_iter"], f"{where}.min_iter", 1, 10_000)
-    elif max_iter is not None and "s" in raw:
-        s = r.number(raw["s"], f"{where}.s")
-        if s < 0:
-            raise r.fail(f"{where}.s", f"expected a number of brackets >= 0, got {s}")
-        min_iter = max(1, round(max_iter / eta**s))
-    else:
-        raise r.fail(where, "give min_iter, or max_iter with s (W&B's two forms)")
-    if max_iter is not None and max_iter < min_iter:
-        raise r.fail(f"{where}.max_iter", f"{max_iter} is below the first rung, {min_iter}")
-    strict = raw.get("strict")
-    if strict is not None and not isinstance(strict, bool):
-        raise r.fail(f"{where}.strict", f"expected true or false, got {cfg.show(strict)}")
-    pruner = Pruner("hyperband", min_resource=min_iter, max_resource=max_iter,
-                    reduction_factor=eta, strict=strict, source="early_terminate")
-    notes.append(f"early_terminate: hyperband -> Optuna HyperbandPruner(min_resource="
-                 f"{min_iter}, max_resource={max_iter or 'the most epochs a trial trains'}, "
-                 f"reduction_factor={eta})")
-    if strict is not None:
-        notes.append("early_terminate.strict: recorded; Optuna's Hyperband has no strict mode")
-    return pruner
 
 
 def _recorded(r: Reader, raw: dict, notes: list[str]) -> tuple[tuple[str, str], ...]:

@@ -16,6 +16,7 @@ from conftest import ROOT
 from experiments.search import study as st
 from experiments.search import sweepfile
 from experiments.search.space import suggest
+from experiments.search.sweepfile import SweepError
 
 DRAWS = 2000
 
@@ -129,8 +130,8 @@ def test_quantised_normal_families(tmp_path):
                      "batch_size")
     assert all(v % 8 == 0 for v in log_normal)
     assert statistics.median(log_normal) == pytest.approx(math.exp(4.5), rel=0.05)
-    beta = one(tmp_path, "{distribution: q_beta, a: 2, b: 2, q: 0.1}")
-    assert set(beta) <= {round(0.1 * k, 1) for k in range(11)}
+    beta = one(tmp_path, "{distribution: q_beta, a: 2, b: 2, q: 1}", "seed")
+    assert set(beta) == {0, 1} and beta.count(0) / len(beta) == pytest.approx(0.5, abs=0.04)
 
 
 def test_probabilities_weight_the_values(tmp_path):
@@ -340,3 +341,161 @@ def test_a_grid_over_int_uniform_and_q_uniform_trains_its_points(store):
     _, _, children = sweep_runs(store, "g")
     assert sorted((int(r.data.params["epochs"]), float(r.data.params["learning_rate"]))
                   for r in children) == trained
+
+
+# --- found by a hostile review, each reproduced first --------------------------------------
+
+
+def test_a_q_uniform_grid_is_numpys_arange(tmp_path):
+    spec = spec_of(tmp_path, """
+        method: grid
+        metric: {name: test_loss}
+        parameters:
+          learning_rate: {distribution: q_uniform, min: 0.05, max: 0.5, q: 0.1}
+        """)
+    assert sorted(p["learning_rate"] for p in spec.grid_points()) == [0.05, 0.15, 0.25, 0.35,
+                                                                       0.45]
+    spec = spec_of(tmp_path, """
+        method: grid
+        metric: {name: test_loss}
+        parameters:
+          learning_rate: {distribution: q_uniform, min: 0.6, max: 3.6, q: 1}
+        """)
+    assert sorted(p["learning_rate"] for p in spec.grid_points()) == [0.6, 1.6, 2.6]
+    with pytest.raises(SweepError, match=r"grid value 0.*batch_size"):
+        spec_of(tmp_path, "method: grid\nmetric: {name: test_loss}\nparameters:\n"
+                          "  batch_size: {distribution: q_uniform, min: 0.5, max: 3, q: 1}\n")
+
+
+@pytest.mark.parametrize("law", ["{distribution: q_log_uniform, min: 32, max: 1024, q: 32}",
+                                 "{distribution: log_uniform, min: 0, max: 1000}",
+                                 "{distribution: inv_log_uniform, min: -1000, max: 1}"])
+def test_exponent_laws_that_overflow_are_refused(tmp_path, law):
+    key = "batch_size" if "q_log" in law else "learning_rate"
+    with pytest.raises(SweepError, match="natural-log exponents"):
+        spec_of(tmp_path, f"method: random\nmetric: {{name: test_loss}}\nparameters:\n"
+                          f"  {key}: {law}\n")
+
+
+def test_yaml_merge_keys_and_anchors(tmp_path):
+    spec = spec_of(tmp_path, """
+        method: random
+        metric: {name: test_loss}
+        parameters:
+          batch_size: &bs
+            values: [500, 1000]
+          data:
+            parameters:
+              eval_batch_size:
+                <<: *bs
+        """)
+    assert [p.values for p in spec.parameters] == [(500, 1000), (500, 1000)]
+
+
+def test_one_key_given_dotted_and_nested_is_refused(tmp_path):
+    with pytest.raises(SweepError, match=r"data\.eval_batch_size is given twice"):
+        spec_of(tmp_path, """
+            method: random
+            metric: {name: test_loss}
+            parameters:
+              data.eval_batch_size: {values: [500, 600]}
+              data:
+                parameters:
+                  eval_batch_size: {values: [700, 800]}
+            """)
+
+
+def test_a_beta_law_must_fit_its_key(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SweepError, match=r"smallest value, 0.*epochs"):
+        spec_of(tmp_path, "method: random\nmetric: {name: test_loss}\nparameters:\n"
+                          "  epochs: {distribution: q_beta, a: 2, b: 2, q: 1}\n")
+    # Unbounded laws are accepted; the dry run shows a draw out of range as failing.
+    path = tmp_path / "n.yaml"
+    path.write_text("method: random\nmetric: {name: test_loss}\nseed: 3\nparameters:\n"
+                    "  epochs: {distribution: q_normal, mu: 1, sigma: 2, q: 1}\n")
+    monkeypatch.chdir(tmp_path)
+    assert runner.main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "fails its trial=config key 'epochs'" in out
+    assert "the first 3 configs" in out
+
+
+def test_dry_run_after_the_target_is_reached(store, capsys):
+    path = store / "t.yaml"
+    path.write_text("method: random\nrun_cap: 3\nmetric: {name: test_loss, goal: minimize, "
+                    "target: 100}\nparameters:\n  epochs: {value: 1}\n  batch_size: {value: 1000}"
+                    "\n  learning_rate: {min: 0.01, max: 0.1}\n")
+    assert runner.main(["sweep", str(path), "--set", "data.download=false"]) == 0
+    capsys.readouterr()
+    assert runner.main(["sweep", str(path), "--set", "data.download=false", "--dry-run"]) == 0
+    assert "a trial reached metric.target: a rerun trains nothing" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("typed, meant", [("inv_log_uniform_value", "inv_log_uniform_values"),
+                                          ("log_uniform_value", "log_uniform_values"),
+                                          ("q_log_uniform_value", "q_log_uniform_values")])
+def test_the_closest_distribution_is_suggested(tmp_path, typed, meant):
+    with pytest.raises(SweepError, match=f"did you mean {meant}\\?"):
+        spec_of(tmp_path, f"method: random\nmetric: {{name: test_loss}}\nparameters:\n"
+                          f"  learning_rate: {{distribution: {typed}, min: 0.001, max: 0.1}}\n")
+
+
+def test_hyperband_bands_are_wandbs(tmp_path):
+    spec = spec_of(tmp_path, "metric: {name: test_loss}\nearly_terminate: {type: hyperband, "
+                             "max_iter: 8, eta: 3, s: 1}\nparameters:\n  seed: {values: [1]}\n")
+    assert spec.pruner.min_resource == 2  # int(8 / 3), as W&B's bands
+    with pytest.raises(SweepError, match="bands >= 1"):
+        spec_of(tmp_path, "metric: {name: test_loss}\nearly_terminate: {type: hyperband, "
+                          "max_iter: 8, s: 0}\nparameters:\n  seed: {values: [1]}\n")
+
+
+def test_a_wandb_file_without_early_terminate_is_not_pruned(tmp_path):
+    spec = spec_of(tmp_path, "program: train.py\nmethod: bayes\nmetric: {name: test_loss}\n"
+                             "parameters:\n  learning_rate: {min: 0.01, max: 0.1}\n")
+    assert spec.pruner.type == "none"
+    own = spec_of(tmp_path, "metric: {name: test_loss}\nparameters:\n  seed: {values: [1]}\n")
+    assert own.pruner.type == "median"
+
+
+def test_n_trials_replaces_run_cap_in_what_the_dry_run_says(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: random\nrun_cap: 3\nmetric: {name: test_loss}\nparameters:\n"
+                    "  seed: {values: [1, 2]}\n")
+    monkeypatch.chdir(tmp_path)
+    assert runner.main(["sweep", str(path), "--n-trials", "7", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "budget 7 trials" in out and "run_cap: 3 -> replaced by --n-trials 7" in out
+
+
+def test_repeated_values_weight_a_draw(tmp_path):
+    values = one(tmp_path, "{values: [512, 512, 1024]}", "batch_size")
+    assert values.count(512) / len(values) == pytest.approx(2 / 3, abs=0.04)
+
+
+def test_a_name_taken_from_the_file_is_blamed_on_the_file(tmp_path):
+    with pytest.raises(SweepError, match="the file gives no `name`"):
+        spec_of(tmp_path, "metric: {name: test_loss}\nparameters:\n  seed: {values: [1]}\n",
+                "it's.yaml")
+
+
+def test_a_json_sweep_file_names_its_experiment(tmp_path):
+    from experiments.search.compare import experiment_name
+
+    path = tmp_path / "s.json"
+    path.write_text('{"project": "p1", "metric": {"name": "test_loss"}, '
+                    '"parameters": {"seed": {"values": [1]}}}')
+    assert experiment_name(str(path)) == "p1"
+
+
+def test_a_project_change_is_refused(store, capsys):
+    path = store / "p.yaml"
+    text = ("project: projA\nmethod: random\nrun_cap: 1\nmetric: {name: test_loss}\n"
+            "parameters:\n  learning_rate: {min: 0.01, max: 0.05}\n  epochs: {value: 1}\n"
+            "  batch_size: {value: 1000}\n")
+    path.write_text(text)
+    assert runner.main(["sweep", str(path), "--set", "data.download=false"]) == 0
+    path.write_text(text.replace("projA", "projB"))
+    capsys.readouterr()
+    for extra in ([], ["--allow-change"]):
+        assert runner.main(["sweep", str(path), "--set", "data.download=false", *extra]) == 2
+        assert "project: projA -> projB" in capsys.readouterr().err

@@ -146,24 +146,26 @@ def did_you_mean(name: Any, options: tuple[str, ...] | list[str]) -> str:
     """' (did you mean X?)' for the closest option, or '' when none is close.
 
     Closeness counts the ways people shorten and misspell names: initials (`lr`), a word
-    of the name (`batch`), a prefix, and difflib's ratio for typos (`learning_rte`)."""
+    of the name (`batch`), a prefix, and difflib's ratio for typos (`learning_rte`), for
+    the name as written and with other tools' words put in this runner's (`val` -> test).
+    """
     import difflib
 
     words = str(name).strip().lower().replace("-", "_").split("_")
-    text = "_".join(_SYNONYMS.get(w, w) for w in words)
-    if not text:
-        return ""
+    texts = {"_".join(words), "_".join(_SYNONYMS.get(w, w) for w in words)} - {""}
 
-    def score(option: str) -> float:
-        words = option.replace(".", "_").split("_")
-        if text == "".join(w[0] for w in words if w):
-            return 1.0
-        if text in words or option.startswith(text) or text.startswith(option):
-            return 0.9
-        return difflib.SequenceMatcher(None, text, option).ratio()
+    def score(option: str, text: str) -> float:
+        parts = option.replace(".", "_").split("_")
+        if text == "".join(p[0] for p in parts if p):
+            return 2.0
+        ratio = difflib.SequenceMatcher(None, text, option).ratio()
+        if text in parts or option.startswith(text) or text.startswith(option):
+            return 1.0 + ratio  # the closer of two prefixes wins (log_uniform_value(s))
+        return ratio
 
-    best = max(options, key=score, default=None)
-    return f" (did you mean {best}?)" if best is not None and score(best) >= 0.6 else ""
+    scored = [(max(score(o, t) for t in texts), o) for o in options] if texts else []
+    best = max(scored, default=(0.0, ""), key=lambda pair: pair[0])
+    return f" (did you mean {best[1]}?)" if best[0] >= 0.6 else ""
 
 
 def valid_name(value: Any) -> bool:

@@ -30,8 +30,8 @@ class CompareError(cfg.UserError):
 
 
 def experiment_name(target: str) -> str:
-    """A sweep file's name, or the argument itself as an experiment name."""
-    if target.endswith((".yaml", ".yml")):
+    """A sweep file's experiment, or the argument itself as an experiment name."""
+    if target.endswith((".yaml", ".yml", ".json")):
         return load(target).experiment
     return target
 

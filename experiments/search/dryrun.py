@@ -70,8 +70,12 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
     configs = []
 
     def objective(trial: optuna.Trial) -> float:
-        config = cfg.build({**spec.fixed, **space.suggest(trial, spec.parameters,
-                                                           spec.method == "grid")})
+        values = space.suggest(trial, spec.parameters, spec.method == "grid")
+        try:
+            config = cfg.build({**spec.fixed, **values})
+        except cfg.ConfigError as exc:  # a draw of an unbounded law out of its key's range
+            configs.append((trial.number, {**values, "fails its trial": str(exc)}))
+            raise
         searched = {p.key for p in spec.parameters}
         configs.append((trial.number, {k: v for k, v in cfg.flatten(config).items()
                                        if not k.startswith("data.") or k in searched}))
@@ -82,7 +86,7 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
     past = existing.get_trials() if existing is not None else []
     study.add_trials([_ended(t) for t in past])
     done = len(tr.finished(study, spec))
-    n = min(SAMPLES, max(0, tr.budget(spec) - done))
+    n = 0 if tr.reached(past, spec) else min(SAMPLES, max(0, tr.budget(spec) - done))
     tr.work(study, dataclasses.replace(spec, n_trials=done + n, pruner=Pruner("none"),
                                        target=None), objective,
             lambda t: None, tr.Recovery())
@@ -94,6 +98,8 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
                      f"a rerun continues it" + (f", recording the change: {'; '.join(changed)}"
                                                 if changed else ""))
         lines.append(f"the next {len(configs)} configs it trains{note}:" if configs else
+                     "a trial reached metric.target: a rerun trains nothing"
+                     if tr.reached(past, spec) else
                      "its budget is met: a rerun trains nothing (raise it with --n-trials)")
     else:
         lines.append(f"the first {len(configs)} configs a new study trains{note}:")

@@ -41,7 +41,9 @@ class SweepOptions:
             if not 1 <= self.n_trials <= sweepfile.MAX_TRIALS:
                 raise ConfigError(f"--n-trials: expected an integer from 1 to "
                                   f"{sweepfile.MAX_TRIALS}, got {self.n_trials}")
-            spec = dataclasses.replace(spec, n_trials=self.n_trials)
+            notes = tuple(f"{n.split(' ->')[0]} -> replaced by --n-trials {self.n_trials}"
+                          if n.startswith("run_cap:") else n for n in spec.notes)
+            spec = dataclasses.replace(spec, n_trials=self.n_trials, notes=notes)
         if not 1 <= self.workers <= 64:
             raise ConfigError(f"--workers: expected an integer from 1 to 64, got {self.workers}")
         if self.storage:

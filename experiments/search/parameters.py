@@ -43,8 +43,16 @@ _REAL = {"uniform", "log_uniform", "log_uniform_values", "inv_log_uniform",
 def parameters(r: Reader, raw: dict, fixed: dict, method: str) -> tuple[Param, ...]:
     if not raw:
         raise r.fail("parameters", "empty; give at least one config key to search")
-    out = [_param(r, where, key, spec, fixed, method)
-           for where, key, spec in _flatten(r, raw, "parameters", "")]
+    out, seen = [], {}
+    for where, key, spec in _flatten(r, raw, "parameters", ""):
+        if key in seen:
+            raise r.fail(where, f"{key} is given twice (also at {seen[key]}): a key has one law")
+        seen[key] = where
+        out.append(_param(r, where, key, spec, fixed, method))
+    if method == "grid":
+        for p in out:
+            for i, value in enumerate(p.grid_values()):
+                r.config_value(f"{seen[p.key]} (grid value {i})", p.key, value)
     return tuple(out)
 
 
@@ -125,9 +133,9 @@ def _choices(r: Reader, where: str, key: str, spec: dict, dist: str) -> Param:
     values = spec.get("values")
     if not isinstance(values, list) or not values:
         raise r.fail(f"{where}.values", f"expected a non-empty list, got {cfg.show(values)}")
+    # A value given twice is drawn twice as often (W&B's way to weight values); a grid
+    # visits it once.
     checked = tuple(r.config_value(f"{where}.values[{i}]", key, v) for i, v in enumerate(values))
-    if len(set(checked)) != len(checked):
-        raise r.fail(f"{where}.values", "has duplicates")
     if "probabilities" not in spec:
         return Param(key, dist, checked)
     probs = spec["probabilities"]
@@ -166,10 +174,15 @@ def _check_law(r: Reader, where: str, p: Param, spec: dict) -> None:
         raise r.fail(f"{where}.sigma", f"expected a standard deviation > 0, got {p.sigma}")
     if d in BETA_FAMILY and (p.a <= 0 or p.b <= 0):
         raise r.fail(f"{where}.a", f"beta needs a > 0 and b > 0, got a={p.a}, b={p.b}")
-    if d not in BOUNDED:  # normal, log-normal, beta: a draw out of range fails its trial
+    if d not in BOUNDED | BETA_FAMILY:  # normal, log-normal: a draw out of range fails its trial
         return
-    low, high = p.support()
-    for end, value in (("smallest", low), ("largest", high)):
+    try:
+        low, high = p.support()
+    except OverflowError:
+        raise r.fail(where, f"{d} takes natural-log exponents as min and max: exp({p.high:g}) "
+                            "overflows; for plain values use log_uniform_values") from None
+    ends = (("largest", high),) if d == "beta" else (("smallest", low), ("largest", high))
+    for end, value in ends:  # beta's 0 is never drawn; q_beta's may be
         _fits(r, where, p.key, value, end)
 
 

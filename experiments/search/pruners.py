@@ -37,12 +37,25 @@ class Pruner:
         return "none"
 
 
+# Keys only W&B's form has: a file with one of them and none of this runner's is a W&B
+# file, which W&B never stops early unless it says early_terminate.
+WANDB_ONLY = ("program", "command", "entity", "project", "run_cap", "early_terminate")
+RUNNER_ONLY = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation")
+
+
 def read_pruner(r: Reader, raw: dict, notes: list[str]) -> Pruner:
-    """`early_terminate` (W&B's) or `pruner` (this runner's), not both."""
+    """`early_terminate` (W&B's) or `pruner` (this runner's), not both; by default the
+    median rule, or none for a file in W&B's form."""
     if "early_terminate" in raw:
         if "pruner" in raw:
             raise r.fail("early_terminate", "and `pruner` both stop trials early: give one")
         return _hyperband(r, r.mapping(raw["early_terminate"], "early_terminate"), notes)
+    wandb_form = (any(k in raw for k in WANDB_ONLY) or raw.get("method") == "bayes") \
+        and not any(k in raw for k in RUNNER_ONLY)
+    if wandb_form:
+        notes.append("early_terminate: absent -> no pruning, as W&B (this runner's own "
+                     "default, for its own files, is the median rule)")
+        return Pruner("none")
     pruner = r.mapping(raw.get("pruner", {"type": "median"}), "pruner")
     r.known(pruner, "pruner", ("type", "warmup_epochs"))
     kind = r.choice(pruner.get("type", "median"), "pruner.type", PRUNERS)
@@ -57,8 +70,9 @@ def _hyperband(r: Reader, raw: dict, notes: list[str]) -> Pruner:
     r.choice(raw.get("type"), f"{where}.type", ("hyperband",))
     eta = r.number(raw.get("eta", 3), f"{where}.eta")
     if eta <= 1 or not float(eta).is_integer():
-        raise r.fail(f"{where}.eta", f"expected a whole number > 1 (Optuna's Hyperband "
-                                     f"reduction factor), got {cfg.show(eta)}")
+        raise r.fail(f"{where}.eta", f"got {cfg.show(eta)}; Optuna's HyperbandPruner takes a "
+                                     "whole reduction factor > 1 (W&B allows any number > 1): "
+                                     "use 2 or 3")
     eta = int(eta)
     max_iter = None
     if "max_iter" in raw:
@@ -67,9 +81,10 @@ def _hyperband(r: Reader, raw: dict, notes: list[str]) -> Pruner:
         min_iter = r.integer(raw["min_iter"], f"{where}.min_iter", 1, 10_000)
     elif max_iter is not None and "s" in raw:
         s = r.number(raw["s"], f"{where}.s")
-        if s < 0:
-            raise r.fail(f"{where}.s", f"expected a number of brackets >= 0, got {s}")
-        min_iter = max(1, round(max_iter / eta**s))
+        if s < 1:
+            raise r.fail(f"{where}.s", f"expected a number of bands >= 1 (as W&B), got {s}")
+        # W&B's bands are int(max_iter / eta^k), k = 1..s: the first rung is the last band.
+        min_iter = max(1, int(max_iter / eta**s))
     else:
         raise r.fail(where, "give min_iter, or max_iter with s (W&B's two forms)")
     if max_iter is not None and max_iter < min_iter:

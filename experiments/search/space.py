@@ -122,13 +122,18 @@ class Param:
         """The values a grid visits, as W&B's grid enumerates them."""
         d = self.distribution
         if d in ("categorical", "constant"):
-            return self.values
+            return tuple(dict.fromkeys(self.values))  # a repeated value is one point
         if d == "int_uniform":
             return tuple(range(int(self.low), int(self.high) + 1))
         q = self.q if self.q is not None else 1
-        # W&B: numpy.arange(min, max, q), so max itself is never a grid value.
-        return tuple(self.quantise(v) if isinstance(q, float) else int(v)
-                     for v in np.arange(self.low, self.high, q).tolist())
+        # W&B: numpy.arange(min, max, q), the values as arange gives them (max left out,
+        # save where float steps land a hair below it), rounded to the decimals of min
+        # and q so that 0.05 + 0.1 is 0.15, not 0.15000000000000002.
+        values = np.arange(self.low, self.high, q).tolist()
+        if all(isinstance(v, int) for v in (self.low, q)):
+            return tuple(int(v) for v in values)
+        digits = max(_decimals(float(self.low)), _decimals(float(q)))
+        return tuple(round(v, digits) for v in values)
 
     def optuna_distribution(self, grid: bool = False) -> Any:
         """The Optuna distribution the parameter is suggested from (under `optuna_name`);
@@ -182,8 +187,10 @@ class Param:
         if d in NATIVE:
             low, high, _ = self.native_range()
             return low, high
-        if d in BETA_FAMILY:
+        if d == "beta":
             return 0.0, 1.0
+        if d == "q_beta":  # the quantised ends can be drawn
+            return self.quantise(0.0), self.quantise(1.0)
         if d in ("log_normal", "q_log_normal"):
             return 0.0, math.inf
         if d in NORMAL_FAMILY:

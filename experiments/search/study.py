@@ -192,6 +192,8 @@ def changes(spec: SweepSpec, study: optuna.Study) -> list[str]:
         out.append(f"metric: {old.get('metric', goal)} -> {spec.goal} {spec.metric}")
     if not old:
         return out  # a study from before fingerprints: only its direction is known
+    if old.get("experiment", spec.name) != spec.experiment:
+        out.append(f"project: {old.get('experiment', spec.name)} -> {spec.experiment}")
     new = spec.meaning()
     for part in ("method", "ablation"):
         if old.get(part) != new[part]:
@@ -225,6 +227,10 @@ def check(spec: SweepSpec, store: Any, url: str, allow_change: bool = False) -> 
         raise SweepError(f"{spec.path}: study '{spec.name}' ({n} trials) optimises another "
                          f"objective ({what}); an Optuna study keeps one metric and "
                          "direction: give the sweep a new `name`")
+    if changed[0].startswith("project:"):
+        raise SweepError(f"{spec.path}: study '{spec.name}' ({n} trials) keeps its runs in "
+                         f"another MLflow experiment ({what}); a sweep's runs stay in one: "
+                         "give the sweep a new `name`")
     if not allow_change:
         raise SweepError(f"{spec.path}: study '{spec.name}' ({n} trials) was created for "
                          f"another sweep: {what}; give the sweep a new `name`, or rerun with "

@@ -168,7 +168,8 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
         raise r.fail("parameters", "missing; a sweep needs parameters to search")
     name = raw.get("name", Path(path).stem)
     if not cfg.valid_name(name):
-        raise r.fail("name", f"got {cfg.show(name)}; allowed: {cfg.NAME_RULE}")
+        given = "" if "name" in raw else " (the file's name: the file gives no `name`)"
+        raise r.fail("name", f"got {cfg.show(name)}{given}; allowed: {cfg.NAME_RULE}")
     method = r.choice(raw.get("method", "tpe"), "method", METHODS)
     notes: list[str] = []
     metric, goal, target = _metric(r, raw, notes)

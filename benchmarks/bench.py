@@ -120,24 +120,32 @@ def main() -> int:
     np.random.seed(0)
     run = time.strftime("%Y-%m-%d %H:%M:%S")
     started = time.perf_counter()
-    sections = {}
-    for number, title, measure in SECTIONS:
-        if number in only:
-            start = time.perf_counter()
-            rows = measure(args.quick)
-            sections[f"{number}. {title}"] = {"run": run, "quick": args.quick,
-                                              "seconds": time.perf_counter() - start,
-                                              "rows": rows}
     # Sections not run now are kept from --out, each marked with the run it came from.
     kept = {k: v for k, v in _load(out).items() if int(k.split(".")[0]) not in only}
-    results = {"machine": machine(), "run": {"started": run, "quick": args.quick,
-                                             "sections": sorted(only),
-                                             "seconds": time.perf_counter() - started},
-               "sections": {**kept, **sections}}
-    out.write_text(json.dumps(results, indent=2))
+    sections: dict = {}
+    results: dict = {"run": {"seconds": 0.0}, "sections": kept}
+    for number, title, measure in SECTIONS:
+        if number not in only:
+            continue
+        start = time.perf_counter()
+        rows = measure(args.quick)
+        sections[f"{number}. {title}"] = {"run": run, "quick": args.quick,
+                                          "seconds": time.perf_counter() - start, "rows": rows}
+        # Written after every section: a crash in a late one loses none of the earlier.
+        results = {"machine": machine(), "run": {"started": run, "quick": args.quick,
+                                                 "sections": sorted(only),
+                                                 "seconds": time.perf_counter() - started},
+                   "sections": {**kept, **sections}}
+        _write(out, results)
     print(bench_table.details(results))
     print(f"\nwrote {args.out} ({results['run']['seconds']:.0f} s)")
     return 0
+
+
+def _write(out: Path, results: dict) -> None:
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(results, indent=2))
+    partial.replace(out)
 
 
 if __name__ == "__main__":

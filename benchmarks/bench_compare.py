@@ -16,8 +16,9 @@ def compare_speed(quick: bool) -> list[dict]:
     # Imported here, not at the top: mlflow and pandas take seconds to import.
     from mlflow.entities import Metric, Param, RunTag
 
-    from experiments import compare, tracking
-    from experiments.compare import EPOCH_METRICS
+    from experiments.search import compare
+    from experiments.search.compare import EPOCH_METRICS
+    from experiments.tracking import store
 
     n_runs, epochs, repeats = (40, 10, 2) if quick else (200, 10, 3)
     rng = np.random.default_rng(0)
@@ -26,8 +27,8 @@ def compare_speed(quick: bool) -> list[dict]:
         os.chdir(tmp)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         try:
-            client = tracking.client()
-            exp = tracking.experiment_id(client, "compare-bench")
+            client = store.client()
+            exp = store.experiment_id(client, "compare-bench")
             for i in range(n_runs):
                 run = client.create_run(exp, run_name=f"trial-{i}", tags={
                     "trial": str(i), "grad_mode": "has_aux", "role": "objective",

@@ -122,7 +122,6 @@ def _rules(cls: type, prefix: str = "") -> dict[str, Rule]:
 
 _RULES = _rules(Config)
 KEYS: tuple[str, ...] = tuple(_RULES)
-NUMERIC_KEYS = frozenset(k for k, rule in _RULES.items() if rule.kind in ("int", "float"))
 # Keys that say where the data comes from: one sweep trains on one dataset.
 DATA_SOURCE_KEYS = ("data.path", "data.download")
 

@@ -37,21 +37,14 @@ class Pruner:
         return "none"
 
 
-# Keys only W&B's form has: a file with one of them and none of this runner's is a W&B
-# file, which W&B never stops early unless it says early_terminate.
-WANDB_ONLY = ("program", "command", "entity", "project", "run_cap", "early_terminate")
-RUNNER_ONLY = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation")
-
-
-def read_pruner(r: Reader, raw: dict, notes: list[str]) -> Pruner:
+def read_pruner(r: Reader, raw: dict, notes: list[str], wandb_form: bool) -> Pruner:
     """`early_terminate` (W&B's) or `pruner` (this runner's), not both; by default the
-    median rule, or none for a file in W&B's form."""
+    median rule, or none for a file in W&B's form (W&B never stops a run early unless
+    the file says early_terminate)."""
     if "early_terminate" in raw:
         if "pruner" in raw:
             raise r.fail("early_terminate", "and `pruner` both stop trials early: give one")
         return _hyperband(r, r.mapping(raw["early_terminate"], "early_terminate"), notes)
-    wandb_form = (any(k in raw for k in WANDB_ONLY) or raw.get("method") == "bayes") \
-        and not any(k in raw for k in RUNNER_ONLY)
     if wandb_form:
         notes.append("early_terminate: absent -> no pruning, as W&B (this runner's own "
                      "default, for its own files, is the median rule)")

@@ -34,6 +34,7 @@ GOALS = ("maximize", "minimize")
 WANDB_KEYS = ("program", "command", "entity", "project", "description", "name", "method",
               "metric", "parameters", "early_terminate", "run_cap")
 RUNNER_KEYS = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation")
+WANDB_ONLY = ("program", "command", "entity", "project", "run_cap", "early_terminate")
 # W&B keys about its own service: kept on the parent run, nothing to do here.
 RECORDED_ONLY = ("apiVersion", "kind", "controller", "job", "image_uri")
 TOP_KEYS = WANDB_KEYS + RUNNER_KEYS + RECORDED_ONLY
@@ -186,7 +187,10 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
         fixed[key] = cfg.coerce(key, value)
     params = parameters(r, r.mapping(raw["parameters"], "parameters"), fixed, method)
     ablation = _ablation(r, raw.get("ablation"), fixed, params)
-    pruner = read_pruner(r, raw, notes)
+    # A file with a key only W&B has and none of this runner's is in W&B's form.
+    wandb_form = (any(k in raw for k in WANDB_ONLY) or method == "bayes") \
+        and not any(k in raw for k in RUNNER_KEYS)
+    pruner = read_pruner(r, raw, notes, wandb_form)
     if method == "gp":
         import importlib.util
 

@@ -29,7 +29,6 @@ from experiments.search.sweepfile import SweepSpec
 
 FAIL_KIND = "fail_kind"  # user attr: why a FAIL trial does not count towards the budget
 REFUSALS = ("over_budget", "duplicate", "no_grid_point")  # trials refused before training
-LOST = ("crashed", "interrupted")  # trials that started training and did not finish
 # A claim names what a trial is for (a grid point, the retry of a trial): of the trials
 # with the same claim, only the lowest-numbered live one trains.
 CLAIM, GRID_POINT = "claim", "grid_point"

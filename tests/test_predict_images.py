@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -108,11 +110,45 @@ def test_off_centre_digit_is_shifted_without_wrapping(tmp_path):
     np.testing.assert_array_equal(out, np.clip(expected, 0, 255).astype(np.uint8))
 
 
-def test_decompression_bomb_is_a_predict_error(tmp_path, monkeypatch):
-    path = _save(np.zeros((100, 100), np.uint8), tmp_path / "bomb.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # 10,000 pixels is over twice it
-    with pytest.raises(PredictError, match=r"bomb\.png: .*DecompressionBombError"):
+@pytest.mark.parametrize("size", [(20_000, 20_000), (10_000, 10_000)])
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, size):
+    # 20000x20000 (400 M pixels) is over twice Pillow's limit, where Pillow raises its
+    # own error; 10000x10000 is between the limit and twice it, where Pillow only warns
+    # and would decode 100 MB of pixels. Both are a few kB of PNG on disk.
+    path = tmp_path / "bomb.png"
+    Image.new("1", size).save(path)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(PredictError, match=r"bomb\.png: more than \d+ pixels, refused as a "
+                                           r"possible decompression bomb"):
         load_image(path)
+
+
+def test_unreadable_files_are_refused_in_words(digits, tmp_path):
+    whole = _save(digits[0], tmp_path / "whole.png")
+    data = Path(whole).read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PredictError, match=r"cut\.png: not a readable image \(.*truncated"):
+        load_image(tmp_path / "cut.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(PredictError, match=r"empty\.png: not a readable image"):
+        load_image(tmp_path / "empty.png")
+    with pytest.raises(PredictError, match=r": not a readable image \(.*Is a directory"):
+        load_image(tmp_path)
+
+
+@pytest.mark.parametrize("paper", [0, 255, 128])
+def test_a_blank_image_is_blank(tmp_path, paper):
+    from experiments.core.digits import is_blank
+
+    assert is_blank(load_image(_save(np.full((300, 200), paper, np.uint8),
+                                     tmp_path / "blank.png")))
+
+
+def test_a_faint_digit_is_not_blank(digits, tmp_path):
+    from experiments.core.digits import is_blank
+
+    faint = (digits[1] // 4).astype(np.uint8)  # strokes near 63: pale pencil
+    assert not is_blank(load_image(_save(faint, tmp_path / "faint.png")))
 
 
 def test_plain_inputs_still_work(digits, tmp_path):
@@ -124,3 +160,20 @@ def test_plain_inputs_still_work(digits, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(PredictError, match=r"notes\.txt: not a readable image"):
         load_image(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: Image.new("1", (20_000, 20_000)).save(p), "refused as a possible decompression"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40), "not a readable image"),
+    (lambda p: p.write_text("a note, not a picture"), "not a readable image"),
+])
+def test_predict_cli_refuses_unreadable_images_in_one_line(tmp_path, make, message):
+    from conftest import run_cli
+
+    make(tmp_path / "digit.png")
+    result = run_cli("predict", "--model", "best:sweep.yaml", "digit.png", cwd=tmp_path)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: digit.png: "), lines
+    assert message in lines[0], lines
+    assert "Traceback" not in result.stderr and not (tmp_path / "mlruns").exists()

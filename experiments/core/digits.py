@@ -8,12 +8,15 @@ training transforms (`experiments/tracking/pyfunc_model.py`).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from experiments.core.config import UserError
+
+INK = 30  # grey levels above this are ink (MNIST's strokes are near 255, its paper 0)
 
 
 class PredictError(UserError):
@@ -22,23 +25,39 @@ class PredictError(UserError):
 
 def load_image(path: str | Path) -> np.ndarray:
     """An image file as an MNIST-style 28x28 uint8 digit: light on dark, centred."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as img:
-            # Phones store pixels as the sensor saw them and tag how to turn them upright.
-            gray = _as_gray(ImageOps.exif_transpose(img))
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it (and then decodes gigabytes);
+            # a digit never needs that many pixels, so the warning is an error here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                # Phones store pixels as the sensor saw them and tag how to turn them upright.
+                gray = _as_gray(ImageOps.exif_transpose(img))
     except FileNotFoundError:
         raise PredictError(f"{path}: no such file") from None
-    # A decompression bomb is refused by Pillow with an error that is not an OSError.
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise PredictError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PredictError(f"{path}: more than {Image.MAX_IMAGE_PIXELS} pixels, refused as a "
+                           "possible decompression bomb (a digit needs far fewer)") from None
+    # Broken files surface from Pillow's decoders as any of these, not only OSError
+    # (UnidentifiedImageError and "image file is truncated" are OSErrors).
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise PredictError(f"{path}: not a readable image ({_why(exc)})") from None
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if border.mean() > 127:  # dark ink on light paper: MNIST is the other way round
         gray = 255 - gray
+    if _contrast(gray) <= INK:  # one colour throughout (blank paper, a flat photo): no stroke
+        return np.zeros((28, 28), np.uint8)
     if gray.shape == (28, 28):
         return gray
     return _fit_like_mnist(gray)
+
+
+def _why(exc: BaseException) -> str:
+    """Pillow's own words on one line, without the path it repeats."""
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    return text.split(" '")[0] if text.startswith("cannot identify image file") else text
 
 
 # Modes whose samples are wider than 8 bits; `convert("L")` would clip them, not scale them.
@@ -89,7 +108,7 @@ def _fit_like_mnist(gray: np.ndarray) -> np.ndarray:
     """As MNIST was made: the digit's box scaled into 20x20, centred by mass in 28x28."""
     from PIL import Image
 
-    ys, xs = np.nonzero(gray > 30)
+    ys, xs = np.nonzero(gray > INK)
     if len(ys) == 0:
         return np.zeros((28, 28), np.uint8)
     crop = gray[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
@@ -137,3 +156,13 @@ def as_digits(data: Any) -> np.ndarray:
     if not np.array_equal(array, np.round(array)):
         raise PredictError("expected whole pixel values (uint8), got fractions")
     return array.astype(np.uint8)
+
+
+def is_blank(digit: np.ndarray) -> bool:
+    """Nothing drawn: no two pixels differ by more than a faint stroke does from paper
+    (INK, the cut-off that finds the ink when an image is scaled into MNIST's box)."""
+    return _contrast(digit) <= INK
+
+
+def _contrast(gray: np.ndarray) -> int:
+    return int(gray.max()) - int(gray.min()) if gray.size else 0

@@ -44,11 +44,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from experiments.search.options import SweepOptions
     from experiments.search.sweep import run_sweep
 
+    progress.be_quiet(args.quiet)
     text = run_sweep(SweepOptions(
         args.sweep, tuple(args.set or ()), args.n_trials, args.workers, args.storage,
-        args.dry_run, args.allow_change, args.parent_run, args.pin_cpu))
+        args.dry_run, args.allow_change, args.parent_run, args.pin_cpu, args.quiet))
     if text:
         print(text)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from experiments.search.options import SweepOptions
+    from experiments.search.status import status
+
+    print(status(SweepOptions(args.sweep, tuple(args.set or ()), storage=args.storage)))
     return 0
 
 
@@ -66,12 +75,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from experiments.tracking.store import client, server_args
+    from experiments.tracking import ui
 
-    client()  # create the store once, under the lock, before the server opens it
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", *server_args(args.host,
-                                                                            args.port)])
-    return 0
+    return ui.serve(args.host, args.port, args.verbose, progress.say)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -80,7 +86,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     result = predict_files(args.model, args.images)
     width = max(len(p) for p in args.images)
     for path, (_, row) in zip(args.images, result.iterrows(), strict=True):
-        print(f"{path:<{width}}  digit {int(row['digit'])}  probability {row['probability']:.4f}")
+        print(f"{path:<{width}}  " + ("blank: nothing drawn" if row["blank"] else
+                                      f"digit {int(row['digit'])}  probability "
+                                      f"{row['probability']:.4f}"))
     return 0
 
 
@@ -121,11 +129,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-change", action="store_true",
                    help="continue a study whose sweep file changed (not its metric); the "
                         "change and the new file are recorded on the parent run")
+    s.add_argument("--quiet", action="store_true", help="print only the summary")
     s.add_argument("--dry-run", action="store_true",
                    help="validate, show the space and the first configs, write nothing")
     s.add_argument("--parent-run", default=None, help=argparse.SUPPRESS)
     s.add_argument("--pin-cpu", type=int, default=None, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_sweep)
+
+    st = sub.add_parser("status", help="where a sweep stands (read-only)")
+    st.add_argument("sweep", help="sweep YAML file")
+    st.add_argument("--storage", default=None, help="Optuna storage URL, as for sweep")
+    st.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
+    st.set_defaults(func=cmd_status)
 
     c = sub.add_parser("compare", help="compare a sweep's runs as a table, CSV or Parquet")
     c.add_argument("sweep", nargs="?", help="sweep YAML file (or use --experiment)")
@@ -138,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
     u = sub.add_parser("ui", help="the MLflow UI on the project's store")
     u.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--verbose", action="store_true", help="show MLflow's server log")
     u.set_defaults(func=cmd_ui)
 
     r = sub.add_parser("predict", help="predict digits from images with a logged model")

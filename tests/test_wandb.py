@@ -305,7 +305,7 @@ def test_project_target_and_recorded_keys(store, capsys):
     tags = parents[0].data.tags
     assert parents[0].info.status == "FINISHED" and tags["end_reason"] == "target"
     assert tags["wandb.entity"] == "a-team" and tags["wandb.command"].startswith('["python"')
-    assert tags["mlflow.note.content"] == "stop at the first decent model"
+    assert "\nstop at the first decent model\n" in tags["mlflow.note.content"]
     value = journal_study(store, "targeted").get_trials()[0].user_attrs["value.learning_rate"]
     assert value in (0.05, 0.1, 0.15)
     assert children[0].data.params["learning_rate"] == str(value)

@@ -13,14 +13,22 @@ from tqdm import tqdm
 
 from experiments.runtime import interrupts
 
+_quiet = False  # --quiet: the command's result only, process-wide like the terminal itself
+
+
+def be_quiet(quiet: bool = True) -> None:
+    global _quiet
+    _quiet = quiet
+
 
 def _tty() -> bool:
-    return sys.stderr.isatty()
+    return sys.stderr.isatty() and not _quiet
 
 
 def say(message: str) -> None:
-    """One line on stderr that does not tear an open progress bar."""
-    tqdm.write(message, file=sys.stderr)
+    """One line on stderr that does not tear an open progress bar (none under --quiet)."""
+    if not _quiet:
+        tqdm.write(message, file=sys.stderr)
 
 
 def epoch_line(result: Any, epochs: int, prefix: str = "") -> str:

@@ -33,7 +33,6 @@ class TrialRunner:
 
     spec: SweepSpec
     ctx: TrackContext  # the store, the data, the sweep's experiment and parent run
-    show_progress: bool = True
 
     def objective(self, trial: optuna.Trial) -> float:
         spec = self.spec
@@ -42,8 +41,9 @@ class TrialRunner:
         value, epochs_run, pruned, failure = math.nan, config.epochs, False, ""
         for i, mode in enumerate(spec.grad_modes(config.grad_mode)):
             run_config = dataclasses.replace(config, grad_mode=mode, epochs=epochs_run)
-            bars = EpochBars(run_config.epochs, f"trial {trial.number} {mode} ",
-                             enabled=self.show_progress)
+            # A sweep shows one bar (its trials) and a line per trial: the epochs only
+            # honour Ctrl-C between steps.
+            bars = EpochBars(run_config.epochs, enabled=False)
             outcome = tracked_fit(
                 self.ctx, run_config, trainer_for(mode), f"trial-{trial.number}-{mode}",
                 tags={"sweep": spec.name, "trial": str(trial.number), "grad_mode": mode,
@@ -66,6 +66,9 @@ class TrialRunner:
                     value = getattr(outcome.final, spec.metric)
             elif outcome.diverged:
                 trial.set_user_attr(f"diverged.{mode}", str(outcome.diverged))
+            if outcome.final is not None and not outcome.diverged:  # the paired result
+                trial.set_user_attr(f"{spec.metric}.{mode}", getattr(outcome.final,
+                                                                     spec.metric))
         if failure:
             trial.set_user_attr("fail_reason", failure)
             raise TrialFailed(failure)

@@ -33,6 +33,7 @@ class SweepOptions:
     allow_change: bool = False
     parent_run: str | None = None  # set for the worker processes of a parent
     pin_cpu: int | None = None
+    quiet: bool = False
 
     def check(self) -> sweepfile.SweepSpec:
         """The sweep file with --set and --n-trials applied; ConfigError/SweepError."""
@@ -59,7 +60,8 @@ class SweepOptions:
 
     def worker_argv(self) -> list[str]:
         """What a worker process is told: the same file, --set and budget."""
-        argv = [self.path, *(["--n-trials", str(self.n_trials)] if self.n_trials else [])]
+        argv = [self.path, *(["--n-trials", str(self.n_trials)] if self.n_trials else []),
+                *(["--quiet"] if self.quiet else [])]
         return argv + [a for item in self.sets for a in ("--set", item)]
 
 

@@ -4,6 +4,7 @@ trial, the trials table and Optuna's plots; and the summary the command prints.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.runtime import faults
+from experiments.search import story
 from experiments.search import study as st
 from experiments.search import trials as tr
 from experiments.search.space import values_of
@@ -42,8 +44,6 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
                   **{f"fixed.{k}": v for k, v in spec.fixed.items()}}
         tags = {PARENT_TAG: "true", "sweep": spec.name, st.FINGERPRINT: spec.fingerprint(),
                 **{f"wandb.{k}": v for k, v in spec.recorded}}
-        if "description" in dict(spec.recorded):  # shown as the run's description in the UI
-            tags["mlflow.note.content"] = dict(spec.recorded)["description"]
         run = MlflowRun.start(client, spec.experiment, spec.name, params, tags)
         client.log_text(run.run_id, sweep_text, "sweep.yaml")
         runs = existing()
@@ -74,19 +74,13 @@ END_STATUS = {"budget": "FINISHED", "timeout": "FINISHED", "target": "FINISHED",
 
 def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
              end: str) -> FrozenTrial | None:
-    """Best trial, trials table and Optuna's plots on the parent run; returns the best."""
+    """The parent run's last word: its story brought up to date with Optuna's plots, the
+    best trial's run tagged, the trials table; returns the best trial."""
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     best = None
     if done:
         best = study.best_trial
-        client.log_metric(parent_run_id, f"best_{spec.metric}", best.value,
-                          step=len(tr.finished(study, spec)))
-        tags = {"best_trial": str(best.number), "best_value": str(best.value),
-                "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
-                **{f"best.{k}": str(v) for k, v in values_of(best).items()}}
-        for k, v in tags.items():
-            client.set_tag(parent_run_id, k, v)
         for t in done:
             if t.user_attrs.get("mlflow_run_id"):
                 client.set_tag(t.user_attrs["mlflow_run_id"], "best",
@@ -94,8 +88,7 @@ def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSp
     frame = study.trials_dataframe()
     client.log_text(parent_run_id, frame.to_csv(index=False), "trials.csv")
     faults.point("finalize")
-    for name, figure in optuna_figures(study):
-        MlflowRun(client, parent_run_id).log_figure(figure, f"plots/{name}.png")
+    story.update(client, parent_run_id, study, spec, plots=True)
     client.set_tag(parent_run_id, "end_reason", end)
     client.set_terminated(parent_run_id, END_STATUS.get(end, "FAILED"))
     return best
@@ -120,8 +113,8 @@ ENDINGS = {"budget": "budget met", "timeout": "stopped by timeout_s",
            "failed": "failed"}
 
 
-def summary(study: optuna.Study, spec: SweepSpec, parent_run_id: str, end: str, top: int = 5
-            ) -> str:
+def summary(study: optuna.Study, spec: SweepSpec, parent_run_id: str, end: str, link: str,
+            top: int = 5) -> str:
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     done.sort(key=lambda t: t.value, reverse=spec.goal == "maximize")
     states: dict[str, int] = {}
@@ -135,8 +128,9 @@ def summary(study: optuna.Study, spec: SweepSpec, parent_run_id: str, end: str, 
     if done:
         lines.append(f"top {min(top, len(done))} by {spec.metric} ({spec.goal}):")
         lines += ["  " + trial_line(t, spec.metric) for t in done[:top]]
-    lines.append(f"MLflow: python runner.py ui  -> experiment '{spec.experiment}', "
-                 f"parent run {parent_run_id}")
+    local = not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http")
+    lines.append(f"MLflow: {link}" + ("  (after `python runner.py ui`)" if local else "")
+                 + f"  (experiment '{spec.experiment}', parent run {parent_run_id})")
     return "\n".join(lines)
 
 
@@ -152,42 +146,3 @@ def best_run_id(client: Any, spec: SweepSpec) -> str | None:
     parents = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = 'true'",
                                  order_by=["attributes.start_time ASC"])
     return parents[0].data.tags.get("best_run_id") if parents else None
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-
-def optuna_figures(study: Any) -> list[tuple[str, Any]]:
-    """Optuna's own plots that the study can draw so far (importances need 2+ trials)."""
-    import warnings
-
-    from optuna.visualization import matplotlib as ovm
-
-    plt = _pyplot()
-    makers = {"optimization_history": ovm.plot_optimization_history,
-              "param_importances": ovm.plot_param_importances,
-              "parallel_coordinate": ovm.plot_parallel_coordinate,
-              "slice": ovm.plot_slice}
-    out = []
-    for name, make in makers.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                axes = make(study)
-            except Exception:  # a plot the study cannot support yet (too few trials) is skipped
-                plt.close("all")
-                continue
-        first = axes.flat[0] if hasattr(axes, "flat") else axes
-        figure = first.figure
-        figure.set_size_inches(9, 5)
-        figure.tight_layout()
-        out.append((name, figure))
-    return out
-

@@ -15,13 +15,14 @@ from experiments.core.data import load
 from experiments.core.train import Prepared
 from experiments.runtime import interrupts, progress
 from experiments.search import parent as pr
+from experiments.search import story, trial_runs
 from experiments.search import study as st
-from experiments.search import trial_runs
 from experiments.search import trials as tr
 from experiments.search.objective import TrialRunner
 from experiments.search.options import SweepOptions
 from experiments.search.sweepfile import SweepSpec
 from experiments.search.workers import FALLBACK_ENV, run_workers
+from experiments.tracking import ui
 from experiments.tracking.store import MLRUNS, client
 from experiments.tracking.tracked_fit import TrackContext
 
@@ -64,6 +65,7 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
         return "", _run_trials(session)
     _recover(session)
     session.parent = pr.parent_run(session.client, spec, pr.sweep_text(options.path), changed)
+    story.update(session.client, session.parent, session.study, spec, plots=False)
     end = "failed"
     try:
         end = _run_trials(session)
@@ -73,7 +75,9 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
     finally:
         with interrupts.shielded():
             pr.finalize(session.client, session.parent, session.study, spec, end)
-    return pr.summary(session.study, spec, session.parent, end), end
+    experiment_id = session.client.get_run(session.parent).info.experiment_id
+    link = ui.link(ui.base_url(), experiment_id, metric=spec.metric, goal=spec.goal)
+    return pr.summary(session.study, spec, session.parent, end, link), end
 
 
 def _recover(s: Session) -> None:
@@ -107,10 +111,11 @@ def _run_trials(s: Session) -> str:
         trial_runs.tag_trial_runs(s.client, t)
         bar.update(1)
         progress.say(pr.trial_line(t, spec.metric))
+        story.update(s.client, s.parent, s.study, spec)
 
     ctx = TrackContext(s.client, s.mnist, Prepared.from_mnist(s.mnist), spec.experiment,
                        s.parent)
-    runner = TrialRunner(spec, ctx, show_progress=shown)
+    runner = TrialRunner(spec, ctx)
     try:
         return tr.work(s.study, spec, runner.objective, done, s.recovery, deadline)
     finally:

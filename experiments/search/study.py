@@ -81,6 +81,27 @@ def is_journal(study: optuna.Study) -> bool:
     return isinstance(study._storage, optuna.storages.JournalStorage)
 
 
+def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
+    """Seconds since each RUNNING trial's last heartbeat, by trial number (RDB storage with
+    heartbeats; empty for the journal, which has none). Read from Optuna's own table."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return {}
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    ages = {}
+    with backend.scoped_session() as session:
+        now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+        rows = (session.query(models.TrialModel.number, models.TrialHeartbeatModel.heartbeat)
+                .join(models.TrialHeartbeatModel)
+                .filter(models.TrialModel.study_id == study._study_id)
+                .filter(models.TrialModel.state == TrialState.RUNNING).all())
+        for number, beat in rows:
+            ages[number] = (now - beat.replace(tzinfo=None)).total_seconds()
+    return ages
+
+
 def set_attr(study: optuna.Study, t: FrozenTrial, key: str, value: Any) -> None:
     """A user attr on any trial of the study (an Optuna `Trial` is only the running one)."""
     study._storage.set_trial_user_attr(t._trial_id, key, value)

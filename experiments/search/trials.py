@@ -164,7 +164,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _age_s(t: FrozenTrial) -> float:
+def age_s(t: FrozenTrial) -> float:
     start = t.datetime_start
     if start is None:
         return math.inf
@@ -193,7 +193,7 @@ def _dead_here(t: FrozenTrial) -> bool:
     once it is older than the grace period, on any storage."""
     worker = t.user_attrs.get("worker", "")
     if not worker:
-        return _age_s(t) > GRACE_S
+        return age_s(t) > GRACE_S
     return not alive(worker)
 
 

@@ -8,7 +8,6 @@ example; `DigitClassifier` (pyfunc_model.py) does the pre-processing, MindSpore
 from __future__ import annotations
 
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,37 +17,36 @@ from experiments.core.digits import PredictError
 
 PIP_REQUIREMENTS = ["mindspore==2.10.0", "numpy==1.26.4", "pandas==2.3.3", "pillow==11.3.0"]
 PACKAGE = Path(__file__).resolve().parent.parent  # experiments/, copied into every model
+MODEL_CODE = Path(__file__).with_name("model_code.py")
 
 
 def log_model(client: Any, run_id: str, net: Any, example: np.ndarray) -> None:
     """Save the pyfunc model (weights, code, signature, example) as the run's `model/`."""
     import mindspore
     import mlflow.pyfunc
-    from mlflow.models import infer_signature
 
-    from experiments.tracking.pyfunc_model import DigitClassifier
-
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # predict() takes arrays or paths on purpose; the signature below is the contract.
-        warnings.simplefilter("ignore", UserWarning)
+    with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.ckpt"
         mindspore.save_checkpoint(net, str(weights))
         example = example[:2].astype(np.uint8)
-        signature = infer_signature(example, _example_output())
         mlflow.pyfunc.save_model(
-            path=str(Path(tmp) / "model"), python_model=DigitClassifier(),
+            path=str(Path(tmp) / "model"), python_model=str(MODEL_CODE),
             artifacts={"weights": str(weights)}, code_paths=[str(PACKAGE)],
-            signature=signature, input_example=example, pip_requirements=PIP_REQUIREMENTS)
+            signature=signature(), input_example=example, pip_requirements=PIP_REQUIREMENTS)
         client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
 
 
-def _example_output() -> Any:
-    import pandas as pd
+def signature() -> Any:
+    """The contract, written out rather than inferred from examples (inference guesses,
+    and warns about the guess): N x 28 x 28 uint8 digits in; per digit, the digit (-1 for
+    a blank), its probability, p0..p9 and whether nothing was drawn."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
 
-    frame = pd.DataFrame(np.full((2, 10), 0.1), columns=[f"p{i}" for i in range(10)])
-    frame.insert(0, "probability", 0.1)
-    frame.insert(0, "digit", np.zeros(2, dtype=np.int64))
-    return frame
+    outputs = [ColSpec("long", "digit"), ColSpec("double", "probability"),
+               ColSpec("boolean", "blank"), *(ColSpec("double", f"p{i}") for i in range(10))]
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 28, 28))]),
+                          outputs=Schema(outputs))
 
 
 def model_run(client: Any, run_id: str) -> str:
@@ -72,7 +70,6 @@ def predict(client: Any, run_id: str, digits: np.ndarray) -> Any:
     """
     import mlflow.pyfunc
 
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # MLflow's advice on type hints
+    with tempfile.TemporaryDirectory() as tmp:
         local = client.download_artifacts(run_id, "model", tmp)
         return mlflow.pyfunc.load_model(local).predict(digits)

@@ -66,6 +66,9 @@ def client(create: bool = True):
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A tracking server makes the client print "View run ... at" lines at every run end;
+    # the sweep prints its own link once.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # A local path as dataset source matches two equivalent source types; harmless.
     warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
     # No mlflow.set_tracking_uri(): it exports MLFLOW_TRACKING_URI, which would hide from

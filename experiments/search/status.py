@@ -1,0 +1,81 @@
+"""`runner.py status SWEEP.yaml`: where a sweep stands, read from its study, writing nothing.
+
+Budget counted and left, trials by state, each running trial with its worker, host, age
+and heartbeat, the best trial so far, and an ETA from the median counted trial's time.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter
+from typing import Any
+
+from experiments.search import sweepfile
+from experiments.search.options import SweepOptions
+
+
+def status(options: SweepOptions) -> str:
+    """The report to print; SweepError for a sweep with no study in the storage."""
+    spec = options.check()
+    from experiments.search import study as st
+    from experiments.search import trials as tr
+    from experiments.search.space import values_of
+    from experiments.tracking.store import MLRUNS
+
+    url = options.storage_url()
+    shown = re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)  # never print a password
+    store = st.storage(url, MLRUNS, lambda study, t: None, create=False)
+    study = st.existing(spec, store) if store is not None else None
+    if study is None:
+        raise sweepfile.SweepError(f"{spec.path}: sweep '{spec.name}' has never run here "
+                                   f"(no study of that name in {shown})")
+    trials = study.get_trials(deepcopy=False)
+    budget = tr.Budget.of(spec)
+    counted = [t for t in trials if budget.counts(t)]
+    lines = [f"sweep '{spec.name}' ({shown}): {len(counted)} of {budget.limit} trials counted, "
+             f"{max(0, budget.limit - len(counted))} left"
+             + ("; a trial reached metric.target" if tr.reached(trials, spec) else "")]
+    states = Counter(_state(t) for t in trials)
+    lines.append("trials: " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "-"))
+    running = [t for t in trials if t.state.name == "RUNNING"]
+    beats = st.heartbeat_ages(study)
+    for t in running:
+        host, _, pid = t.user_attrs.get("worker", "?:?").rpartition(":")
+        alive = "alive" if tr.alive(t.user_attrs.get("worker")) else "gone"
+        beat = f", heartbeat {beats[t.number]:.0f}s ago" if t.number in beats else \
+            (", no heartbeat (journal storage)" if not beats else ", no heartbeat yet")
+        lines.append(f"  running: trial {t.number} on {host or '?'} pid {pid or '?'} ({alive}), "
+                     f"started {tr.age_s(t):.0f}s ago{beat}")
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    if complete:
+        best = study.best_trial
+        values = "  ".join(f"{k}={v}" for k, v in values_of(best).items())
+        lines.append(f"best so far: trial {best.number}, {spec.metric}={best.value:.4f}  "
+                     f"{values}")
+    lines.append(_eta(counted, running, budget.limit))
+    return "\n".join(lines)
+
+
+def _state(t: Any) -> str:
+    kind = t.user_attrs.get("fail_kind") if t.state.name == "FAIL" else None
+    return f"{t.state.name} ({kind})" if kind else t.state.name
+
+
+def _eta(counted: list, running: list, limit: int) -> str:
+    left = max(0, limit - len(counted))
+    times = [t.duration.total_seconds() for t in counted if t.duration]
+    if not left:
+        return "ETA: done"
+    if not times:
+        return "ETA: unknown until a trial is counted"
+    workers = max(1, len({t.user_attrs.get("worker") for t in running}))
+    seconds = statistics.median(times) * left / workers
+    return (f"ETA: about {_span(seconds)} ({left} trials left x median "
+            f"{statistics.median(times):.1f}s / {workers} worker{'s' * (workers > 1)})")
+
+
+def _span(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"

@@ -1,0 +1,212 @@
+"""What the parent run says while its sweep runs, updated after every counted trial.
+
+Metrics (step = trials counted): `best_<metric>`, `trials_complete`, `trials_pruned`,
+`trials_failed`, `trials_running`. Tags: `best_trial`, `best_value`, `best_run_id`,
+`best.<key>`, kept current. Its description (`mlflow.note.content`, Markdown on the run
+page): the sweep's question, the budget used, the top trials with links to their runs,
+and the paired ablation where there is one. Optuna's plots are redrawn every
+PLOTS_EVERY trials or PLOTS_EVERY_S seconds, and at the end.
+
+Every update is computed whole from the study, the source of truth, and written in one
+batch: a crash leaves the parent as it was after the previous update, and the next one
+(or the end of the sweep) brings it up to date. Workers on one host take turns through a
+lock file; on several hosts the last writer wins, with a state as current as its own.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments.search import trials as tr
+from experiments.search.space import values_of
+from experiments.search.sweepfile import SweepSpec
+from experiments.tracking.mlflow_run import MlflowRun
+from experiments.tracking.store import MLRUNS
+
+PLOTS_EVERY, PLOTS_EVERY_S = 10, 120.0
+TOP = 5
+
+
+@contextmanager
+def _turn(parent_run_id: str) -> Iterator[None]:
+    """One writer at a time on this host (the lock file lives beside the local store)."""
+    try:
+        MLRUNS.mkdir(exist_ok=True)
+        handle = open(MLRUNS / f".parent-{parent_run_id}.lock", "w")  # noqa: SIM115
+    except OSError:  # a read-only folder: go on without taking turns
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
+           plots: bool | None = None) -> None:
+    """Bring the parent run up to date; `plots` forces (True) or skips (False) redrawing
+    Optuna's plots, which by default happens every PLOTS_EVERY trials or PLOTS_EVERY_S."""
+    from mlflow.entities import Metric, RunTag
+
+    with _turn(parent_run_id):
+        trials = study.get_trials(deepcopy=False)
+        budget = tr.Budget.of(spec)
+        counted = [t for t in trials if budget.counts(t)]
+        step, now = len(counted), int(time.time() * 1000)
+        counts = _counts(trials, counted)
+        metrics = [Metric(f"trials_{k}", v, now, step) for k, v in counts.items()]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        tags = {}
+        if complete:
+            best = study.best_trial
+            metrics.append(Metric(f"best_{spec.metric}", best.value, now, step))
+            tags |= {"best_trial": str(best.number), "best_value": str(best.value),
+                     "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
+                     **{f"best.{k}": str(v) for k, v in values_of(best).items()}}
+        run = client.get_run(parent_run_id)
+        tags["mlflow.note.content"] = describe(spec, run.info.experiment_id, complete, counts,
+                                               step, budget.limit, trials)
+        last = run.data.tags
+        due = step - int(last.get("plots.counted", "0")) >= PLOTS_EVERY or \
+            time.time() - float(last.get("plots.time", "0")) >= PLOTS_EVERY_S
+        draw = plots if plots is not None else due and step > 0
+        if draw:
+            tags |= {"plots.counted": str(step), "plots.time": str(time.time())}
+        client.log_batch(parent_run_id, metrics=metrics,
+                         tags=[RunTag(k, v) for k, v in tags.items()])
+        if draw:
+            _plots(client, parent_run_id, study)
+
+
+def _counts(trials: list[FrozenTrial], counted: list[FrozenTrial]) -> dict[str, int]:
+    return {"complete": sum(t.state == TrialState.COMPLETE for t in counted),
+            "pruned": sum(t.state == TrialState.PRUNED for t in counted),
+            "failed": sum(t.state == TrialState.FAIL for t in counted),
+            "running": sum(t.state == TrialState.RUNNING for t in trials)}
+
+
+def _plots(client: Any, parent_run_id: str, study: optuna.Study) -> None:
+    for name, figure in optuna_figures(study):
+        MlflowRun(client, parent_run_id).log_figure(figure, f"plots/{name}.png")
+
+
+def describe(spec: SweepSpec, experiment_id: str, complete: list[FrozenTrial],
+             counts: dict[str, int], step: int, limit: int, trials: list[FrozenTrial]) -> str:
+    """The parent run's description, in Markdown. The UI folds it after about three
+    lines, so those say the answer so far and the budget; the details follow."""
+    space = "; ".join(f"{p.key} {p.describe()}" for p in spec.parameters)
+    top = sorted(complete, key=lambda t: t.value, reverse=spec.goal == "maximize")[:TOP]
+    keys = [p.key for p in spec.parameters]
+    lines = [f"### Sweep `{spec.name}`: {spec.goal} {spec.metric}", ""]
+    if top:
+        best = top[0]
+        values = ", ".join(f"{k}={_fmt(v)}" for k, v in values_of(best).items())
+        lines += [f"**Best so far: {spec.metric} {best.value:.4f}**, trial {best.number} "
+                  f"({values}), run {_run_link(best, experiment_id)}.", ""]
+    lines += [f"**{step} of {limit} trials counted** ({counts['complete']} complete, "
+              f"{counts['pruned']} pruned, {counts['failed']} failed; {counts['running']} "
+              f"running). Updated {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.",
+              ""]
+    said = dict(spec.recorded).get("description")  # the file's own words (W&B's key)
+    if said:
+        lines += [str(said), ""]
+    lines += [f"Searching {space} with {spec.method}, pruner {spec.pruner}.", ""]
+    if top:
+        lines += [f"| rank | trial | {spec.metric} | {' | '.join(keys)} | run |",
+                  "|" + "---|" * (len(keys) + 4)]
+        for rank, t in enumerate(top, start=1):
+            values = values_of(t)
+            cells = " | ".join(_fmt(values.get(k, "-")) for k in keys)
+            lines.append(f"| {rank} | {t.number} | {t.value:.4f} | {cells} | "
+                         f"{_run_link(t, experiment_id)} |")
+        lines.append("")
+    lines += _ablation(spec, trials)
+    return "\n".join(lines)
+
+
+def _run_link(t: FrozenTrial, experiment_id: str) -> str:
+    """The trial's objective run, by the name the objective gave it, linked to its page."""
+    run_id = t.user_attrs.get("mlflow_run_id", "")
+    if not run_id:
+        return "-"
+    mode = next((k.removeprefix("run_id.") for k, v in t.user_attrs.items()
+                 if k.startswith("run_id.") and v == run_id), "run")
+    return f"[trial-{t.number}-{mode}](#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def _ablation(spec: SweepSpec, trials: list[FrozenTrial]) -> list[str]:
+    """Per grad mode of the ablation: trials, mean final metric, difference to the
+    objective's mode over the same trials, divergences."""
+    if len(spec.ablation) < 2:
+        return []
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    base = spec.ablation[0]
+    lines = [f"Paired ablation over {len(done)} complete trials (same seed, weights and "
+             f"batches; `{base}` is the objective):", "",
+             f"| grad mode | mean {spec.metric} | mean difference to {base} | diverged |",
+             "|---|---|---|---|"]
+    for mode in spec.ablation:
+        key = f"{spec.metric}.{mode}"
+        values = [t.user_attrs[key] for t in done if key in t.user_attrs]
+        pairs = [t.user_attrs[key] - t.user_attrs[f"{spec.metric}.{base}"] for t in done
+                 if key in t.user_attrs and f"{spec.metric}.{base}" in t.user_attrs]
+        diverged = sum(f"diverged.{mode}" in t.user_attrs for t in done)
+        mean = f"{statistics.mean(values):.4f}" if values else "-"
+        diff = f"{statistics.mean(pairs):+.4f}" if pairs and mode != base else "-"
+        lines.append(f"| {mode} | {mean} | {diff} | {diverged} of {len(done)} |")
+    return [*lines, ""]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def optuna_figures(study: Any) -> list[tuple[str, Any]]:
+    """Optuna's own plots that the study can draw so far (importances need 2+ trials)."""
+    import warnings
+
+    from optuna.visualization import matplotlib as ovm
+
+    plt = _pyplot()
+    makers = {"optimization_history": ovm.plot_optimization_history,
+              "param_importances": ovm.plot_param_importances,
+              "parallel_coordinate": ovm.plot_parallel_coordinate,
+              "slice": ovm.plot_slice}
+    out = []
+    for name, make in makers.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                axes = make(study)
+            except Exception:  # a plot the study cannot support yet (too few trials) is skipped
+                plt.close("all")
+                continue
+            first = axes.flat[0] if hasattr(axes, "flat") else axes
+            figure = first.figure
+            figure.set_size_inches(9, 5)
+            # Optuna's plots are experimental (ExperimentalWarning on every call), and the
+            # colour bar of the parallel-coordinate plot makes tight_layout warn that it
+            # may be imperfect; neither says anything about the sweep, so neither is shown.
+            figure.tight_layout()
+        out.append((name, figure))
+    return out
+

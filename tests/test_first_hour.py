@@ -1,0 +1,165 @@
+"""The first hour: the sweep visible while it runs, `status`, and a terminal without noise.
+
+A real two-worker sweep runs in a subprocess as a user starts it; the test reads the
+parent run from the SQLite store and `runner.py status` while the workers train.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_reliability import database, postgres  # noqa: F401 - the fixture, shared
+
+from conftest import ROOT, mlflow_client, run_cli
+
+LIVE = """
+name: live
+method: random
+n_trials: 6
+seed: 3
+pruner: {type: none}
+fixed: {epochs: 2, batch_size: 500, data.download: false}
+parameters:
+  learning_rate: {distribution: uniform, min: 0.05, max: 0.3}
+"""
+# What MLflow and Optuna print when something is not handled: none may reach the user.
+NOISE = re.compile(r"warn|deprecat|View run|View experiment|cloudpickle|Traceback|"
+                   r"ExperimentalWarning|UserWarning|\[W \d", re.I)
+
+
+def parent_of(folder: Path, experiment: str):
+    """The sweep's parent run, or None before it exists (or before the store does)."""
+    if not (folder / "mlruns" / "mlflow.db").exists():
+        return None
+    try:
+        client = mlflow_client(folder)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        runs = client.search_runs([exp.experiment_id], "tags.`sweep.parent` = 'true'")
+    except Exception:  # the store is being created by the sweep right now
+        return None
+    return runs[0] if runs else None
+
+
+@pytest.mark.slow
+def test_the_parent_run_tells_the_story_while_two_workers_run(tmp_path):
+    (tmp_path / "live.yaml").write_text(LIVE)
+    out = tmp_path / "sweep.out"
+    with open(out, "w") as sink:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "sweep", "live.yaml",
+                                 "--workers", "2"], cwd=tmp_path, stdout=sink,
+                                stderr=subprocess.STDOUT)
+    seen, status_running = [], None
+    try:
+        end = time.time() + 600
+        while proc.poll() is None and time.time() < end:
+            parent = parent_of(tmp_path, "live")
+            if parent is not None:
+                m = parent.data.metrics
+                if "trials_complete" in m and proc.poll() is None:
+                    seen.append((m["trials_complete"], m.get("best_test_accuracy"),
+                                 m.get("trials_running"), parent.data.tags.get("best_run_id"),
+                                 parent.data.tags.get("mlflow.note.content", "")))
+                if status_running is None and m.get("trials_complete", 0) >= 1 and \
+                        m.get("trials_complete", 0) < 5:
+                    status_running = run_cli("status", "live.yaml", cwd=tmp_path)
+            time.sleep(0.5)
+        assert proc.wait(timeout=60) == 0, out.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Before the end, the parent already showed progress: a best value and counts that grew.
+    assert seen, "the parent run showed no progress while the sweep ran"
+    during = [s for s in seen if 1 <= s[0] < 6]
+    assert during and during[0][1] is not None and during[0][3], seen[:3]
+    assert len({s[0] for s in seen}) >= 2, "the counts did not advance during the sweep"
+    assert "of 6 trials counted" in during[0][4] and "| rank | trial |" in during[0][4]
+
+    client = mlflow_client(tmp_path)
+    parent = parent_of(tmp_path, "live")
+    history = client.get_metric_history(parent.info.run_id, "best_test_accuracy")
+    steps = sorted(h.step for h in history)
+    assert steps[-1] == 6 and len(set(steps)) >= 3, steps  # step = trials counted
+    best = [h.value for h in sorted(history, key=lambda h: (h.step, h.timestamp))]
+    assert all(b >= a for a, b in itertools.pairwise(best)), best  # never worse
+    assert parent.data.metrics["trials_complete"] == 6
+    assert parent.data.metrics["trials_running"] == 0
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/optimization_history.png" in artifacts
+
+    # status while it ran: trials counted, someone running with worker, host and age.
+    assert status_running is not None and status_running.returncode == 0, status_running
+    text = status_running.stdout
+    assert re.search(r"sweep 'live' .*: [1-5] of 6 trials counted, [1-5] left", text), text
+    assert re.search(r"running: trial \d+ on \S+ pid \d+ \(alive\), started \d+s ago", text), \
+        text
+    assert "best so far: trial" in text and "ETA: about" in text, text
+    # ... and after it: done.
+    after = run_cli("status", "live.yaml", cwd=tmp_path)
+    assert after.returncode == 0 and "6 of 6 trials counted, 0 left" in after.stdout
+    assert "COMPLETE 6" in after.stdout and "ETA: done" in after.stdout, after.stdout
+
+    # The terminal: one line per trial, a summary with the UI link, and no warnings.
+    lines = out.read_text().splitlines()
+    noise = [line for line in lines if NOISE.search(line)]
+    assert not noise, noise
+    assert sum(line.startswith("trial ") for line in lines) == 6, lines
+    assert any("workflowType=machine_learning&orderByKey=metrics.%60test_accuracy%60"
+               "&orderByAsc=false" in line for line in lines), lines
+
+
+@pytest.mark.slow
+def test_quiet_prints_only_the_summary_and_a_sweep_has_no_warnings(tmp_path):
+    (tmp_path / "one.yaml").write_text(LIVE.replace("name: live", "name: one")
+                                       .replace("n_trials: 6", "n_trials: 2"))
+    loud = run_cli("sweep", "one.yaml", "--n-trials", "1", cwd=tmp_path)
+    assert loud.returncode == 0, loud.stderr
+    output = (loud.stdout + loud.stderr).splitlines()
+    assert not [line for line in output if NOISE.search(line)], output
+    quiet = run_cli("sweep", "one.yaml", "--quiet", cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert not quiet.stderr.strip(), quiet.stderr
+    assert not any(line.startswith("trial ") for line in quiet.stdout.splitlines())
+    assert "top 2 by test_accuracy" in quiet.stdout and "workflowType=machine_learning" in \
+        quiet.stdout, quiet.stdout
+
+
+def test_status_of_a_sweep_that_never_ran_is_exit_2(tmp_path):
+    (tmp_path / "never.yaml").write_text(LIVE.replace("name: live", "name: never"))
+    result = run_cli("status", "never.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result
+    assert result.stderr.strip().count("\n") == 0 and "never.yaml" in result.stderr
+    assert "has never run here" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "mlruns").exists(), "status wrote something"
+
+
+def test_status_of_a_bad_file_is_exit_2(tmp_path):
+    (tmp_path / "bad.yaml").write_text(LIVE.replace("n_trials: 6", "n_trials: -1"))
+    result = run_cli("status", "bad.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "bad.yaml" in result.stderr and "n_trials" in \
+        result.stderr, result.stderr
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_status_reads_a_sweep_on_postgres(postgres, tmp_path):  # noqa: F811
+    storage = database(postgres, "optuna_status")
+    (tmp_path / "pg.yaml").write_text(LIVE.replace("name: live", "name: pgsweep")
+                                      .replace("n_trials: 6", "n_trials: 2"))
+    done = run_cli("sweep", "pg.yaml", "--storage", storage, "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = run_cli("status", "pg.yaml", "--storage", storage, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "sweep 'pgsweep' (postgresql" in result.stdout and "2 of 2 trials counted" in \
+        result.stdout, result.stdout
+    assert "best so far: trial" in result.stdout and "ETA: done" in result.stdout
+    missing = run_cli("status", "pg.yaml", "--storage", database(postgres, "optuna_none"),
+                      cwd=tmp_path)
+    assert missing.returncode == 2 and "has never run here" in missing.stderr

@@ -67,8 +67,9 @@ def test_the_parent_run_tells_the_story_while_two_workers_run(tmp_path):
                     seen.append((m["trials_complete"], m.get("best_test_accuracy"),
                                  m.get("trials_running"), parent.data.tags.get("best_run_id"),
                                  parent.data.tags.get("mlflow.note.content", "")))
-                if status_running is None and m.get("trials_complete", 0) >= 1 and \
-                        m.get("trials_complete", 0) < 5:
+                # Between two trials a worker runs none: ask again until one is running.
+                if (status_running is None or "running: trial" not in status_running.stdout) \
+                        and 1 <= m.get("trials_complete", 0) < 5:
                     status_running = run_cli("status", "live.yaml", cwd=tmp_path)
             time.sleep(0.5)
         assert proc.wait(timeout=60) == 0, out.read_text()[-3000:]
@@ -100,7 +101,8 @@ def test_the_parent_run_tells_the_story_while_two_workers_run(tmp_path):
     assert re.search(r"sweep 'live' .*: [1-5] of 6 trials counted, [1-5] left", text), text
     assert re.search(r"running: trial \d+ on \S+ pid \d+ \(alive\), started \d+s ago", text), \
         text
-    assert "best so far: trial" in text and "ETA: about" in text, text
+    assert "best so far: trial" in text and "ETA: about" in text and "/ 2 workers)" in text, \
+        text
     # ... and after it: done.
     after = run_cli("status", "live.yaml", cwd=tmp_path)
     assert after.returncode == 0 and "6 of 6 trials counted, 0 left" in after.stdout

@@ -69,10 +69,20 @@ def _eta(counted: list, running: list, limit: int) -> str:
         return "ETA: done"
     if not times:
         return "ETA: unknown until a trial is counted"
-    workers = max(1, len({t.user_attrs.get("worker") for t in running}))
+    workers = max(1, len(_workers(counted, running)))
     seconds = statistics.median(times) * left / workers
     return (f"ETA: about {_span(seconds)} ({left} trials left x median "
             f"{statistics.median(times):.1f}s / {workers} worker{'s' * (workers > 1)})")
+
+
+def _workers(counted: list, running: list) -> set[str]:
+    """Workers at work: those running a trial, and those of the latest trials whose process
+    is still there (between two trials a worker runs none; other hosts' count as there)."""
+    from experiments.search import trials as tr
+
+    recent = sorted(counted, key=lambda t: t.number)[-8:]
+    named = [t.user_attrs.get("worker") for t in [*running, *recent]]
+    return {w for w in named if w and tr.alive(w)}
 
 
 def _span(seconds: float) -> str:

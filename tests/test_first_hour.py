@@ -165,3 +165,17 @@ def test_status_reads_a_sweep_on_postgres(postgres, tmp_path):  # noqa: F811
     missing = run_cli("status", "pg.yaml", "--storage", database(postgres, "optuna_none"),
                       cwd=tmp_path)
     assert missing.returncode == 2 and "has never run here" in missing.stderr
+
+
+def test_ui_on_a_taken_port_is_exit_2_and_writes_nothing(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("ui", "--port", str(port), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result
+    assert result.stderr.strip() == f"error: --port {port}: 127.0.0.1:{port} is in use " \
+        "(another server?); choose another --port", result.stderr
+    assert not (tmp_path / "mlruns").exists()

@@ -10,8 +10,10 @@ and 2.4 GB resident with them, 2 and 0.5 GB without), and its request log goes t
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from experiments.core.config import UserError
 from experiments.runtime import interrupts
 from experiments.tracking.store import MLRUNS, client, server_args
 
@@ -74,6 +77,7 @@ def experiment_lines(c: Any, base: str) -> list[str]:
 
 def serve(host: str, port: int, verbose: bool, say: Callable[[str], None]) -> int:
     """Run the server until Ctrl-C (exit 0) or until it stops by itself (its exit code)."""
+    _check_port(host, port)
     c = client()  # creates the store once, under the lock, before the server opens it
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     out = None if verbose else open(LOG, "a")  # noqa: SIM115 - open while the server runs
@@ -105,6 +109,23 @@ def serve(host: str, port: int, verbose: bool, say: Callable[[str], None]) -> in
                 os.killpg(proc.pid, signal.SIGKILL)
         if out:
             out.close()
+
+
+def _check_port(host: str, port: int) -> None:
+    """A taken port is bad input: the server would die on it, and a UI already there
+    (another `runner.py ui`, say) would answer our health check in its place."""
+    if not 0 < port < 65536:
+        raise UserError(f"--port {port}: a port is 1-65535")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"--port {port}: {host}:{port} is in use (another server?); "
+                            "choose another --port") from None
+        raise UserError(f"--host {host}: cannot listen there ({exc.strerror or exc})") from None
 
 
 def _die_with_parent() -> None:

@@ -162,9 +162,28 @@ def test_status_reads_a_sweep_on_postgres(postgres, tmp_path):  # noqa: F811
     assert "sweep 'pgsweep' (postgresql" in result.stdout and "2 of 2 trials counted" in \
         result.stdout, result.stdout
     assert "best so far: trial" in result.stdout and "ETA: done" in result.stdout
-    missing = run_cli("status", "pg.yaml", "--storage", database(postgres, "optuna_none"),
-                      cwd=tmp_path)
+    empty = database(postgres, "optuna_none")
+    missing = run_cli("status", "pg.yaml", "--storage", empty, cwd=tmp_path)
     assert missing.returncode == 2 and "has never run here" in missing.stderr
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(empty)
+    try:
+        assert sa.inspect(engine).get_table_names() == [], "status created Optuna's schema"
+    finally:
+        engine.dispose()
+
+
+def test_status_and_dry_run_write_no_sqlite_storage(tmp_path):
+    (tmp_path / "s.yaml").write_text(LIVE)
+    for args in (["status", "s.yaml"], ["sweep", "s.yaml", "--dry-run"]):
+        result = run_cli(*args, "--storage", "sqlite:///optuna.db", cwd=tmp_path)
+        assert result.returncode == (2 if args[0] == "status" else 0), result
+        assert not (tmp_path / "optuna.db").exists(), args
+    secret = run_cli("status", "s.yaml", "--storage", "postgresql://u:hunter2@127.0.0.1:1/x",
+                     cwd=tmp_path)
+    assert secret.returncode == 2 and "u:***@127.0.0.1" in secret.stderr
+    assert "hunter2" not in secret.stderr + secret.stdout
 
 
 def test_ui_on_a_taken_port_is_exit_2_and_writes_nothing(tmp_path):

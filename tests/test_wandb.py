@@ -499,3 +499,38 @@ def test_a_project_change_is_refused(store, capsys):
     for extra in ([], ["--allow-change"]):
         assert runner.main(["sweep", str(path), "--set", "data.download=false", *extra]) == 2
         assert "project: projA -> projB" in capsys.readouterr().err
+
+
+def test_sweeps_sharing_a_project_keep_their_own_parent_best_and_runs(store, capsys):
+    """Two sweeps with one W&B `project` share its experiment, not a parent run: each has
+    its own parent, description, best run (what `predict --model best:` loads) and rows."""
+    from experiments.search import compare, parent
+    from experiments.search.sweepfile import load
+    from experiments.tracking.store import client as make_client
+
+    body = """
+        project: shared
+        method: grid
+        fixed: {{epochs: 1, batch_size: 500, data.download: false}}
+        metric: {{name: {metric}, goal: {goal}}}
+        parameters:
+          learning_rate: {{values: [{lrs}]}}
+        """
+    for name, metric, goal, lrs in (("sweep_a", "test_accuracy", "maximize", "0.1, 0.3"),
+                                    ("sweep_b", "test_loss", "minimize", "0.01, 0.02")):
+        (store / f"{name}.yaml").write_text(f"name: {name}" + textwrap.dedent(
+            body.format(metric=metric, goal=goal, lrs=lrs)))
+        assert runner.main(["sweep", f"{name}.yaml", "--quiet"]) == 0
+    capsys.readouterr()
+    client, parents, children = sweep_runs(store, "shared")
+    assert sorted(p.data.tags["sweep"] for p in parents) == ["sweep_a", "sweep_b"]
+    assert len(children) == 4
+    for p in parents:
+        mine = [c for c in children if c.data.tags["mlflow.parentRunId"] == p.info.run_id]
+        assert {c.data.tags["sweep"] for c in mine} == {p.data.tags["sweep"]}, p.data.tags
+        assert f"Sweep `{p.data.tags['sweep']}`" in p.data.tags["mlflow.note.content"]
+        best = parent.best_run_id(make_client(), load(f"{p.data.tags['sweep']}.yaml"))
+        assert best == p.data.tags["best_run_id"] and best in {c.info.run_id for c in mine}
+    frame = compare.runs("sweep_a.yaml", make_client())
+    assert sorted(frame["learning_rate"]) == [0.1, 0.3]
+    assert compare.sweep_metric("shared", make_client(), "sweep_b") == ("test_loss", True)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from experiments.core import config as cfg
 from experiments.runtime.paths import writable_ancestor
-from experiments.search.parent import PARENT_TAG
+from experiments.search.parent import PARENT_TAG, parents
 from experiments.search.sweepfile import load
 from experiments.tracking.store import metric_history_bulk
 
@@ -36,12 +36,16 @@ def experiment_name(target: str) -> str:
     return target
 
 
-def sweep_metric(name: str, client: Any) -> tuple[str, bool]:
+def sweep_of(target: str) -> str | None:
+    """The sweep a sweep file names (its runs only, when several share a W&B `project`)."""
+    return load(target).name if target.endswith((".yaml", ".yml", ".json")) else None
+
+
+def sweep_metric(name: str, client: Any, sweep: str | None = None) -> tuple[str, bool]:
     """(metric, ascending) from the sweep's parent run, test_accuracy descending otherwise."""
-    parents = client.search_runs([_experiment(client, name)], f"tags.`{PARENT_TAG}` = 'true'",
-                                 order_by=["attributes.start_time ASC"], max_results=1)
-    if parents:
-        params = parents[0].data.params
+    found = parents(client, _experiment(client, name), sweep)
+    if found:
+        params = found[0].data.params
         return params.get("metric", "test_accuracy"), params.get("goal") == "minimize"
     return "test_accuracy", False
 
@@ -62,13 +66,14 @@ def _typed(key: str, value: str) -> Any:
     return value
 
 
-def _search(client: Any, name: str) -> list:
+def _search(client: Any, name: str, sweep: str | None = None) -> list:
     out, token = [], None
     while True:
         page = client.search_runs([_experiment(client, name)], max_results=1000,
                                   page_token=token)
         # A tag filter with != skips runs without the tag, so parents are dropped here.
-        out += [r for r in page if r.data.tags.get(PARENT_TAG) != "true"]
+        out += [r for r in page if r.data.tags.get(PARENT_TAG) != "true" and
+                (sweep is None or r.data.tags.get("sweep") == sweep)]
         token = page.token
         if not token:
             return out
@@ -76,7 +81,8 @@ def _search(client: Any, name: str) -> list:
 
 def history(target: str, client: Any, found: list | None = None) -> pd.DataFrame:
     """Long form: run_id, trial, grad_mode, epoch, metric, value."""
-    found = found if found is not None else _search(client, experiment_name(target))
+    found = found if found is not None else _search(client, experiment_name(target),
+                                                    sweep_of(target))
     meta = {r.info.run_id: {**r.data.tags, "grad_mode": _grad_mode(r)} for r in found}
     ids = list(meta)
     rows = [(m.run_id, m.step, key, m.value) for key in EPOCH_METRICS
@@ -101,9 +107,9 @@ def _trial(tags: dict) -> int | None:
 
 def runs(target: str, client: Any) -> pd.DataFrame:
     """One row per run: trial, state, grad_mode, params (typed), final and best-epoch metrics."""
-    name = experiment_name(target)
-    metric, ascending = sweep_metric(name, client)
-    found = _search(client, name)
+    name, sweep = experiment_name(target), sweep_of(target)
+    metric, ascending = sweep_metric(name, client, sweep)
+    found = _search(client, name, sweep)
     if not found:
         return pd.DataFrame(columns=["trial", "state", "grad_mode", "fail_kind", "run_id"])
     hist = history(name, client, found)
@@ -207,8 +213,8 @@ def report(target: str, client: Any, top: int, csv: str | None = None,
         if path:
             _check_output(option, path)
     frame = runs(target, client)
-    name = experiment_name(target)
-    metric, _ = sweep_metric(name, client)
+    name, sweep = experiment_name(target), sweep_of(target)
+    metric, _ = sweep_metric(name, client, sweep)
     shown = [c for c in ("trial", "state", "grad_mode") if c in frame]
     shown += [c for c in frame.columns if c in ("epochs", "batch_size", "learning_rate")]
     shown += [c for c in (f"final_{metric}", "best_epoch", f"best_{metric}", "duration_s",
@@ -220,7 +226,7 @@ def report(target: str, client: Any, top: int, csv: str | None = None,
         write(frame, csv)
         lines.append(f"wrote {len(frame)} runs to {csv}")
     if history_path:
-        hist = history(name, client, _search(client, name))
+        hist = history(name, client, _search(client, name, sweep))
         write(hist, history_path)
         lines.append(f"wrote {len(hist)} points to {history_path}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,11 +66,17 @@ class SweepOptions:
         return argv + [a for item in self.sets for a in ("--set", item)]
 
 
+def masked(text: str) -> str:
+    """A storage URL (or a message holding one) without its password: it goes to
+    terminals, logs and CI output."""
+    return re.sub(r"(://[^/:@\s]*:)[^/@\s]*@", r"\1***@", text)
+
+
 def check_storage(url: str) -> None:
     """What can be told of a storage URL without opening it; ConfigError otherwise."""
     if not url.startswith(STORAGE_PREFIXES):
         raise ConfigError(f"--storage: expected a URL starting with "
-                          f"{', '.join(STORAGE_PREFIXES)}, got {cfg.show(url)}")
+                          f"{', '.join(STORAGE_PREFIXES)}, got {cfg.show(masked(url))}")
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         try:

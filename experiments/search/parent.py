@@ -34,8 +34,7 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
     exp = experiment_id(client, spec.experiment)
 
     def existing() -> list:
-        return client.search_runs([exp], f"tags.`{PARENT_TAG}` = 'true'",
-                                  order_by=["attributes.start_time ASC"])
+        return parents(client, exp, spec.name)
 
     runs = existing()
     if not runs:
@@ -143,6 +142,20 @@ def best_run_id(client: Any, spec: SweepSpec) -> str | None:
     exp = client.get_experiment_by_name(spec.experiment)
     if exp is None:
         return None
-    parents = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = 'true'",
-                                 order_by=["attributes.start_time ASC"])
-    return parents[0].data.tags.get("best_run_id") if parents else None
+    found = parents(client, exp.experiment_id, spec.name)
+    return found[0].data.tags.get("best_run_id") if found else None
+
+
+def parents(client: Any, experiment_id: str, sweep: str | None = None) -> list:
+    """Parent runs in an experiment, oldest first; of one sweep when it is named (sweeps
+    sharing a W&B `project` share its experiment). The name is compared here, not in the
+    search string, where a name may hold any character."""
+    found, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = 'true'",
+                                  order_by=["attributes.start_time ASC"], max_results=1000,
+                                  page_token=token)
+        found += [r for r in page if sweep is None or r.data.tags.get("sweep") == sweep]
+        token = page.token
+        if not token:
+            return found

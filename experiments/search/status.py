@@ -6,13 +6,12 @@ and heartbeat, the best trial so far, and an ETA from the median counted trial's
 
 from __future__ import annotations
 
-import re
 import statistics
 from collections import Counter
 from typing import Any
 
 from experiments.search import sweepfile
-from experiments.search.options import SweepOptions
+from experiments.search.options import SweepOptions, masked
 
 
 def status(options: SweepOptions) -> str:
@@ -24,7 +23,7 @@ def status(options: SweepOptions) -> str:
     from experiments.tracking.store import MLRUNS
 
     url = options.storage_url()
-    shown = re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)  # never print a password
+    shown = masked(url)
     store = st.storage(url, MLRUNS, lambda study, t: None, create=False)
     study = st.existing(spec, store) if store is not None else None
     if study is None:

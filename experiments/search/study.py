@@ -50,9 +50,27 @@ def storage(url: str | None, root: Path, on_stale: Callable[[optuna.Study, Froze
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        if not create and not retry(lambda: _has_studies(url)):
+            return None
         return retry(lambda: _rdb(url, on_stale))
     except Exception as exc:  # the driver's errors are of many kinds
         raise unusable(url, exc) from None
+
+
+def _has_studies(url: str) -> bool:
+    """Whether a database holds Optuna's tables, found without writing: RDBStorage would
+    create its schema (and SQLite its file) in whatever it is pointed at."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and (
+            not parsed.database or not Path(parsed.database).is_file()):
+        return False
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
 
 
 def _rdb(url: str, on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> Any:
@@ -65,9 +83,11 @@ def _rdb(url: str, on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> Any
 
 def unusable(url: str | None, exc: BaseException) -> ConfigError:
     """A storage that cannot be opened or read, in one line."""
+    from experiments.search.options import masked
+
     first = (str(exc).strip().splitlines() or [""])[0][:300]
-    return ConfigError(f"--storage {url}: cannot open the study storage "
-                       f"({type(exc).__name__}: {first})")
+    return ConfigError(masked(f"--storage {url}: cannot open the study storage "
+                              f"({type(exc).__name__}: {first})"))
 
 
 def latest(study: optuna.Study, t: FrozenTrial | optuna.Trial) -> FrozenTrial:

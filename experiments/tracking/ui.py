@@ -77,18 +77,27 @@ def experiment_lines(c: Any, base: str) -> list[str]:
 
 def serve(host: str, port: int, verbose: bool, say: Callable[[str], None]) -> int:
     """Run the server until Ctrl-C (exit 0) or until it stops by itself (its exit code)."""
+    remote = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if remote.startswith(("http://", "https://")):
+        return _point_at(remote.rstrip("/"), say)
     _check_port(host, port)
     c = client()  # creates the store once, under the lock, before the server opens it
+    MLRUNS.mkdir(exist_ok=True)  # the log's folder, also when the store is elsewhere
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     out = None if verbose else open(LOG, "a")  # noqa: SIM115 - open while the server runs
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", *server_args(host, port)],
                             env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                             start_new_session=True, preexec_fn=_die_with_parent)
-    shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
-    base = f"http://{shown}:{port}"
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    base = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
     try:
         if not _wait(f"{base}/health", proc):
-            say(f"error: mlflow server stopped (exit {proc.returncode}); see {LOG}")
+            if interrupts.requested():
+                return 0
+            why = "did not answer in 120 s" if proc.poll() is None else \
+                f"stopped (exit {proc.returncode})"
+            say(f"error: mlflow server {why}; see " + ("its output above" if verbose else
+                                                       str(LOG)))
             return proc.returncode or 1
         lines = experiment_lines(c, base)
         say(f"MLflow UI at {base} (Ctrl-C stops it)" + ("" if verbose else
@@ -141,9 +150,25 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+def _point_at(server: str, say: Callable[[str], None]) -> int:
+    """MLFLOW_TRACKING_URI is a tracking server: its UI is already there, nothing to start."""
+    try:
+        with urllib.request.urlopen(f"{server}/health", timeout=10):
+            pass
+    except (OSError, ValueError) as exc:
+        raise UserError(f"MLFLOW_TRACKING_URI={server}: no MLflow server answers there "
+                        f"({getattr(exc, 'reason', None) or exc})") from None
+    say(f"MLflow UI at {server} (the tracking server of MLFLOW_TRACKING_URI; nothing to "
+        "start here)")
+    for line in experiment_lines(client(), server) or ["no runs yet"]:
+        say(f"  {line}")
+    return 0
+
+
 def _wait(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> bool:
+    """Whether the server answers; False if it stops, does not answer in time, or Ctrl-C."""
     end = time.time() + timeout_s
-    while time.time() < end and proc.poll() is None:
+    while time.time() < end and proc.poll() is None and not interrupts.requested():
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return True

@@ -57,7 +57,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from experiments.search.options import SweepOptions
     from experiments.search.status import status
 
-    print(status(SweepOptions(args.sweep, tuple(args.set or ()), storage=args.storage)))
+    print(status(SweepOptions(args.sweep, tuple(args.set or ()), args.n_trials,
+                              storage=args.storage)))
     return 0
 
 
@@ -139,6 +140,9 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="where a sweep stands (read-only)")
     st.add_argument("sweep", help="sweep YAML file")
     st.add_argument("--storage", default=None, help="Optuna storage URL, as for sweep")
+    st.add_argument("--n-trials", type=int, default=None,
+                    help="the budget to count against (default: the one the sweep last ran "
+                         "with)")
     st.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
     st.set_defaults(func=cmd_status)
 

@@ -125,6 +125,11 @@ def test_quiet_prints_only_the_summary_and_a_sweep_has_no_warnings(tmp_path):
     assert loud.returncode == 0, loud.stderr
     output = (loud.stdout + loud.stderr).splitlines()
     assert not [line for line in output if NOISE.search(line)], output
+    # status counts against the budget the sweep ran with, or the one it is given.
+    ran = run_cli("status", "one.yaml", cwd=tmp_path)
+    assert "1 of 1 trials counted, 0 left" in ran.stdout, ran
+    asked = run_cli("status", "one.yaml", "--n-trials", "4", cwd=tmp_path)
+    assert "1 of 4 trials counted, 3 left" in asked.stdout, asked
     quiet = run_cli("sweep", "one.yaml", "--quiet", cwd=tmp_path)
     assert quiet.returncode == 0, quiet.stderr
     assert not quiet.stderr.strip(), quiet.stderr

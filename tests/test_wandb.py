@@ -522,7 +522,7 @@ def test_sweeps_sharing_a_project_keep_their_own_parent_best_and_runs(store, cap
             body.format(metric=metric, goal=goal, lrs=lrs)))
         assert runner.main(["sweep", f"{name}.yaml", "--quiet"]) == 0
     capsys.readouterr()
-    client, parents, children = sweep_runs(store, "shared")
+    _client, parents, children = sweep_runs(store, "shared")
     assert sorted(p.data.tags["sweep"] for p in parents) == ["sweep_a", "sweep_b"]
     assert len(children) == 4
     for p in parents:

@@ -29,6 +29,7 @@ def status(options: SweepOptions) -> str:
     if study is None:
         raise sweepfile.SweepError(f"{spec.path}: sweep '{spec.name}' has never run here "
                                    f"(no study of that name in {shown})")
+    spec = st.budget_of(spec, study, options.n_trials)
     trials = study.get_trials(deepcopy=False)
     budget = tr.Budget.of(spec)
     counted = [t for t in trials if budget.counts(t)]

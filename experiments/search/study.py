@@ -12,6 +12,7 @@ Every use of Optuna's private API is in this module.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from experiments.runtime.retry import retry
 from experiments.search.sweepfile import SweepError, SweepSpec
 
 MEANING, FINGERPRINT = "sweep.meaning", "sweep.fingerprint"  # study user attrs
+N_TRIALS = "sweep.n_trials"  # the budget the sweep last ran with (for `status`)
 # A worker that stops beating for GRACE_S is taken for dead (RDB storage).
 HEARTBEAT_S = int(os.environ.get("RUNNER_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("RUNNER_GRACE_S", "30"))
@@ -309,6 +311,13 @@ def existing(spec: SweepSpec, store: Any) -> optuna.Study | None:
         return None
 
 
+def budget_of(spec: SweepSpec, study: optuna.Study, given: int | None) -> SweepSpec:
+    """The spec with the budget the sweep last ran with (`--n-trials` may have changed the
+    file's), unless one is given now."""
+    n = given or study.user_attrs.get(N_TRIALS)
+    return dataclasses.replace(spec, n_trials=int(n)) if n else spec
+
+
 def open_study(spec: SweepSpec, store: Any) -> optuna.Study:
     """Load or create the study for `spec` (checked by `check` first), recording what it
     asks (its meaning and fingerprint) on it."""
@@ -317,6 +326,8 @@ def open_study(spec: SweepSpec, store: Any) -> optuna.Study:
     if study.user_attrs.get(FINGERPRINT) != spec.fingerprint():
         study.set_user_attr(MEANING, spec.meaning())
         study.set_user_attr(FINGERPRINT, spec.fingerprint())
+    if study.user_attrs.get(N_TRIALS) != spec.n_trials:  # the budget it last ran with
+        study.set_user_attr(N_TRIALS, spec.n_trials)
     study.sampler = sampler(spec)
     study.pruner = pruner(spec)
     return study

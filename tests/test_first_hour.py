@@ -203,3 +203,30 @@ def test_ui_on_a_taken_port_is_exit_2_and_writes_nothing(tmp_path):
     assert result.stderr.strip() == f"error: --port {port}: 127.0.0.1:{port} is in use " \
         "(another server?); choose another --port", result.stderr
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_long_description_and_space_fit_in_the_note(tmp_path):
+    """MLflow cuts a tag value over 8000 characters, with a warning at every update."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from experiments.search import story
+    from experiments.search.sweepfile import load
+
+    values = [round(0.001 * i, 3) for i in range(1, 1501)]
+    (tmp_path / "big.yaml").write_text(
+        f"name: big\nmethod: grid\ndescription: {'why ' * 1500}\n"
+        f"parameters:\n  learning_rate: {{values: {values}}}\n")
+    spec = load(str(tmp_path / "big.yaml"))
+    dist = {"learning_rate": CategoricalDistribution(values)}
+    done = [optuna.trial.create_trial(params={"learning_rate": v}, distributions=dist,
+                                      value=0.5 + i / 100, user_attrs={"mlflow_run_id": "r"})
+            for i, v in enumerate(values[:7])]
+    for i, t in enumerate(done):
+        t.number = i
+    text = story.describe(spec, "1", done, {"complete": 7, "pruned": 0, "failed": 0,
+                                           "running": 0}, 7, 1500, done)
+    assert len(text) <= 8000
+    assert "**Best so far: test_accuracy 0.5600**, trial 6" in text
+    assert "| rank | trial |" in text and "[trial-6-run](#/experiments/1/runs/r)" in text
+    assert "| 1 | 6 | 0.5600 | 0.007 |" in text, text[-800:]

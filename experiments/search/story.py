@@ -33,6 +33,9 @@ from experiments.tracking.store import MLRUNS
 
 PLOTS_EVERY, PLOTS_EVERY_S = 10, 120.0
 TOP = 5
+# MLflow cuts a longer tag value with a warning at every update; the space and the file's
+# description are clipped first, so the answer and the table always fit.
+NOTE_MAX = 8000
 
 
 @contextmanager
@@ -104,7 +107,8 @@ def describe(spec: SweepSpec, experiment_id: str, complete: list[FrozenTrial],
              counts: dict[str, int], step: int, limit: int, trials: list[FrozenTrial]) -> str:
     """The parent run's description, in Markdown. The UI folds it after about three
     lines, so those say the answer so far and the budget; the details follow."""
-    space = "; ".join(f"{p.key} {p.describe()}" for p in spec.parameters)
+    space = _clip("; ".join(f"{p.key} {_clip(p.describe(), 200)}" for p in spec.parameters),
+                  1500)
     top = sorted(complete, key=lambda t: t.value, reverse=spec.goal == "maximize")[:TOP]
     keys = [p.key for p in spec.parameters]
     lines = [f"### Sweep `{spec.name}`: {spec.goal} {spec.metric}", ""]
@@ -119,7 +123,7 @@ def describe(spec: SweepSpec, experiment_id: str, complete: list[FrozenTrial],
               ""]
     said = dict(spec.recorded).get("description")  # the file's own words (W&B's key)
     if said:
-        lines += [str(said), ""]
+        lines += [_clip(str(said), 2000), ""]
     lines += [f"Searching {space} with {spec.method}, pruner {spec.pruner}.", ""]
     if top:
         lines += [f"| rank | trial | {spec.metric} | {' | '.join(keys)} | run |",
@@ -131,7 +135,7 @@ def describe(spec: SweepSpec, experiment_id: str, complete: list[FrozenTrial],
                          f"{_run_link(t, experiment_id)} |")
         lines.append("")
     lines += _ablation(spec, trials)
-    return "\n".join(lines)
+    return _clip("\n".join(lines), NOTE_MAX)
 
 
 def _run_link(t: FrozenTrial, experiment_id: str) -> str:
@@ -167,8 +171,12 @@ def _ablation(spec: SweepSpec, trials: list[FrozenTrial]) -> list[str]:
     return [*lines, ""]
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return f"{v:.4g}" if isinstance(v, float) else _clip(str(v), 60)
 
 
 def _pyplot():

@@ -44,7 +44,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from experiments.search.options import SweepOptions
     from experiments.search.sweep import run_sweep
 
-    progress.be_quiet(args.quiet)
+    # A worker's terminal is its parent's: the parent alone prints lines and the bar.
+    progress.be_quiet(args.quiet or args.parent_run is not None)
     text = run_sweep(SweepOptions(
         args.sweep, tuple(args.set or ()), args.n_trials, args.workers, args.storage,
         args.dry_run, args.allow_change, args.parent_run, args.pin_cpu, args.quiet))
@@ -177,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    # SIGTERM ends like Ctrl-C: runs and trials closed as interrupted, then exit 130.
-    interrupts.install()
     func: Callable[[argparse.Namespace], int] = args.func
+    if func in (cmd_train, cmd_sweep, cmd_ui):
+        # SIGTERM ends like Ctrl-C: runs and trials closed as interrupted, then exit 130.
+        # The other commands only read: Python's own Ctrl-C stops them at once.
+        interrupts.install()
     try:
         return func(args)
     except UserError as exc:
@@ -189,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_INCOMPLETE
     except KeyboardInterrupt:
-        print("interrupted: finished work is saved; rerun the same command to resume",
-              file=sys.stderr)
+        if func in (cmd_train, cmd_sweep) and not getattr(args, "parent_run", None):
+            print("interrupted: finished work is saved; rerun the same command to resume",
+                  file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -113,6 +113,7 @@ def test_the_parent_run_tells_the_story_while_two_workers_run(tmp_path):
     noise = [line for line in lines if NOISE.search(line)]
     assert not noise, noise
     assert sum(line.startswith("trial ") for line in lines) == 6, lines
+    assert sum(line.startswith("data: ") for line in lines) == 1, lines  # not per worker
     assert any("workflowType=machine_learning&orderByKey=metrics.%60test_accuracy%60"
                "&orderByAsc=false" in line for line in lines), lines
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -132,8 +133,28 @@ def test_unreadable_files_are_refused_in_words(digits, tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(PredictError, match=r"empty\.png: not a readable image"):
         load_image(tmp_path / "empty.png")
-    with pytest.raises(PredictError, match=r": not a readable image \(.*Is a directory"):
+    with pytest.raises(PredictError, match=r": not a regular file"):
         load_image(tmp_path)
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would wait for a writer forever
+    with pytest.raises(PredictError, match=r"pipe\.png: not a regular file"):
+        load_image(tmp_path / "pipe.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    with pytest.raises(PredictError, match=r"loop\.png: not a readable image \(.*symbolic"):
+        load_image(tmp_path / "loop.png")
+
+
+def test_a_cut_exif_block_reads_without_a_warning(digits, tmp_path):
+    import warnings
+
+    image = Image.fromarray(255 - digits[4]).convert("RGB")
+    exif = Image.Exif()
+    exif[ORIENTATION] = 1
+    exif[0x010E] = "a description long enough to be cut"
+    image.save(tmp_path / "cut_exif.jpg", exif=exif.tobytes()[:-10])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning that reaches the caller fails here
+        digit = load_image(tmp_path / "cut_exif.jpg")
+    assert digit.shape == (28, 28) and digit.max() > 200
 
 
 @pytest.mark.parametrize("paper", [0, 255, 128])

@@ -328,6 +328,8 @@ def test_wrong_array_shape_is_refused():
         as_digits(np.full((1, 28, 28), 300))
     with pytest.raises(PredictError, match="whole"):
         as_digits(np.full((1, 28, 28), 0.5))
+    with pytest.raises(PredictError, match="at least one digit"):
+        as_digits(np.zeros((0, 28, 28), np.uint8))
 
 
 @pytest.mark.slow

@@ -8,6 +8,8 @@ training transforms (`experiments/tracking/pyfunc_model.py`).
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,15 @@ def load_image(path: str | Path) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or
+            raise PredictError(f"{path}: not a regular file")  # stream forever; folders too
         with warnings.catch_warnings():
+            # Pillow's other warnings are about metadata (a cut EXIF block, odd TIFF tags,
+            # an icon of another size than it says): the pixels read fine, and a warning
+            # printed between the answers helps no one.
+            warnings.simplefilter("ignore")
             # Pillow only warns between its limit and twice it (and then decodes gigabytes);
-            # a digit never needs that many pixels, so the warning is an error here.
+            # a digit never needs that many pixels, so that warning is an error here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 # Phones store pixels as the sensor saw them and tag how to turn them upright.
@@ -150,6 +158,8 @@ def as_digits(data: Any) -> np.ndarray:
         array = array[None]
     if array.ndim != 3 or array.shape[1:] != (28, 28):
         raise PredictError(f"expected digits of shape (N, 28, 28), got {array.shape}")
+    if not len(array):
+        raise PredictError("expected at least one digit, got none (shape (0, 28, 28))")
     if not np.issubdtype(array.dtype, np.number) or np.isnan(array).any() or \
             array.min() < 0 or array.max() > 255:
         raise PredictError("expected pixel values from 0 to 255")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,13 +94,36 @@ def _recover(s: Session) -> None:
                      "that is gone: closed as KILLED")
 
 
+@contextmanager
+def _watch(s: Session) -> Iterator[Callable[[], None]]:
+    """The parent of workers draws the bar and prints each trial's line, from the study:
+    one process writes to the terminal, so the workers' lines cannot tear its bar."""
+    seen = {t.number for t in tr.finished(s.study, s.spec)}
+    bar = progress.trial_bar(tr.budget(s.spec), len(seen))
+
+    def tick() -> None:
+        for t in tr.finished(s.study, s.spec):
+            if t.number not in seen:
+                seen.add(t.number)
+                bar.update(1)
+                progress.say(pr.trial_line(t, s.spec.metric))
+
+    try:
+        yield tick
+        tick()
+    finally:
+        bar.close()
+
+
 def _run_trials(s: Session) -> str:
     """Trials here, or in worker processes; returns how the sweep ended."""
     spec, options = s.spec, s.options
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
     if options.workers > 1 and options.parent_run is None:
-        died = run_workers(options.workers, options.worker_argv(), s.parent, s.store_url,
-                           s.mnist.fallback_reason, lambda: tr.recover(s.study, s.recovery))
+        with _watch(s) as tick:
+            died = run_workers(options.workers, options.worker_argv(), s.parent, s.store_url,
+                               s.mnist.fallback_reason, lambda: tr.recover(s.study, s.recovery),
+                               tick)
         # Workers stop at the budget or the deadline; a shortfall without a deadline
         # means some died (the others may have made up for them).
         return ("budget" if len(tr.finished(s.study, spec)) >= tr.budget(spec)

@@ -7,6 +7,7 @@ and recovers their trials at once so that the others retry them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,12 +20,13 @@ from experiments.runtime import interrupts
 
 FALLBACK_ENV = "RUNNER_DATA_FALLBACK"  # set for workers once the parent fell back
 RUNNER = Path(__file__).resolve().parents[2] / "runner.py"
+TICK_S = 1.0  # how often the parent looks at the study for trials to show
 
 
 def run_workers(n: int, argv: list[str], parent: str, store_url: str, fallback: str,
-                recover: Callable[[], int]) -> int:
+                recover: Callable[[], int], tick: Callable[[], None] = lambda: None) -> int:
     """Start `n` workers running `runner.py sweep *argv`; returns how many died (exited
-    other than 0). `recover` is called as soon as one dies."""
+    other than 0). `recover` is called as soon as one dies, `tick` every TICK_S."""
     cpus = sorted(os.sched_getaffinity(0))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     if fallback:
@@ -40,7 +42,7 @@ def run_workers(n: int, argv: list[str], parent: str, store_url: str, fallback: 
         # worker would stop inside the code that closes its runs.
         procs.append(subprocess.Popen(cmd, env=env, process_group=0))
     died: set[int] = set()
-    passed_on = 0
+    passed_on, ticked = 0, time.time()
     # Shielded: a second Ctrl-C must not end this loop before the workers are told (they
     # would train on, unseen, in their own process group); it is passed on like the first,
     # and the interrupt is raised once every worker has closed its runs and exited.
@@ -57,6 +59,12 @@ def run_workers(n: int, argv: list[str], parent: str, store_url: str, fallback: 
                     recover()
             if all(p.poll() is not None for p in procs):
                 break
+            if time.time() - ticked >= TICK_S and not passed_on:
+                # A storage hiccup while showing progress must never end the watch over
+                # the workers; the next tick shows what this one missed.
+                with contextlib.suppress(Exception):
+                    tick()
+                ticked = time.time()
             time.sleep(0.1)
     interrupts.check()
     return len(died)

@@ -191,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     except SweepIncomplete as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_INCOMPLETE
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): the rest was not wanted. Python's documented
+        # way out: point stdout at /dev/null so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         if func in (cmd_train, cmd_sweep) and not getattr(args, "parent_run", None):
             print("interrupted: finished work is saved; rerun the same command to resume",

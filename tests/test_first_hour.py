@@ -231,3 +231,33 @@ def test_a_long_description_and_space_fit_in_the_note(tmp_path):
     assert "**Best so far: test_accuracy 0.5600**, trial 6" in text
     assert "| rank | trial |" in text and "[trial-6-run](#/experiments/1/runs/r)" in text
     assert "| 1 | 6 | 0.5600 | 0.007 |" in text, text[-800:]
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://u:hunter2@db/x", "postgresql://u:***@db/x"),
+    ("postgresql://db/x?user=u&password=hunter2", "postgresql://db/x?user=u&password=***"),
+    ("postgresql://db/x?PASSWORD=hunter2&sslmode=require",
+     "postgresql://db/x?PASSWORD=***&sslmode=require"),
+])
+def test_storage_passwords_are_masked(url, shown):
+    from experiments.search.options import masked
+
+    assert masked(f"--storage {url}: cannot open") == f"--storage {shown}: cannot open"
+
+
+def test_mlflows_own_database_is_not_a_study_storage(tmp_path):
+    (tmp_path / "s.yaml").write_text(LIVE)
+    result = run_cli("sweep", "s.yaml", "--storage", "sqlite:///mlruns/mlflow.db", cwd=tmp_path)
+    assert result.returncode == 2 and "that is MLflow's database" in result.stderr, result
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    (tmp_path / "s.yaml").write_text(LIVE)
+    # `runner.py sweep --dry-run | head -1`, as a shell runs it.
+    result = subprocess.run(f"{sys.executable} {ROOT / 'runner.py'} sweep s.yaml --dry-run "
+                            "| head -1; echo ${PIPESTATUS[0]}", shell=True, cwd=tmp_path,
+                            capture_output=True, text=True, executable="/bin/bash",
+                            timeout=120)
+    assert result.stdout.splitlines()[-1] == "0", result
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr

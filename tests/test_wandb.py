@@ -521,7 +521,8 @@ def test_sweeps_sharing_a_project_keep_their_own_parent_best_and_runs(store, cap
         (store / f"{name}.yaml").write_text(f"name: {name}" + textwrap.dedent(
             body.format(metric=metric, goal=goal, lrs=lrs)))
         assert runner.main(["sweep", f"{name}.yaml", "--quiet"]) == 0
-    capsys.readouterr()
+        # The summary's link shows this sweep's runs, not its neighbour's.
+        assert f"searchFilter=tags.sweep%20%3D%20%27{name}%27" in capsys.readouterr().out
     _client, parents, children = sweep_runs(store, "shared")
     assert sorted(p.data.tags["sweep"] for p in parents) == ["sweep_a", "sweep_b"]
     assert len(children) == 4
@@ -534,3 +535,9 @@ def test_sweeps_sharing_a_project_keep_their_own_parent_best_and_runs(store, cap
     frame = compare.runs("sweep_a.yaml", make_client())
     assert sorted(frame["learning_rate"]) == [0.1, 0.3]
     assert compare.sweep_metric("shared", make_client(), "sweep_b") == ("test_loss", True)
+    from experiments.tracking import ui
+
+    lines = ui.experiment_lines(make_client(), "http://ui")
+    assert len(lines) == 2 and lines[0].startswith("shared (sweep 'sweep_b'): http://ui/")
+    assert "orderByAsc=true&searchFilter=tags.sweep%20%3D%20%27sweep_b%27" in lines[0]
+    assert lines[1].endswith("orderByAsc=false&searchFilter=tags.sweep%20%3D%20%27sweep_a%27")

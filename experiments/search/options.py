@@ -69,7 +69,23 @@ class SweepOptions:
 def masked(text: str) -> str:
     """A storage URL (or a message holding one) without its password: it goes to
     terminals, logs and CI output."""
-    return re.sub(r"(://[^/:@\s]*:)[^/@\s]*@", r"\1***@", text)
+    text = re.sub(r"(://[^/:@\s]*:)[^/@\s]*@", r"\1***@", text)  # user:password@host
+    return re.sub(r"([?&](?:password|passwd|pass|pwd)=)[^&\s]*?(?=&|\s|:\s|$)", r"\1***",
+                  text, flags=re.I)
+
+
+def _is_mlflows(path: str) -> bool:
+    """Whether a SQLite file is the project's MLflow store (or MLFLOW_TRACKING_URI's)."""
+    import os
+
+    from experiments.tracking.store import MLRUNS
+
+    mine = [MLRUNS / "mlflow.db"]
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if tracking.startswith("sqlite:///"):
+        mine.append(Path(tracking.removeprefix("sqlite:///")))
+    target = Path(path).resolve()
+    return bool(path) and any(target == m.resolve() for m in mine)
 
 
 def check_storage(url: str) -> None:
@@ -87,6 +103,10 @@ def check_storage(url: str) -> None:
         except OSError as exc:
             raise ConfigError(f"--storage {cfg.show(url)}: cannot use it as a journal file "
                               f"({exc.strerror or exc})") from None
+    elif url.startswith("sqlite:///") and _is_mlflows(url.removeprefix("sqlite:///")):
+        raise ConfigError(f"--storage {url}: that is MLflow's database; Optuna's tables would "
+                          "go into it (both keep an alembic_version table): give another "
+                          "file, e.g. sqlite:///mlruns/optuna.db")
     elif url.startswith("sqlite:///") and not url.removeprefix("sqlite:///"):
         raise ConfigError("--storage sqlite:///: give a database file, e.g. "
                           "sqlite:///mlruns/optuna.db (in memory, the study would be lost)")

@@ -78,7 +78,8 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
         with interrupts.shielded():
             pr.finalize(session.client, session.parent, session.study, spec, end)
     experiment_id = session.client.get_run(session.parent).info.experiment_id
-    link = ui.link(ui.base_url(), experiment_id, metric=spec.metric, goal=spec.goal)
+    link = ui.link(ui.base_url(), experiment_id, metric=spec.metric, goal=spec.goal,
+                   sweep=spec.name if spec.experiment != spec.name else None)
     return pr.summary(session.study, spec, session.parent, end, link), end
 
 

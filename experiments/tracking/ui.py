@@ -37,7 +37,7 @@ def base_url(host: str = "127.0.0.1", port: int = 5000) -> str:
 
 
 def link(base: str, experiment_id: str, run_id: str | None = None,
-         metric: str | None = None, goal: str = "maximize") -> str:
+         metric: str | None = None, goal: str = "maximize", sweep: str | None = None) -> str:
     """A UI link that opens the model-training view of an experiment (or one run).
 
     With a metric, the runs table is ordered by it, best first. That also shows the
@@ -52,26 +52,33 @@ def link(base: str, experiment_id: str, run_id: str | None = None,
     if metric:
         key = urllib.parse.quote(f"metrics.`{metric}`", safe=".")
         query += f"&orderByKey={key}&orderByAsc={'true' if goal == 'minimize' else 'false'}"
+    if sweep:  # one sweep of several sharing an experiment (a W&B project): its runs only
+        query += "&searchFilter=" + urllib.parse.quote(f"tags.sweep = '{sweep}'", safe="")
     return f"{root}/runs?{query}"
 
 
 def experiment_lines(c: Any, base: str) -> list[str]:
-    """One line per experiment with runs, newest first, a sweep's marked as such."""
+    """One line per experiment with runs, newest first; one per sweep where several sweeps
+    share an experiment (W&B's `project`), each link showing that sweep's runs only."""
     lines = []
     for exp in c.search_experiments(order_by=["last_update_time DESC"]):
-        runs = c.search_runs([exp.experiment_id], max_results=1)
-        if not runs:
+        if not c.search_runs([exp.experiment_id], max_results=1):
             continue
-        sweep = c.search_runs([exp.experiment_id], "tags.`sweep.parent` = 'true'",
-                              max_results=1)
-        if sweep:
-            params = sweep[0].data.params
+        parents = c.search_runs([exp.experiment_id], "tags.`sweep.parent` = 'true'",
+                                max_results=1000)  # newest first
+        if not parents:
+            lines.append(f"{exp.name} (runs): {link(base, exp.experiment_id)}")
+        shown = set()
+        for run in parents:
+            name = run.data.tags.get("sweep", exp.name)
+            if name in shown:
+                continue
+            shown.add(name)
+            params = run.data.params
             url = link(base, exp.experiment_id, metric=params.get("metric"),
-                       goal=params.get("goal", "maximize"))
-            kind = f"sweep '{sweep[0].data.tags.get('sweep', exp.name)}'"
-        else:
-            url, kind = link(base, exp.experiment_id), "runs"
-        lines.append(f"{exp.name} ({kind}): {url}")
+                       goal=params.get("goal", "maximize"),
+                       sweep=name if name != exp.name else None)
+            lines.append(f"{exp.name} (sweep '{name}'): {url}")
     return lines
 
 

@@ -22,6 +22,7 @@ from experiments.search import study as st
 from experiments.search import trials as tr
 from experiments.search.objective import TrialRunner
 from experiments.search.options import SweepOptions
+from experiments.search.storage import open_storage
 from experiments.search.sweepfile import SweepSpec
 from experiments.search.workers import FALLBACK_ENV, run_workers
 from experiments.tracking import ui
@@ -52,14 +53,15 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
                 progress.say(f"{spec.path}: {note}")
     recovery = tr.Recovery()
     # A study of this name that asks another question is refused before anything is written.
-    store = st.storage(store_url, MLRUNS, recovery.stale, create=False)
+    store = open_storage(store_url, MLRUNS, recovery.stale, create=False)
     changed = st.check(spec, store, store_url, options.allow_change) if store else []
     config = cfg.build(spec.fixed)
     mnist = load(config.data.path, config.data.download, progress.say,
                  fell_back=os.environ.get(FALLBACK_ENV, "") if options.parent_run else "")
     session = Session(options, spec, store_url, None, recovery, client(), mnist)
     recovery.close_runs = trial_runs.close_runs(session.client, spec.experiment)
-    session.study = st.open_study(spec, store or st.storage(store_url, MLRUNS, recovery.stale))
+    session.study = st.open_study(spec, store or open_storage(store_url, MLRUNS,
+                                                               recovery.stale))
     if options.parent_run is not None:  # a worker process of a parent
         session.parent = options.parent_run
         if options.pin_cpu is not None:

@@ -20,11 +20,12 @@ def status(options: SweepOptions) -> str:
     from experiments.search import study as st
     from experiments.search import trials as tr
     from experiments.search.space import values_of
+    from experiments.search.storage import open_storage
     from experiments.tracking.store import MLRUNS
 
     url = options.storage_url()
     shown = masked(url)
-    store = st.storage(url, MLRUNS, lambda study, t: None, create=False)
+    store = open_storage(url, MLRUNS, lambda study, t: None, create=False)
     study = st.existing(spec, store) if store is not None else None
     if study is None:
         raise sweepfile.SweepError(f"{spec.path}: sweep '{spec.name}' has never run here "

@@ -31,12 +31,13 @@ def _dry_run(options: SweepOptions, spec: sweepfile.SweepSpec) -> str:
     from experiments.core.data import check_path
     from experiments.search import study as st
     from experiments.search.dryrun import describe
+    from experiments.search.storage import open_storage
     from experiments.tracking.store import MLRUNS
 
     config = cfg.build(spec.fixed)
     check_path(config.data.path, config.data.download)
     url = options.storage_url()
-    store = st.storage(url, MLRUNS, lambda study, t: None, create=False)
+    store = open_storage(url, MLRUNS, lambda study, t: None, create=False)
     changed = st.check(spec, store, url, options.allow_change) if store else []
     existing = st.existing(spec, store) if store else None
     return describe(spec, existing, changed)

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.runtime import faults, interrupts
+from experiments.search import storage
 from experiments.search import study as st
 from experiments.search.sweepfile import SweepSpec
 
@@ -33,7 +34,7 @@ REFUSALS = ("over_budget", "duplicate", "no_grid_point")  # trials refused befor
 # with the same claim, only the lowest-numbered live one trains.
 CLAIM, GRID_POINT = "claim", "grid_point"
 # A trial that names no worker after GRACE_S was left by a process killed as it created it.
-GRACE_S = st.GRACE_S
+GRACE_S = storage.GRACE_S
 
 
 class Refused(Exception):

@@ -5,6 +5,7 @@ trial, the trials table and Optuna's plots; and the summary the command prints.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from experiments.runtime import faults
 from experiments.search import story
 from experiments.search import study as st
 from experiments.search import trials as tr
-from experiments.search.space import values_of
+from experiments.search.space import shown, values_of
 from experiments.search.sweepfile import SweepSpec
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.store import experiment_id
@@ -94,16 +95,12 @@ def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSp
 
 
 def trial_line(t: FrozenTrial, metric: str) -> str:
-    params = "  ".join(f"{k}={_fmt(v)}" for k, v in values_of(t).items())
+    params = "  ".join(f"{k}={shown(v)}" for k, v in values_of(t).items())
     value = f"{metric}={t.value:.4f}" if t.value is not None else metric + "=-"
     seconds = t.duration.total_seconds() if t.duration else 0.0
     reason = t.user_attrs.get("fail_reason", "")
     return (f"trial {t.number:>3}  {t.state.name:<8} {value}  {params}  {seconds:.1f}s"
             + (f"  ({reason})" if reason else ""))
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 ENDINGS = {"budget": "budget met", "timeout": "stopped by timeout_s",
@@ -114,13 +111,9 @@ ENDINGS = {"budget": "budget met", "timeout": "stopped by timeout_s",
 
 def summary(study: optuna.Study, spec: SweepSpec, parent_run_id: str, end: str, link: str,
             top: int = 5) -> str:
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    done.sort(key=lambda t: t.value, reverse=spec.goal == "maximize")
-    states: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        kind = t.user_attrs.get(tr.FAIL_KIND) if t.state == TrialState.FAIL else None
-        name = f"FAIL ({kind})" if kind else t.state.name
-        states[name] = states.get(name, 0) + 1
+    trials = study.get_trials(deepcopy=False)
+    done = tr.ranked(trials, spec)
+    states = Counter(tr.state_name(t) for t in trials)
     lines = [f"sweep '{spec.name}' ({ENDINGS.get(end, end)}): {len(tr.finished(study, spec))}/"
              f"{tr.budget(spec)} trials counted "
              f"({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})"]

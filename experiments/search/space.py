@@ -215,6 +215,11 @@ def suggest(trial: Any, params: tuple[Param, ...], grid: bool = False) -> dict[s
     return out
 
 
+def shown(v: Any) -> str:
+    """A trained value as the terminal and the parent's description show it."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def values_of(t: Any) -> dict[str, Any]:
     """The values a finished trial trained with, by config key (older trials: its params)."""
     recorded = {k[len(VALUE_ATTR):]: v for k, v in t.user_attrs.items()

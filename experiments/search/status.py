@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from typing import Any
 
 from experiments.search import sweepfile
 from experiments.search.options import SweepOptions, masked
@@ -37,7 +36,7 @@ def status(options: SweepOptions) -> str:
     lines = [f"sweep '{spec.name}' ({shown}): {len(counted)} of {budget.limit} trials counted, "
              f"{max(0, budget.limit - len(counted))} left"
              + ("; a trial reached metric.target" if tr.reached(trials, spec) else "")]
-    states = Counter(_state(t) for t in trials)
+    states = Counter(tr.state_name(t) for t in trials)
     lines.append("trials: " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "-"))
     running = [t for t in trials if t.state.name == "RUNNING"]
     beats = st.heartbeat_ages(study)
@@ -56,11 +55,6 @@ def status(options: SweepOptions) -> str:
                      f"{values}")
     lines.append(_eta(counted, running, budget.limit))
     return "\n".join(lines)
-
-
-def _state(t: Any) -> str:
-    kind = t.user_attrs.get("fail_kind") if t.state.name == "FAIL" else None
-    return f"{t.state.name} ({kind})" if kind else t.state.name
 
 
 def _eta(counted: list, running: list, limit: int) -> str:

@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.search import trials as tr
-from experiments.search.space import values_of
+from experiments.search.space import shown, values_of
 from experiments.search.sweepfile import SweepSpec
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.store import MLRUNS
@@ -68,17 +68,17 @@ def update(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec
         step, now = len(counted), int(time.time() * 1000)
         counts = _counts(trials, counted)
         metrics = [Metric(f"trials_{k}", v, now, step) for k, v in counts.items()]
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
         tags = {}
-        if complete:
-            best = study.best_trial
+        ranking = tr.ranked(trials, spec)
+        if ranking:
+            best = ranking[0]  # as study.best_trial: the first of equals (a stable sort)
             metrics.append(Metric(f"best_{spec.metric}", best.value, now, step))
             tags |= {"best_trial": str(best.number), "best_value": str(best.value),
                      "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
                      **{f"best.{k}": str(v) for k, v in values_of(best).items()}}
         run = client.get_run(parent_run_id)
-        tags["mlflow.note.content"] = describe(spec, run.info.experiment_id, complete, counts,
-                                               step, budget.limit, trials)
+        tags["mlflow.note.content"] = describe(spec, run.info.experiment_id, trials, counts,
+                                               step, budget.limit)
         last = run.data.tags
         due = step - int(last.get("plots.counted", "0")) >= PLOTS_EVERY or \
             time.time() - float(last.get("plots.time", "0")) >= PLOTS_EVERY_S
@@ -103,13 +103,13 @@ def _plots(client: Any, parent_run_id: str, study: optuna.Study) -> None:
         MlflowRun(client, parent_run_id).log_figure(figure, f"plots/{name}.png")
 
 
-def describe(spec: SweepSpec, experiment_id: str, complete: list[FrozenTrial],
-             counts: dict[str, int], step: int, limit: int, trials: list[FrozenTrial]) -> str:
+def describe(spec: SweepSpec, experiment_id: str, trials: list[FrozenTrial],
+             counts: dict[str, int], step: int, limit: int) -> str:
     """The parent run's description, in Markdown. The UI folds it after about three
     lines, so those say the answer so far and the budget; the details follow."""
     space = _clip("; ".join(f"{p.key} {_clip(p.describe(), 200)}" for p in spec.parameters),
                   1500)
-    top = sorted(complete, key=lambda t: t.value, reverse=spec.goal == "maximize")[:TOP]
+    top = tr.ranked(trials, spec)[:TOP]
     keys = [p.key for p in spec.parameters]
     lines = [f"### Sweep `{spec.name}`: {spec.goal} {spec.metric}", ""]
     if top:
@@ -176,7 +176,7 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else _clip(str(v), 60)
+    return _clip(shown(v), 60)
 
 
 def _pyplot():

@@ -70,6 +70,18 @@ def counts(t: FrozenTrial) -> bool:
     return t.state == TrialState.FAIL and "fail_reason" in t.user_attrs
 
 
+def state_name(t: FrozenTrial) -> str:
+    """A trial's state as the summary and `status` show it: FAIL with its kind, if any."""
+    kind = t.user_attrs.get(FAIL_KIND) if t.state == TrialState.FAIL else None
+    return f"{t.state.name} ({kind})" if kind else t.state.name
+
+
+def ranked(trials: list[FrozenTrial], spec: SweepSpec) -> list[FrozenTrial]:
+    """The complete trials, best first."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    return sorted(done, key=lambda t: t.value, reverse=spec.goal == "maximize")
+
+
 def grid_point(params: dict[str, Any]) -> str:
     """A grid point's name: its params, so that it means the same point after the grid
     changes (--allow-change) and for trials of a study made before points were named."""

@@ -29,32 +29,29 @@ from experiments.tracking.store import MLRUNS, client, server_args
 LOG = MLRUNS / "ui.log"
 
 
-def base_url(host: str = "127.0.0.1", port: int = 5000) -> str:
+def base_url() -> str:
     """Where the UI is: the tracking server the runs go to, or `runner.py ui`'s default."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else \
-        f"http://{host}:{port}"
+        "http://127.0.0.1:5000"
 
 
-def link(base: str, experiment_id: str, run_id: str | None = None,
-         metric: str | None = None, goal: str = "maximize", sweep: str | None = None) -> str:
-    """A UI link that opens the model-training view of an experiment (or one run).
+def link(base: str, experiment_id: str, metric: str | None = None, goal: str = "maximize",
+         sweep: str | None = None) -> str:
+    """A UI link that opens the model-training view of an experiment's runs.
 
     With a metric, the runs table is ordered by it, best first. That also shows the
     trial runs as rows: the UI nests child runs under a collapsed parent only while
     the table is ordered by creation time (checked in Chromium, MLflow 3.17.2), so a
     newcomer would otherwise see one row, the parent, and none of the trials.
     """
-    root = f"{base.rstrip('/')}/#/experiments/{experiment_id}"
-    if run_id:
-        return f"{root}/runs/{run_id}?workflowType=machine_learning"
     query = "workflowType=machine_learning"
     if metric:
         key = urllib.parse.quote(f"metrics.`{metric}`", safe=".")
         query += f"&orderByKey={key}&orderByAsc={'true' if goal == 'minimize' else 'false'}"
     if sweep:  # one sweep of several sharing an experiment (a W&B project): its runs only
         query += "&searchFilter=" + urllib.parse.quote(f"tags.sweep = '{sweep}'", safe="")
-    return f"{root}/runs?{query}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def experiment_lines(c: Any, base: str) -> list[str]:

@@ -6,6 +6,7 @@ parent run from the SQLite store and `runner.py status` while the workers train.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import re
 import subprocess
@@ -37,14 +38,16 @@ def parent_of(folder: Path, experiment: str):
     """The sweep's parent run, or None before it exists (or before the store does)."""
     if not (folder / "mlruns" / "mlflow.db").exists():
         return None
-    try:
+    # As the runner's own readers do: under the store's lock, so that this client cannot
+    # run MLflow's migrations on a store the sweep is still creating.
+    with open(folder / "mlruns" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         client = mlflow_client(folder)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return None
-        runs = client.search_runs([exp.experiment_id], "tags.`sweep.parent` = 'true'")
-    except Exception:  # the store is being created by the sweep right now
+        client.search_experiments(max_results=1)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
         return None
+    runs = client.search_runs([exp.experiment_id], "tags.`sweep.parent` = 'true'")
     return runs[0] if runs else None
 
 
@@ -263,3 +266,19 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path):
     assert result.stdout.splitlines()[-1] == "0", result
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
 
+
+def test_a_reader_waits_for_the_process_creating_the_store(store):
+    """A second client that opens a store still being created runs MLflow's migrations
+    again and corrupts it for good; readers (compare, ui, predict) wait for the creator."""
+    from experiments.tracking.store import client
+
+    client()  # the store exists; now a creator holds the lock as if still migrating
+    with open(store / "mlruns" / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        reader = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "compare",
+                                   "--experiment", "none"], cwd=store, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(8)  # far longer than the reader needs to start and ask
+        assert reader.poll() is None, reader.communicate()
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 2 and "no MLflow experiment named 'none'" in err, err

@@ -45,8 +45,13 @@ def _artifact_root() -> str | None:
 
 @contextmanager
 def _store_lock() -> Iterator[None]:
-    MLRUNS.mkdir(exist_ok=True)
-    with open(MLRUNS / ".lock", "w") as fh:
+    try:
+        MLRUNS.mkdir(exist_ok=True)
+        fh = open(MLRUNS / ".lock", "a")  # noqa: SIM115 - closed below, after the lock
+    except OSError:  # a store someone else owns, read-only here: nobody creates it here
+        yield
+        return
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -79,7 +84,9 @@ def client(create: bool = True):
         raise NoStore(f"no MLflow store here ({(MLRUNS / 'mlflow.db').resolve()}): nothing has "
                       "been tracked in this folder; run `runner.py sweep` or `train` here first, "
                       "or set MLFLOW_TRACKING_URI")
-    if local and create:
+    if local:
+        # Under the lock for readers too: a client on a store that another process is still
+        # creating would run MLflow's migrations a second time, and corrupt it for good.
         with _store_lock():
             c = MlflowClient(uri)
             c.search_experiments(max_results=1)

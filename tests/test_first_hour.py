@@ -134,6 +134,11 @@ def test_quiet_prints_only_the_summary_and_a_sweep_has_no_warnings(tmp_path):
     assert "1 of 1 trials counted, 0 left" in ran.stdout, ran
     asked = run_cli("status", "one.yaml", "--n-trials", "4", cwd=tmp_path)
     assert "1 of 4 trials counted, 3 left" in asked.stdout, asked
+    # A file that asks another question is refused, as `sweep` refuses it.
+    (tmp_path / "other.yaml").write_text((tmp_path / "one.yaml").read_text().replace(
+        "max: 0.3", "max: 0.5"))
+    other = run_cli("status", "other.yaml", cwd=tmp_path)
+    assert other.returncode == 2 and "was created for another sweep" in other.stderr, other
     quiet = run_cli("sweep", "one.yaml", "--quiet", cwd=tmp_path)
     assert quiet.returncode == 0, quiet.stderr
     assert not quiet.stderr.strip(), quiet.stderr
@@ -280,5 +285,5 @@ def test_a_reader_waits_for_the_process_creating_the_store(store):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(8)  # far longer than the reader needs to start and ask
         assert reader.poll() is None, reader.communicate()
-    out, err = reader.communicate(timeout=60)
+    _out, err = reader.communicate(timeout=60)
     assert reader.returncode == 2 and "no MLflow experiment named 'none'" in err, err

@@ -300,6 +300,10 @@ def test_ctrl_c_with_workers_closes_every_run(tmp_path):
     assert 1 <= len(interrupted) <= 2
     for t in trials:
         assert t.state in (TrialState.COMPLETE, TrialState.WAITING) or t in interrupted, t
+        # The parent prints the lines: every trial counted before the signal has one.
+        if t.state == TrialState.COMPLETE:
+            assert f"trial {t.number:>3}  COMPLETE" in output, output
+    assert output.count("interrupted: finished work is saved") == 1, output
     _client, parents, children = sweep_runs(tmp_path, "tiny")
     assert not [r.info.run_id for r in parents + children if r.info.status == "RUNNING"]
     assert parents[0].info.status == "KILLED"

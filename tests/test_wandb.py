@@ -541,3 +541,11 @@ def test_sweeps_sharing_a_project_keep_their_own_parent_best_and_runs(store, cap
     assert len(lines) == 2 and lines[0].startswith("shared (sweep 'sweep_b'): http://ui/")
     assert "orderByAsc=true&searchFilter=tags.sweep%20%3D%20%27sweep_b%27" in lines[0]
     assert lines[1].endswith("orderByAsc=false&searchFilter=tags.sweep%20%3D%20%27sweep_a%27")
+    # A sweep named like the experiment it shares is filtered too.
+    (store / "shared.yaml").write_text("name: shared" + textwrap.dedent(
+        body.format(metric="test_accuracy", goal="maximize", lrs="0.2")).replace(
+        "project: shared\n", ""))
+    assert runner.main(["sweep", "shared.yaml", "--quiet"]) == 0
+    assert "searchFilter=tags.sweep%20%3D%20%27shared%27" in capsys.readouterr().out
+    lines = ui.experiment_lines(make_client(), "http://ui")
+    assert len(lines) == 3 and all("searchFilter=tags.sweep" in line for line in lines)

@@ -5,6 +5,7 @@ here or in worker processes; record the best on the parent run, whatever ended t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -80,8 +81,11 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
         with interrupts.shielded():
             pr.finalize(session.client, session.parent, session.study, spec, end)
     experiment_id = session.client.get_run(session.parent).info.experiment_id
+    # Filtered to this sweep's runs where other sweeps are, or may come (a W&B project).
+    shared = {r.data.tags.get("sweep") for r in pr.parents(session.client, experiment_id)}
+    alone = shared == {spec.name} and spec.experiment == spec.name
     link = ui.link(ui.base_url(), experiment_id, metric=spec.metric, goal=spec.goal,
-                   sweep=spec.name if spec.experiment != spec.name else None)
+                   sweep=None if alone else spec.name)
     return pr.summary(session.study, spec, session.parent, end, link), end
 
 
@@ -113,8 +117,11 @@ def _watch(s: Session) -> Iterator[Callable[[], None]]:
 
     try:
         yield tick
-        tick()
     finally:
+        # Also after Ctrl-C: the trials counted since the last tick get their lines. A
+        # storage error here must not hide how the sweep ended.
+        with contextlib.suppress(Exception):
+            tick()
         bar.close()
 
 

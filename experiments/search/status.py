@@ -25,6 +25,8 @@ def status(options: SweepOptions) -> str:
     url = options.storage_url()
     shown = masked(url)
     store = open_storage(url, MLRUNS, lambda study, t: None, create=False)
+    if store is not None:  # a file that asks another question is refused, as `sweep` does
+        st.check(spec, store, url)
     study = st.existing(spec, store) if store is not None else None
     if study is None:
         raise sweepfile.SweepError(f"{spec.path}: sweep '{spec.name}' has never run here "

@@ -65,6 +65,7 @@ def experiment_lines(c: Any, base: str) -> list[str]:
                                 max_results=1000)  # newest first
         if not parents:
             lines.append(f"{exp.name} (runs): {link(base, exp.experiment_id)}")
+        names = {run.data.tags.get("sweep", exp.name) for run in parents}
         shown = set()
         for run in parents:
             name = run.data.tags.get("sweep", exp.name)
@@ -74,7 +75,7 @@ def experiment_lines(c: Any, base: str) -> list[str]:
             params = run.data.params
             url = link(base, exp.experiment_id, metric=params.get("metric"),
                        goal=params.get("goal", "maximize"),
-                       sweep=name if name != exp.name else None)
+                       sweep=name if len(names) > 1 or name != exp.name else None)
             lines.append(f"{exp.name} (sweep '{name}'): {url}")
     return lines
 

@@ -25,9 +25,12 @@ def test_train_records_one_complete_run(tmp_path):
     assert {"epochs": "2", "batch_size": "64", "learning_rate": "0.05", "grad_mode": "has_aux",
             "seed": "0"}.items() <= params.items()
     for key in ("train_loss", "test_loss", "test_accuracy", "grad_cosine", "grad_norm_ratio",
-                "epoch_time_s"):
+                "epoch_time_s", "train_time_s"):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == [1, 2], key
+    trained = sorted(client.get_metric_history(run.info.run_id, "train_time_s"),
+                     key=lambda m: m.step)
+    assert 0 < trained[0].value < trained[1].value  # cumulative seconds of training steps
     accuracy = client.get_metric_history(run.info.run_id, "test_accuracy")
     assert all(0 <= m.value <= 1 for m in accuracy)
     losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train_loss")}

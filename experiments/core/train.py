@@ -65,6 +65,9 @@ class EpochResult:
     grad_cosine: float
     grad_norm_ratio: float
     epoch_time_s: float
+    # Seconds spent in the training steps so far (the evaluation left out): the cost a
+    # trade-off sweep weighs against accuracy. A timing, so never part of "same bits".
+    train_time_s: float = 0.0
 
     def metrics(self) -> dict[str, float]:
         return {k: v for k, v in self.__dict__.items() if k != "epoch"}
@@ -161,6 +164,7 @@ class Trainer:
         self.eval_step = EvalStep(self.model)
         self.grad_pair = GradPair(make_grad_fn(self.model, self.loss_fn, params, "has_aux"),
                                   make_grad_fn(self.model, self.loss_fn, params, "no_aux"))
+        self._compiled: set[tuple[int, ...]] = set()  # step-call shapes compiled so far
         weights = {id(p) for p in self.model.get_parameters()}
         # Optimizer state (step counter, accumulators) as constructed, restored by reset().
         self._initial_state = [(p, p.asnumpy().copy()) for p in self.optimizer.get_parameters()
@@ -188,21 +192,34 @@ class Trainer:
         callbacks.on_epoch_start(epoch, n_batches(n, batch_size))
         total, losses = 0.0, []
         for idx in self._calls(batch_slices(n, batch_size, rng), batch_size):
-            x, y = data.train_x[idx], data.train_y[idx]
-            if idx.ndim == 2:  # a chunk of k full batches in one compiled call
-                args = [Tensor.from_numpy(a) for pair in zip(x, y, strict=True) for a in pair]
-                out = self.multi_step(*args).asnumpy()
-                chunk = [(float(v), batch_size) for v in out]
-            else:
-                out = self.train_step(Tensor.from_numpy(x), Tensor.from_numpy(y)).asnumpy()
-                chunk = [(float(out), len(idx))]
-            for loss, size in chunk:
+            for loss, size in self._call(data, idx):
                 losses.append(loss)
                 if not math.isfinite(loss):
                     raise Diverged(epoch, len(losses), losses)
                 total += loss * size
                 callbacks.on_step(epoch, len(losses))
         return total / n
+
+    def _call(self, data: Prepared, idx: np.ndarray) -> list[tuple[float, int]]:
+        """One compiled call: a batch, or a chunk of k full batches (idx of shape (k, b));
+        returns each step's (loss, batch size)."""
+        x, y = data.train_x[idx], data.train_y[idx]
+        if idx.ndim == 2:
+            args = [Tensor.from_numpy(a) for pair in zip(x, y, strict=True) for a in pair]
+            return [(float(v), idx.shape[1]) for v in self.multi_step(*args).asnumpy()]
+        out = self.train_step(Tensor.from_numpy(x), Tensor.from_numpy(y)).asnumpy()
+        return [(float(out), len(idx))]
+
+    def compile_for(self, data: Prepared, batch_size: int) -> None:
+        """Compile each step call of an epoch (one call per new shape) before the timed
+        epochs: train_time_s then counts training, not MindSpore's one-time graph compile
+        (about 1 s per shape, measured). The weights these calls move are put back by
+        reset(), so results stay bit-identical."""
+        self.model.set_train()
+        for idx in self._calls(batch_slices(len(data.train_y), batch_size, None), batch_size):
+            if idx.shape not in self._compiled:
+                self._call(data, idx)
+                self._compiled.add(idx.shape)
 
     def _calls(self, slices: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
         """Group consecutive full batches by `steps_per_call`; the order never changes."""
@@ -252,21 +269,24 @@ def fit(config: Config, data: Prepared, trainer: Trainer,
     if trainer.grad_mode != config.grad_mode:
         raise ValueError(f"trainer is for {trainer.grad_mode}, config wants {config.grad_mode}")
     callbacks = callbacks or Callbacks()
+    trainer.compile_for(data, config.batch_size)
     trainer.reset(config.seed, config.learning_rate)
     # The data order depends on the seed only, so paired grad modes see the same batches.
     rng = np.random.default_rng(config.seed)
     probe = data.probe()
     history: list[EpochResult] = []
     evaluation = None
+    trained_s = 0.0
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         train_loss = trainer.train_epoch(data, config.batch_size, rng, epoch, callbacks)
+        trained_s += time.perf_counter() - start
         evaluation = trainer.evaluate(data.test_x, data.test_y, config.data.eval_batch_size)
         elapsed = time.perf_counter() - start
         grads = trainer.gradients(*probe)
         cosine, ratio = grad_relation(grads["has_aux"], grads["no_aux"])
         result = EpochResult(epoch, train_loss, evaluation.loss, evaluation.accuracy, cosine,
-                             ratio, elapsed)
+                             ratio, elapsed, trained_s)
         history.append(result)
         callbacks.on_epoch_end(result)
     assert evaluation is not None  # epochs >= 1

@@ -16,12 +16,14 @@ import pandas as pd
 
 from experiments.core import config as cfg
 from experiments.runtime.paths import writable_ancestor
+from experiments.search import noise
 from experiments.search.parent import PARENT_TAG, parents
+from experiments.search.space import shown as show_value
 from experiments.search.sweepfile import load
 from experiments.tracking.store import metric_history_bulk
 
 EPOCH_METRICS = ("train_loss", "test_loss", "test_accuracy", "grad_cosine", "grad_norm_ratio",
-                 "epoch_time_s")
+                 "epoch_time_s", "train_time_s")
 MAX_STEPS = 10_000
 
 
@@ -121,7 +123,8 @@ def runs(target: str, client: Any) -> pd.DataFrame:
                "status": info.status, "role": tags.get("role", ""),
                # Runs of a trial that crashed or was interrupted: not a result of the sweep.
                "fail_kind": tags.get("fail_kind", ""),
-               "diverged": tags.get("outcome") == "diverged"}
+               "diverged": tags.get("outcome") == "diverged",
+               "repeat": int(tags.get("repeat", "0")), "pareto": tags.get("pareto") == "true"}
         row |= {k: _typed(k, v) for k, v in sorted(r.data.params.items())}
         row["grad_mode"] = _grad_mode(r)
         row |= {f"final_{k}": r.data.metrics.get(k, np.nan) for k in EPOCH_METRICS}
@@ -132,6 +135,10 @@ def runs(target: str, client: Any) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame["trial"] = frame["trial"].astype("Int64")
+    # Each run carries its configuration's mean ± std over the seeds (NaN std: one seed).
+    configs = noise.per_config(frame, metric, ascending)
+    frame = frame.merge(configs, on="trial", how="left")
+    frame["seeds"] = frame["seeds"].astype("Int64")
     return frame.sort_values(f"final_{metric}", ascending=ascending,
                              na_position="last").reset_index(drop=True)
 
@@ -214,14 +221,21 @@ def report(target: str, client: Any, top: int, csv: str | None = None,
             _check_output(option, path)
     frame = runs(target, client)
     name, sweep = experiment_name(target), sweep_of(target)
-    metric, _ = sweep_metric(name, client, sweep)
-    shown = [c for c in ("trial", "state", "grad_mode") if c in frame]
+    metric, ascending = sweep_metric(name, client, sweep)
+    shown = [c for c in ("trial", "state", "grad_mode", "repeat") if c in frame]
+    if "pareto" in frame and frame["pareto"].any():
+        shown.append("pareto")
     shown += [c for c in frame.columns if c in ("epochs", "batch_size", "learning_rate")]
     shown += [c for c in (f"final_{metric}", "best_epoch", f"best_{metric}", "duration_s",
                           "run_id") if c in frame]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         lines = [frame[shown].head(top).to_string(index=False) if len(frame) else
                  f"no runs in experiment '{name}'"]
+    configs = noise.per_config(frame, metric, ascending) if len(frame) else None
+    if configs is not None and len(configs) and configs["seeds"].max() > 1:
+        lines.append(_configs_text(configs, frame, metric, top))
+    if configs is not None and len(configs) > 1:
+        lines.append(noise.verdict(frame, configs, metric, ascending))
     if csv:
         write(frame, csv)
         lines.append(f"wrote {len(frame)} runs to {csv}")
@@ -230,3 +244,17 @@ def report(target: str, client: Any, top: int, csv: str | None = None,
         write(hist, history_path)
         lines.append(f"wrote {len(hist)} points to {history_path}")
     return "\n".join(lines)
+
+
+def _configs_text(configs: pd.DataFrame, frame: pd.DataFrame, metric: str, top: int) -> str:
+    """Per configuration (trial): its searched values and mean ± std over its seeds."""
+    keys = [c for c in frame.columns if c in cfg.KEYS and c not in ("seed", "grad_mode")
+            and frame[c].nunique(dropna=True) > 1]
+    first = frame.drop_duplicates("trial").set_index("trial")
+    rows = []
+    for _, c in configs.head(top).iterrows():
+        values = "  ".join(f"{k}={show_value(first.loc[c['trial'], k])}" for k in keys)
+        std = "-" if pd.isna(c[f"std_{metric}"]) else f"{c[f'std_{metric}']:.4f}"
+        rows.append(f"  trial {c['trial']:>3}  {metric} {c[f'mean_{metric}']:.4f} ± {std}  "
+                    f"({c['seeds']} seeds)  {values}")
+    return "\n".join(["per configuration, mean ± std over seeds (best first):", *rows])

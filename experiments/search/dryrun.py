@@ -37,19 +37,20 @@ def _pruner(spec: SweepSpec) -> Pruner:
     return p
 
 
-def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = None) -> str:
+def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = None,
+             store: Any = None) -> str:
     """The sweep as understood, and the configs its next trials train: those of a new
     study, or, when `existing` (the study of this name) has trials, the ones it continues
     with (its running trials taken as ended, since their workers cannot be asked)."""
     import optuna
 
-    from experiments.search import space
+    from experiments.search import objectives, space
     from experiments.search import study as st
     from experiments.search import trials as tr
 
     modes = spec.all_grad_modes()
     lines = [f"sweep '{spec.name}' from {spec.path}: method {spec.method} -> "
-             f"{SAMPLERS[spec.method]}; {spec.goal} {spec.metric}"
+             f"{SAMPLERS[spec.method]}; {objectives.describe(spec.metrics)}"
              + (f" (no trial starts once one reaches {spec.target:g})"
                 if spec.target is not None else "")
              + f"; budget {tr.budget(spec)} trials; pruner {_pruner(spec)}"
@@ -63,6 +64,13 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
     else:
         lines.append("grad mode: " + (f"searched over {', '.join(modes)}" if any(
             p.key == "grad_mode" for p in spec.parameters) else modes[0]))
+    if spec.repeats > 1:
+        lines.append(f"repeats: {spec.repeats} seeds per configuration (the config's seed, "
+                     "then seeds derived from the sweep seed); the objective is their mean, "
+                     "the pruner watches the first seed")
+    if spec.multi:
+        lines.append("a trade-off: the answer is the Pareto front of "
+                     + objectives.describe(spec.metrics))
     lines.append("fixed: " + (", ".join(f"{k}={v}" for k, v in spec.fixed.items()) or "-"))
     lines.append("search space:")
     lines += [f"  {p.key}: {p.describe()}" + (" (sampled as its quantile)" if p.mapped else "")
@@ -79,12 +87,16 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
         searched = {p.key for p in spec.parameters}
         configs.append((trial.number, {k: v for k, v in cfg.flatten(config).items()
                                        if not k.startswith("data.") or k in searched}))
-        return 0.0
+        return (0.0,) * len(spec.metrics) if spec.multi else 0.0
 
-    study = optuna.create_study(direction=spec.goal)
+    study = optuna.create_study(directions=spec.directions)
     study.sampler = st.sampler(spec)
     past = existing.get_trials() if existing is not None else []
     study.add_trials([_ended(t) for t in past])
+    if spec.warm_start is not None and store is not None:
+        from experiments.search import warm_trials
+
+        warm_trials.enqueue(study, spec, store, lambda line: lines.append(line))
     done = len(tr.finished(study, spec))
     n = 0 if tr.reached(past, spec) else min(SAMPLES, max(0, tr.budget(spec) - done))
     tr.work(study, dataclasses.replace(spec, n_trials=done + n, pruner=Pruner("none"),

@@ -16,8 +16,10 @@ from experiments.runtime import faults
 from experiments.search import story
 from experiments.search import study as st
 from experiments.search import trials as tr
+from experiments.search.objectives import describe, pareto, values_text
 from experiments.search.space import shown, values_of
 from experiments.search.sweepfile import SweepSpec
+from experiments.search.trial_runs import run_ids
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.store import experiment_id
 
@@ -79,7 +81,14 @@ def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSp
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     best = None
-    if done:
+    if done and spec.multi:
+        # A trade-off has no one best trial: its answer is the Pareto front, tagged on
+        # every run of its trials (each seed and grad mode).
+        front = {t.number for t in study.best_trials}
+        for t in done:
+            for run_id in run_ids(t):
+                client.set_tag(run_id, "pareto", "true" if t.number in front else "false")
+    elif done:
         best = study.best_trial
         for t in done:
             if t.user_attrs.get("mlflow_run_id"):
@@ -94,9 +103,14 @@ def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSp
     return best
 
 
-def trial_line(t: FrozenTrial, metric: str) -> str:
+def trial_line(t: FrozenTrial, spec: SweepSpec) -> str:
     params = "  ".join(f"{k}={shown(v)}" for k, v in values_of(t).items())
-    value = f"{metric}={t.value:.4f}" if t.value is not None else metric + "=-"
+    value = values_text(t.values, spec.metrics)
+    if spec.repeats > 1 and t.values is not None:
+        std = t.user_attrs.get(f"{spec.metric}.std")
+        seeds = len(t.user_attrs.get("seeds", ()))
+        if std is not None and std == std:  # NaN: one seed trained (a pruned trial)
+            value += f" ± {std:.4f} ({seeds} seeds)"
     seconds = t.duration.total_seconds() if t.duration else 0.0
     reason = t.user_attrs.get("fail_reason", "")
     return (f"trial {t.number:>3}  {t.state.name:<8} {value}  {params}  {seconds:.1f}s"
@@ -117,9 +131,13 @@ def summary(study: optuna.Study, spec: SweepSpec, parent_run_id: str, end: str, 
     lines = [f"sweep '{spec.name}' ({ENDINGS.get(end, end)}): {len(tr.finished(study, spec))}/"
              f"{tr.budget(spec)} trials counted "
              f"({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})"]
-    if done:
+    if done and spec.multi:
+        front = tr.ranked(pareto(trials, spec.metrics), spec)
+        lines.append(f"Pareto front ({describe(spec.metrics)}): {len(front)} trial(s)")
+        lines += ["  " + trial_line(t, spec) for t in front]
+    elif done:
         lines.append(f"top {min(top, len(done))} by {spec.metric} ({spec.goal}):")
-        lines += ["  " + trial_line(t, spec.metric) for t in done[:top]]
+        lines += ["  " + trial_line(t, spec) for t in done[:top]]
     local = not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http")
     lines.append(f"MLflow: {link}" + ("  (after `python runner.py ui`)" if local else "")
                  + f"  (experiment '{spec.experiment}', parent run {parent_run_id})")

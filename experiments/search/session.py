@@ -18,7 +18,7 @@ from experiments.core.data import load
 from experiments.core.train import Prepared
 from experiments.runtime import interrupts, progress
 from experiments.search import parent as pr
-from experiments.search import story, trial_runs
+from experiments.search import story, trial_runs, warm_trials
 from experiments.search import study as st
 from experiments.search import trials as tr
 from experiments.search.objective import TrialRunner
@@ -56,6 +56,7 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
     # A study of this name that asks another question is refused before anything is written.
     store = open_storage(store_url, MLRUNS, recovery.stale, create=False)
     changed = st.check(spec, store, store_url, options.allow_change) if store else []
+    warm_trials.check(spec, store, store_url)
     config = cfg.build(spec.fixed)
     mnist = load(config.data.path, config.data.download, progress.say,
                  fell_back=os.environ.get(FALLBACK_ENV, "") if options.parent_run else "")
@@ -69,6 +70,8 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
             os.sched_setaffinity(0, {options.pin_cpu})
         return "", _run_trials(session)
     _recover(session)
+    if spec.warm_start is not None:
+        warm_trials.enqueue(session.study, spec, store or session.study._storage, progress.say)
     session.parent = pr.parent_run(session.client, spec, pr.sweep_text(options.path), changed)
     story.update(session.client, session.parent, session.study, spec, plots=False)
     end = "failed"
@@ -113,7 +116,7 @@ def _watch(s: Session) -> Iterator[Callable[[], None]]:
             if t.number not in seen:
                 seen.add(t.number)
                 bar.update(1)
-                progress.say(pr.trial_line(t, s.spec.metric))
+                progress.say(pr.trial_line(t, s.spec))
 
     try:
         yield tick
@@ -145,7 +148,7 @@ def _run_trials(s: Session) -> str:
     def done(t: Any) -> None:
         trial_runs.tag_trial_runs(s.client, t)
         bar.update(1)
-        progress.say(pr.trial_line(t, spec.metric))
+        progress.say(pr.trial_line(t, spec))
         story.update(s.client, s.parent, s.study, spec)
 
     ctx = TrackContext(s.client, s.mnist, Prepared.from_mnist(s.mnist), spec.experiment,

@@ -16,8 +16,10 @@ from experiments.search.options import SweepOptions, masked
 def status(options: SweepOptions) -> str:
     """The report to print; SweepError for a sweep with no study in the storage."""
     spec = options.check()
+    from experiments.search import objectives
     from experiments.search import study as st
     from experiments.search import trials as tr
+    from experiments.search.objectives import pareto, values_text
     from experiments.search.space import values_of
     from experiments.search.storage import open_storage
     from experiments.tracking.store import MLRUNS
@@ -50,7 +52,12 @@ def status(options: SweepOptions) -> str:
         lines.append(f"  running: trial {t.number} on {host or '?'} pid {pid or '?'} ({alive}), "
                      f"started {tr.age_s(t):.0f}s ago{beat}")
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    if complete:
+    if complete and spec.multi:
+        front = tr.ranked(pareto(trials, spec.metrics), spec)
+        lines.append(f"Pareto front so far ({objectives.describe(spec.metrics)}): "
+                     + "; ".join(f"trial {t.number} {values_text(t.values, spec.metrics)}"
+                                 for t in front))
+    elif complete:
         best = study.best_trial
         values = "  ".join(f"{k}={v}" for k, v in values_of(best).items())
         lines.append(f"best so far: trial {best.number}, {spec.metric}={best.value:.4f}  "

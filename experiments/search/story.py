@@ -25,7 +25,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from experiments.search import objectives
 from experiments.search import trials as tr
+from experiments.search.objectives import pareto
 from experiments.search.space import shown, values_of
 from experiments.search.sweepfile import SweepSpec
 from experiments.tracking.mlflow_run import MlflowRun
@@ -70,7 +72,11 @@ def update(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec
         metrics = [Metric(f"trials_{k}", v, now, step) for k, v in counts.items()]
         tags = {}
         ranking = tr.ranked(trials, spec)
-        if ranking:
+        if ranking and spec.multi:
+            front = pareto(trials, spec.metrics)
+            metrics.append(Metric("pareto_trials", len(front), now, step))
+            tags["pareto_trials"] = ",".join(str(t.number) for t in front)[:5000]
+        elif ranking:
             best = ranking[0]  # as study.best_trial: the first of equals (a stable sort)
             metrics.append(Metric(f"best_{spec.metric}", best.value, now, step))
             tags |= {"best_trial": str(best.number), "best_value": str(best.value),
@@ -111,8 +117,12 @@ def describe(spec: SweepSpec, experiment_id: str, trials: list[FrozenTrial],
                   1500)
     top = tr.ranked(trials, spec)[:TOP]
     keys = [p.key for p in spec.parameters]
-    lines = [f"### Sweep `{spec.name}`: {spec.goal} {spec.metric}", ""]
-    if top:
+    lines = [f"### Sweep `{spec.name}`: {objectives.describe(spec.metrics)}", ""]
+    front = {t.number for t in pareto(trials, spec.metrics)} if spec.multi else set()
+    if top and spec.multi:
+        lines += [f"**Pareto front so far: {len(front)} trial(s)** (no trial is better in "
+                  "every metric; the table marks them).", ""]
+    elif top:
         best = top[0]
         values = ", ".join(f"{k}={_fmt(v)}" for k, v in values_of(best).items())
         lines += [f"**Best so far: {spec.metric} {best.value:.4f}**, trial {best.number} "
@@ -126,12 +136,15 @@ def describe(spec: SweepSpec, experiment_id: str, trials: list[FrozenTrial],
         lines += [_clip(str(said), 2000), ""]
     lines += [f"Searching {space} with {spec.method}, pruner {spec.pruner}.", ""]
     if top:
-        lines += [f"| rank | trial | {spec.metric} | {' | '.join(keys)} | run |",
-                  "|" + "---|" * (len(keys) + 4)]
+        names = " | ".join(name for name, _ in spec.metrics)
+        lines += [f"| rank | trial | {names} | {' | '.join(keys)} | run |",
+                  "|" + "---|" * (len(keys) + len(spec.metrics) + 3)]
         for rank, t in enumerate(top, start=1):
             values = values_of(t)
             cells = " | ".join(_fmt(values.get(k, "-")) for k in keys)
-            lines.append(f"| {rank} | {t.number} | {t.value:.4f} | {cells} | "
+            scores = " | ".join(f"{v:.4f}" for v in t.values)
+            mark = " (Pareto)" if t.number in front else ""
+            lines.append(f"| {rank} | {t.number}{mark} | {scores} | {cells} | "
                          f"{_run_link(t, experiment_id)} |")
         lines.append("")
     lines += _ablation(spec, trials)
@@ -199,6 +212,8 @@ def optuna_figures(study: Any) -> list[tuple[str, Any]]:
               "param_importances": ovm.plot_param_importances,
               "parallel_coordinate": ovm.plot_parallel_coordinate,
               "slice": ovm.plot_slice}
+    if len(study.directions) > 1:  # the others need one target value to plot
+        makers = {"pareto_front": ovm.plot_pareto_front}
     out = []
     for name, make in makers.items():
         with warnings.catch_warnings():

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.runtime.retry import retry
+from experiments.search.objectives import describe
 from experiments.search.storage import unusable
 from experiments.search.sweepfile import SweepError, SweepSpec
 
@@ -160,11 +161,11 @@ def pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 def changes(spec: SweepSpec, study: optuna.Study) -> list[str]:
     """What the sweep file asks that the study was not created for: 'part: old -> new'."""
     out = []
-    goal = study.direction.name.lower()
+    goals = [d.name.lower() for d in study.directions]
     old = study.user_attrs.get(MEANING) or {}
-    if goal != spec.goal or old.get("metric", f"{goal} {spec.metric}") != \
-            f"{spec.goal} {spec.metric}":
-        out.append(f"metric: {old.get('metric', goal)} -> {spec.goal} {spec.metric}")
+    now = describe(spec.metrics)
+    if goals != spec.directions or old.get("metric", now) != now:
+        out.append(f"metric: {old.get('metric', ', '.join(goals))} -> {now}")
     if not old:
         return out  # a study from before fingerprints: only its direction is known
     if old.get("experiment", spec.name) != spec.experiment:
@@ -254,12 +255,18 @@ def open_study(spec: SweepSpec, store: Any) -> optuna.Study:
     """Load or create the study for `spec` (checked by `check` first), recording what it
     asks (its meaning and fingerprint) on it."""
     study = retry(lambda: optuna.create_study(study_name=spec.name, storage=store,
-                                              load_if_exists=True, direction=spec.goal))
+                                              load_if_exists=True,
+                                              directions=spec.directions))
     if study.user_attrs.get(FINGERPRINT) != spec.fingerprint():
         study.set_user_attr(MEANING, spec.meaning())
         study.set_user_attr(FINGERPRINT, spec.fingerprint())
     if study.user_attrs.get(N_TRIALS) != spec.n_trials:  # the budget it last ran with
         study.set_user_attr(N_TRIALS, spec.n_trials)
+    names = [name for name, _ in spec.metrics]
+    if spec.multi and study.metric_names != names:  # the Pareto plot's axes
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2; nothing to act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
     study.sampler = sampler(spec)
     study.pruner = pruner(spec)
     return study

@@ -30,6 +30,7 @@ def _dry_run(options: SweepOptions, spec: sweepfile.SweepSpec) -> str:
     from experiments.core import config as cfg
     from experiments.core.data import check_path
     from experiments.search import study as st
+    from experiments.search import warm_trials
     from experiments.search.dryrun import describe
     from experiments.search.storage import open_storage
     from experiments.tracking.store import MLRUNS
@@ -39,5 +40,6 @@ def _dry_run(options: SweepOptions, spec: sweepfile.SweepSpec) -> str:
     url = options.storage_url()
     store = open_storage(url, MLRUNS, lambda study, t: None, create=False)
     changed = st.check(spec, store, url, options.allow_change) if store else []
+    warm_trials.check(spec, store, url)
     existing = st.existing(spec, store) if store else None
-    return describe(spec, existing, changed)
+    return describe(spec, existing, changed, store)

@@ -23,24 +23,27 @@ import yaml
 
 from experiments.core import config as cfg
 from experiments.core import yamlfile
+from experiments.search import objectives as ob
+from experiments.search import warmstart
 from experiments.search.parameters import parameters
 from experiments.search.pruners import Pruner, read_pruner
 from experiments.search.reader import Reader, SweepError
 from experiments.search.space import Param
 
 METHODS = ("tpe", "bayes", "random", "grid", "cmaes", "qmc", "gp")
-METRICS = ("test_accuracy", "test_loss", "train_loss")
-GOALS = ("maximize", "minimize")
+METRICS, GOALS = ob.METRICS, ob.GOALS
 WANDB_KEYS = ("program", "command", "entity", "project", "description", "name", "method",
               "metric", "parameters", "early_terminate", "run_cap")
-RUNNER_KEYS = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation")
+RUNNER_KEYS = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation", "repeats",
+               "warm_start")
 WANDB_ONLY = ("program", "command", "entity", "project", "run_cap", "early_terminate")
 # W&B keys about its own service: kept on the parent run, nothing to do here.
 RECORDED_ONLY = ("apiVersion", "kind", "controller", "job", "image_uri")
 TOP_KEYS = WANDB_KEYS + RUNNER_KEYS + RECORDED_ONLY
 REFUSED = {"scheduler": "W&B's custom schedulers (Optuna or Ax engines) are not run here; "
                         "use method and early_terminate",
-           "metrics": "multi-objective sweeps are not supported; give one `metric`"}
+           "metrics": "several metrics are a list under `metric` (a trade-off): "
+                      "metric: [{name: ..., goal: ...}, {name: ..., goal: ...}]"}
 MAX_TRIALS = 100_000
 
 __all__ = ["MAX_TRIALS", "Param", "Pruner", "SweepError", "SweepSpec", "load"]
@@ -66,6 +69,23 @@ class SweepSpec:
     project: str | None = None  # the MLflow experiment, when not the sweep's name
     recorded: tuple[tuple[str, str], ...] = ()  # W&B keys kept on the parent run as text
     notes: tuple[str, ...] = ()  # how the file's W&B keys were understood
+    repeats: int = 1  # seeds per configuration; the objective is their mean
+    warm_start: warmstart.WarmStart | None = None
+    objectives: tuple[ob.Objective, ...] = ()  # (metric, goal) each; () is (metric, goal)
+
+    @property
+    def metrics(self) -> tuple[ob.Objective, ...]:
+        """Every (metric, goal) the sweep optimises; the first is `metric`, `goal`."""
+        return self.objectives or ((self.metric, self.goal),)
+
+    @property
+    def multi(self) -> bool:
+        """A trade-off: several objectives, a Pareto front rather than one best trial."""
+        return len(self.metrics) > 1
+
+    @property
+    def directions(self) -> list[str]:
+        return [goal for _, goal in self.metrics]
 
     @property
     def experiment(self) -> str:
@@ -123,11 +143,13 @@ class SweepSpec:
         config = cfg.flatten(cfg.build(self.fixed))
         fixed = {k: v for k, v in config.items()
                  if k not in searched and k != "data.eval_batch_size"}
-        out = {"method": self.method, "metric": f"{self.goal} {self.metric}",
+        out = {"method": self.method, "metric": ob.describe(self.metrics),
                "fixed": fixed, "parameters": {p.key: p.describe() for p in self.parameters},
                "ablation": list(self.ablation)}
         if self.experiment != self.name:
             out["experiment"] = self.experiment
+        if self.repeats > 1:  # the objective is a mean over seeds: another question
+            out["repeats"] = self.repeats
         return out
 
     def fingerprint(self) -> str:
@@ -173,7 +195,8 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
         raise r.fail("name", f"got {cfg.show(name)}{given}; allowed: {cfg.NAME_RULE}")
     method = r.choice(raw.get("method", "tpe"), "method", METHODS)
     notes: list[str] = []
-    metric, goal, target = _metric(r, raw, notes)
+    metrics, target = ob.read_metrics(r, raw, notes)
+    ob.check_multi(r, raw, metrics, method)
     n_trials = _budget(r, raw, notes)
     timeout = raw.get("timeout_s")
     if timeout is not None and r.number(timeout, "timeout_s") <= 0:
@@ -190,7 +213,9 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
     # A file with a key only W&B has and none of this runner's is in W&B's form.
     wandb_form = (any(k in raw for k in WANDB_ONLY) or method == "bayes") \
         and not any(k in raw for k in RUNNER_KEYS)
-    pruner = read_pruner(r, raw, notes, wandb_form)
+    pruner = Pruner("none") if len(metrics) > 1 else read_pruner(r, raw, notes, wandb_form)
+    repeats = ob.read_repeats(r, raw, {p.key for p in params})
+    warm = warmstart.read(r, raw.get("warm_start"), name, method, read)
     if method == "gp":
         import importlib.util
 
@@ -202,30 +227,11 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
         project = r.text(raw["project"], "project")
         cfg.check_text(project, f"{path}: project")
     recorded = _recorded(r, raw, notes)
+    (metric, goal) = metrics[0]
     return SweepSpec(path, name, method, metric, goal, n_trials,
                      None if timeout is None else float(timeout), seed, pruner, fixed, params,
-                     ablation, target, project, recorded, tuple(notes))
-
-
-def _metric(r: Reader, raw: dict, notes: list[str]) -> tuple[str, str, float | None]:
-    metric = r.mapping(raw.get("metric", {"name": "test_accuracy", "goal": "maximize"}),
-                       "metric")
-    r.known(metric, "metric", ("name", "goal", "target", "impute", "impute_while_running"))
-    if "name" not in metric:
-        raise r.fail("metric.name", f"missing; allowed: {', '.join(METRICS)}")
-    name = r.choice(metric["name"], "metric.name", METRICS)
-    if "goal" not in metric and name == "test_accuracy":
-        raise r.fail("metric.goal", "missing, and W&B's default (minimize) would minimize "
-                                    "test_accuracy: write goal: maximize (or minimize)")
-    goal = r.choice(metric.get("goal", "minimize"), "metric.goal", GOALS)
-    target = None
-    if "target" in metric:
-        target = float(r.number(metric["target"], "metric.target"))
-    for key in ("impute", "impute_while_running"):
-        if key in metric:
-            notes.append(f"metric.{key}: recorded; Optuna's samplers leave failed and running "
-                         "trials out rather than impute a value")
-    return name, goal, target
+                     ablation, target, project, recorded, tuple(notes), repeats, warm,
+                     metrics if len(metrics) > 1 else ())
 
 
 def _budget(r: Reader, raw: dict, notes: list[str]) -> int:

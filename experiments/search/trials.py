@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from experiments.runtime import faults, interrupts
 from experiments.search import storage
 from experiments.search import study as st
+from experiments.search.objectives import pareto
 from experiments.search.sweepfile import SweepSpec
 
 FAIL_KIND = "fail_kind"  # user attr: why a FAIL trial does not count towards the budget
@@ -77,9 +78,14 @@ def state_name(t: FrozenTrial) -> str:
 
 
 def ranked(trials: list[FrozenTrial], spec: SweepSpec) -> list[FrozenTrial]:
-    """The complete trials, best first."""
+    """The complete trials, best first; for a trade-off, the Pareto front first, each
+    part by the first metric."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    return sorted(done, key=lambda t: t.value, reverse=spec.goal == "maximize")
+    first = sorted(done, key=lambda t: t.values[0], reverse=spec.goal == "maximize")
+    if not spec.multi:
+        return first
+    front = {t.number for t in pareto(done, spec.metrics)}
+    return sorted(first, key=lambda t: t.number not in front)
 
 
 def grid_point(params: dict[str, Any]) -> str:
@@ -120,7 +126,7 @@ class Budget:
 
 def reached(trials: list[FrozenTrial], spec: SweepSpec) -> bool:
     """Whether a completed trial reached the metric's target (W&B's metric.target)."""
-    if spec.target is None:
+    if spec.target is None or spec.multi:
         return False
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if spec.goal == "maximize":

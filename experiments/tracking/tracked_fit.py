@@ -28,6 +28,7 @@ from experiments.core.train import (
 from experiments.runtime import faults, interrupts
 from experiments.tracking import figures
 from experiments.tracking.mlflow_run import MlflowRun
+from experiments.tracking.reuse import DIGEST_TAG, config_digest
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
     `callbacks` (anything with the three hooks) run after the run has recorded the epoch,
     so a pruning callback that stops training never loses an epoch's metrics.
     """
+    # The exact config's digest: a retry finds a lost trial's finished runs by it.
+    tags = {**(tags or {}), DIGEST_TAG: config_digest(config)}
     run = MlflowRun.start(ctx.client, ctx.experiment, run_name, flatten(config), tags,
                           ctx.parent_run_id)
     faults.point("run_started")

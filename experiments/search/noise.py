@@ -1,0 +1,69 @@
+"""Is the best configuration better, or lucky? Mean ± std over its seeds, and a test.
+
+With `repeats`, every configuration (a trial) trains with several seeds. `per_config`
+puts one row per trial: the mean, standard deviation and count of its objective runs'
+final metric. `verdict` asks whether the best mean beats the runner-up's by more than the
+seeds' noise: Welch's t-test (unequal variances), one-sided, at the 5% level.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+ALPHA = 0.05
+
+
+def per_config(frame: pd.DataFrame, metric: str, ascending: bool) -> pd.DataFrame:
+    """One row per complete trial: mean, std and n of its objective runs' final metric,
+    best mean first (a trial's runs that were not a result are left out)."""
+    column = f"final_{metric}"
+    cols = ["trial", f"mean_{metric}", f"std_{metric}", "seeds"]
+    if frame.empty or column not in frame:
+        return pd.DataFrame(columns=cols)
+    ok = frame[(frame["state"] == "COMPLETE") & (frame["role"] == "objective")
+               & frame["trial"].notna() & frame[column].notna()]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    grouped = ok.groupby("trial")[column]
+    out = pd.DataFrame({f"mean_{metric}": grouped.mean(), f"std_{metric}": grouped.std(),
+                        "seeds": grouped.count()}).reset_index()
+    return out.sort_values(f"mean_{metric}", ascending=ascending,
+                           kind="stable").reset_index(drop=True)
+
+
+def welch(a: list[float], b: list[float], greater: bool) -> tuple[float, float]:
+    """(t, one-sided p) of Welch's t-test that mean(a) > mean(b) (or < when not `greater`).
+    NaN when either side has fewer than two values or neither varies."""
+    from scipy import stats  # MindSpore's own dependency
+
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    result = stats.ttest_ind(a, b, equal_var=False,
+                             alternative="greater" if greater else "less")
+    return float(result.statistic), float(result.pvalue)
+
+
+def verdict(frame: pd.DataFrame, table: pd.DataFrame, metric: str, ascending: bool) -> str:
+    """One line: whether the best configuration beats the runner-up beyond the noise."""
+    if len(table) < 2:
+        return "noise: fewer than two complete configurations to compare"
+    best, second = table.iloc[0].to_dict(), table.iloc[1].to_dict()
+    for row in (best, second):
+        row["trial"], row["seeds"] = int(row["trial"]), int(row["seeds"])
+    if min(best["seeds"], second["seeds"]) < 2:
+        return ("noise: unknown, one seed per configuration (give the sweep `repeats: 3` "
+                "or more to test the winner against the noise)")
+    column = f"final_{metric}"
+    ok = frame[(frame["state"] == "COMPLETE") & (frame["role"] == "objective")]
+    a = ok.loc[ok["trial"] == best["trial"], column].dropna().tolist()
+    b = ok.loc[ok["trial"] == second["trial"], column].dropna().tolist()
+    t, p = welch(a, b, greater=not ascending)
+    gap = best[f"mean_{metric}"] - second[f"mean_{metric}"]
+    head = (f"noise: trial {best['trial']} vs runner-up trial {second['trial']}: "
+            f"{metric} {gap:+.4f} (Welch's t {t:.2f}, one-sided p {p:.3f}, "
+            f"{best['seeds']} and {second['seeds']} seeds): ")
+    if not math.isnan(p) and p < ALPHA:
+        return head + f"the best beats the runner-up beyond the noise (p < {ALPHA})"
+    return head + f"within the noise (p >= {ALPHA}): the ranking of these two may be luck"

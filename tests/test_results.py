@@ -73,8 +73,8 @@ def test_history_is_long_and_complete(project):
     assert list(hist.columns) == ["run_id", "trial", "grad_mode", "epoch", "metric", "value"]
     assert hist["epoch"].dtype == np.int64 and hist["value"].dtype == np.float64
     has_aux = hist[hist["grad_mode"] == "has_aux"]
-    # 2 trials x 3 epochs x 6 metrics, each point once.
-    assert len(has_aux) == 36
+    # 2 trials x 3 epochs x 7 metrics, each point once.
+    assert len(has_aux) == 42 and set(has_aux["metric"]) == set(compare.EPOCH_METRICS)
     assert not has_aux.duplicated(["run_id", "epoch", "metric"]).any()
     frame = compare.runs("look", client)
     for _, row in frame[frame["grad_mode"] == "has_aux"].iterrows():

@@ -62,8 +62,8 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
                  fell_back=os.environ.get(FALLBACK_ENV, "") if options.parent_run else "")
     session = Session(options, spec, store_url, None, recovery, client(), mnist)
     recovery.close_runs = trial_runs.close_runs(session.client, spec.experiment)
-    session.study = st.open_study(spec, store or open_storage(store_url, MLRUNS,
-                                                               recovery.stale))
+    store = store or open_storage(store_url, MLRUNS, recovery.stale)
+    session.study = st.open_study(spec, store)
     if options.parent_run is not None:  # a worker process of a parent
         session.parent = options.parent_run
         if options.pin_cpu is not None:
@@ -71,7 +71,7 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
         return "", _run_trials(session)
     _recover(session)
     if spec.warm_start is not None:
-        warm_trials.enqueue(session.study, spec, store or session.study._storage, progress.say)
+        warm_trials.enqueue(session.study, spec, store, progress.say)
     session.parent = pr.parent_run(session.client, spec, pr.sweep_text(options.path), changed)
     story.update(session.client, session.parent, session.study, spec, plots=False)
     end = "failed"

@@ -42,7 +42,7 @@ RECORDED_ONLY = ("apiVersion", "kind", "controller", "job", "image_uri")
 TOP_KEYS = WANDB_KEYS + RUNNER_KEYS + RECORDED_ONLY
 REFUSED = {"scheduler": "W&B's custom schedulers (Optuna or Ax engines) are not run here; "
                         "use method and early_terminate",
-           "metrics": "several metrics are a list under `metric` (a trade-off): "
+           "metrics": "a multi-objective sweep lists its metrics under `metric`: "
                       "metric: [{name: ..., goal: ...}, {name: ..., goal: ...}]"}
 MAX_TRIALS = 100_000
 

@@ -18,6 +18,7 @@ from experiments.runtime import interrupts, progress
 from experiments.search.options import SweepIncomplete
 
 EXIT_INCOMPLETE = 1  # a sweep whose workers died short of the budget; autodiff checks fail
+EXIT_NOT_IDENTICAL = 1  # a replay whose metrics are not bit-identical to its run's
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
@@ -74,6 +75,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     print(report(target, client(create=False), args.top, args.csv, args.history))
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from experiments.tracking.replay import replay
+
+    report = replay(args.run_id, args.force, progress.say,
+                    lambda epochs: progress.EpochBars(epochs, prefix="replay "))
+    print(report.text())
+    return 0 if report.identical else EXIT_NOT_IDENTICAL
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -155,6 +165,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--history", default=None, help="write per-epoch history (long form)")
     c.set_defaults(func=cmd_compare)
 
+    rp = sub.add_parser("replay", help="train a recorded run again and check it is "
+                                          "bit-identical")
+    rp.add_argument("run_id", metavar="RUN_ID", help="the MLflow run id of a training")
+    rp.add_argument("--force", action="store_true",
+                    help="replay even where versions or data differ from the recorded ones; "
+                         "each difference is tagged on the new run")
+    rp.set_defaults(func=cmd_replay)
+
     u = sub.add_parser("ui", help="the MLflow UI on the project's store")
     u.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     u.add_argument("--port", type=int, default=5000)
@@ -179,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     func: Callable[[argparse.Namespace], int] = args.func
-    if func in (cmd_train, cmd_sweep, cmd_ui):
+    if func in (cmd_train, cmd_sweep, cmd_replay, cmd_ui):
         # SIGTERM ends like Ctrl-C: runs and trials closed as interrupted, then exit 130.
         # The other commands only read: Python's own Ctrl-C stops them at once.
         interrupts.install()
@@ -200,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         if func in (cmd_train, cmd_sweep) and not getattr(args, "parent_run", None):
             print("interrupted: finished work is saved; rerun the same command to resume",
                   file=sys.stderr)
+        elif func is cmd_replay:
+            print("interrupted: the replay's run, if it started, is closed KILLED; the "
+                  "recorded run is untouched", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -120,7 +120,10 @@ def grad_relation(aux: list[np.ndarray], no_aux: list[np.ndarray]) -> tuple[floa
     """(cosine, norm ratio no_aux/has_aux) of the two flattened gradients."""
     a = np.concatenate([g.ravel() for g in aux]).astype(np.float64)
     b = np.concatenate([g.ravel() for g in no_aux]).astype(np.float64)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    # NumPy's own pairwise sums, not BLAS: OpenBLAS adds in an order that depends on its
+    # thread count, which changed these two metrics in their last bits between a process
+    # on one core and one on two (found by `runner.py replay`).
+    na, nb = math.sqrt(np.sum(a * a)), math.sqrt(np.sum(b * b))
     if not (na > 0 and nb > 0 and math.isfinite(na) and math.isfinite(nb)):
         return math.nan, math.nan
-    return float(a @ b / (na * nb)), float(nb / na)
+    return float(np.sum(a * b) / (na * nb)), float(nb / na)

@@ -161,15 +161,18 @@ def _best_epochs(hist: pd.DataFrame, metric: str, ascending: bool) -> dict[str, 
 def paired(frame: pd.DataFrame, metrics: tuple[str, ...] = ("final_test_accuracy",
                                                               "final_test_loss",
                                                               "final_train_loss")) -> pd.DataFrame:
-    """One row per trial, a column per (metric, grad mode) and each mode's difference to the
-    trial's objective mode (the first listed in the ablation). Trials that crashed or were
-    interrupted are left out: their variants did not all train, so nothing pairs."""
+    """One row per trial (per trial and repeat, with `repeats`: modes pair by seed), a
+    column per (metric, grad mode) and each mode's difference to the trial's objective
+    mode (the first listed in the ablation). Trials that crashed or were interrupted are
+    left out: their variants did not all train, so nothing pairs."""
     frame = frame[frame["trial"].notna() & (frame["fail_kind"] == "")]
     if frame.empty:
         return pd.DataFrame({"trial": pd.Series([], dtype="Int64")})
     objective = frame.loc[frame["role"] == "objective", "grad_mode"]
     base = objective.iloc[0] if len(objective) else frame["grad_mode"].iloc[0]
-    wide = frame.pivot_table(index="trial", columns="grad_mode", values=list(metrics),
+    index = ["trial", "repeat"] if "repeat" in frame and (frame["repeat"] > 0).any() \
+        else "trial"
+    wide = frame.pivot_table(index=index, columns="grad_mode", values=list(metrics),
                              aggfunc="first", dropna=False)
     out = pd.DataFrame(index=wide.index)
     for metric in metrics:
@@ -178,7 +181,7 @@ def paired(frame: pd.DataFrame, metrics: tuple[str, ...] = ("final_test_accuracy
         for mode in wide[metric].columns:
             if mode != base:
                 out[f"{metric}[{mode} - {base}]"] = wide[metric][mode] - wide[metric][base]
-    diverged = frame.pivot_table(index="trial", columns="grad_mode", values="diverged",
+    diverged = frame.pivot_table(index=index, columns="grad_mode", values="diverged",
                                  aggfunc="first")
     for mode in diverged.columns:
         # A mode that did not run in a trial has no answer, not False (and not NaN -> True).

@@ -19,6 +19,10 @@ def predict_files(model: str, paths: list[str]) -> Any:
     client = make_client(create=False)
     if model.startswith("best:"):
         spec = load(model[len("best:"):])
+        if spec.multi:
+            raise PredictError(f"--model {model}: sweep '{spec.name}' is a trade-off with no "
+                               "one best trial; give the run id of a trial on its Pareto "
+                               "front (runs tagged pareto=true)")
         run_id = parent.best_run_id(client, spec)
         if not run_id:
             raise PredictError(f"--model {model}: sweep '{spec.name}' has no finished best "

@@ -84,6 +84,11 @@ def client(create: bool = True):
         raise NoStore(f"no MLflow store here ({(MLRUNS / 'mlflow.db').resolve()}): nothing has "
                       "been tracked in this folder; run `runner.py sweep` or `train` here first, "
                       "or set MLFLOW_TRACKING_URI")
+    named = uri.removeprefix("sqlite:///").split("?")[0] if uri.startswith("sqlite:///") else ""
+    if not local and not create and named and named != ":memory:" and not Path(named).exists():
+        # MLflow would create (and migrate) the file a reader names: nothing to read there.
+        raise NoStore(f"no MLflow store at {uri} (MLFLOW_TRACKING_URI): the file does not "
+                      "exist; nothing has been tracked there")
     if local:
         # Under the lock for readers too: a client on a store that another process is still
         # creating would run MLflow's migrations a second time, and corrupt it for good.

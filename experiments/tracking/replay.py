@@ -1,0 +1,293 @@
+"""`runner.py replay RUN_ID`: train a recorded run again from what it recorded, and prove
+"same seed, same bits".
+
+The run's own `config.yaml` (seed and grad mode included) is the config, built with the
+project's validation. Everything is checked before anything is written: the run must be a
+training, and the MindSpore and NumPy versions and the data must be the ones it recorded
+(`--force` replays anyway and records each difference on the new run). The replay is a new
+run in the original's experiment, and every metric both runs recorded is compared as read
+back from the store, so both sides went through the same float round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments.core import config as cfg
+from experiments.core.config import Config, UserError, one_line
+from experiments.runtime import interrupts
+
+# Timings differ between any two runs of the same bits; they are never compared.
+TIMING_SUFFIX = "_time_s"
+# A sweep with `repeats` logs each configuration's mean and std over its seeds on every run
+# of it (step 0): results of several trainings, not of the one replayed.
+AGGREGATE_SUFFIXES = ("_mean", "_std")
+# What changes the bits without changing the config.
+CHECKED_VERSIONS = ("mindspore", "numpy")
+# Tags that are results of the training, so a replay must reproduce them.
+RESULT_TAGS = ("init_weights_digest", "diverged_epoch", "diverged_step")
+# Metrics logged per training step rather than per epoch (global step numbers).
+STEP_SERIES = ("diverging_step_loss",)
+# The order a person reads an epoch in; other metrics follow by name.
+EPOCH_ORDER = ("train_loss", "test_loss", "test_accuracy", "grad_cosine", "grad_norm_ratio")
+# Computed by NumPy through BLAS, whose float64 sums follow its thread count (measured: one
+# thread and two give different last bits), while MindSpore's losses do not here.
+
+
+class ReplayRefused(UserError):
+    """The run cannot be replayed here (unknown, not a training, trained elsewhere)."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Something the run was trained with that is not what is here."""
+
+    name: str
+    recorded: str | None  # None: the run did not record it
+    here: str
+
+    def __str__(self) -> str:
+        was = "not recorded" if self.recorded is None else f"{self.recorded} (recorded)"
+        return f"{self.name}: {was} -> {self.here} (here)"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One compared item: an epoch, a per-step series or the result tags."""
+
+    label: str
+    shown: dict[str, str]  # what agreed, name -> value, for the identical line
+    differs: list[str] = field(default_factory=list)  # "name: recorded vs replay"
+    values: int = 0  # metric values compared
+    names: tuple[str, ...] = ()  # the metrics or tags that differ
+
+
+@dataclass(frozen=True)
+class Report:
+    original_id: str
+    run_id: str
+    experiment: str
+    span: str  # what was compared: "over 3 epochs", "up to the divergence at epoch 1, step 5"
+    checks: list[Check]
+    notes: list[str]
+
+    @property
+    def identical(self) -> bool:
+        return not any(c.differs for c in self.checks)
+
+    def text(self) -> str:
+        lines = [f"{c.label}  DIFFERS  " + "; ".join(c.differs) if c.differs else
+                 f"{c.label}  identical  " + " ".join(f"{k}={v}" for k, v in c.shown.items())
+                 for c in self.checks]
+        values = sum(c.values for c in self.checks)
+        verdict = ("bit-identical" if self.identical else
+                   "DIFFERS at " + ", ".join(c.label for c in self.checks if c.differs))
+        lines += self.notes
+        lines.append(f"replay of {self.original_id}: {verdict} {self.span} ({values} values) "
+                     f"-> run {self.run_id} in experiment '{self.experiment}'")
+        return "\n".join(one_line(line) for line in lines)
+
+
+def replay(run_id: str, force: bool, say: Callable[[str], None],
+           progress: Callable[[int], Any] | None = None) -> Report:
+    """Replay run `run_id` into a new run and compare the two; ReplayRefused (nothing
+    written) when it cannot be replayed. `progress(epochs)` gives epoch callbacks."""
+    from experiments.core.data import load
+    from experiments.core.train import Callbacks, Prepared, compose, trainer_for
+    from experiments.tracking.store import client
+    from experiments.tracking.tracked_fit import TrackContext, tracked_fit
+
+    c = client(create=False)
+    original, experiment = _training_run(c, run_id)
+    config, missing = _recorded_config(c, original)
+    epochs = _epochs_to_train(c, original, config)
+    # What loading says (the offline sample, a failed download) is said only once the
+    # replay goes ahead: a refusal is its one line.
+    said: list[str] = []
+    mnist = load(config.data.path, config.data.download, said.append)
+    differences = missing + _environment(original.data.tags, mnist.digest)
+    if differences and not force:
+        raise ReplayRefused(f"run {run_id} was not trained with what is here: "
+                            + "; ".join(map(str, differences))
+                            + "; pass --force to replay anyway")
+    for message in said:
+        say(message)
+    interrupts.check()  # a Ctrl-C during the checks ends here, before any write
+    tags = {"replay_of": run_id, "grad_mode": config.grad_mode,
+            **{f"replay.diff.{d.name}": f"{d.recorded or '(not recorded)'} -> {d.here}"
+               for d in differences}}
+    ctx = TrackContext(c, mnist, Prepared.from_mnist(mnist), experiment)
+    # The interrupt check is the replay's own: a Ctrl-C between steps closes the run KILLED.
+    steps = Callbacks(on_step=lambda epoch, step: interrupts.check())
+    outcome = tracked_fit(
+        ctx, dataclasses.replace(config, epochs=epochs), trainer_for(config.grad_mode),
+        f"replay-{original.info.run_name}", tags=tags,
+        callbacks=compose(steps, progress(epochs) if progress else None),
+        # A diverged run ends as its original did (a sweep's ablation variant FINISHED).
+        diverged_status="FAILED" if original.info.status == "KILLED" else original.info.status)
+    checks = _compare(c, original, c.get_run(outcome.run_id))
+    recorded = original.data.tags
+    span = (f"up to the divergence at epoch {recorded['diverged_epoch']}, step "
+            f"{recorded.get('diverged_step', '?')}" if "diverged_epoch" in recorded else
+            f"over {epochs} epoch{'s' * (epochs != 1)}")
+    report = Report(run_id, outcome.run_id, experiment, span, checks,
+                    _notes(original, config, epochs, differences))
+    c.set_tag(outcome.run_id, "replay.identical", str(report.identical).lower())
+    return report
+
+
+def _training_run(c: Any, run_id: str) -> tuple[Any, str]:
+    """The run and its experiment's name, if it is a training that ended."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise ReplayRefused(f"no run {run_id!r} in the tracking store") from None
+    name, tags = f"run {run_id} ({run.info.run_name})", run.data.tags
+    if tags.get("sweep.parent") == "true":
+        raise ReplayRefused(f"{name} is the parent run of sweep '{tags.get('sweep', '')}', "
+                            "not a training: replay one of its trial runs")
+    if run.info.status not in ("FINISHED", "FAILED", "KILLED"):
+        raise ReplayRefused(f"{name} is {run.info.status}: it is still training, or its "
+                            "process died before closing it; replay a run that ended")
+    experiment = c.get_experiment(run.info.experiment_id)
+    if run.info.lifecycle_stage == "deleted" or experiment.lifecycle_stage == "deleted":
+        raise ReplayRefused(f"{name} or its experiment is deleted; restore it to replay it")
+    if "config.yaml" not in {a.path for a in c.list_artifacts(run_id)}:
+        raise ReplayRefused(f"{name} has no config.yaml artifact: not a training run of "
+                            "this runner")
+    return run, experiment.name
+
+
+def _recorded_config(c: Any, run: Any) -> tuple[Config, list[Difference]]:
+    """The run's config.yaml as a checked Config, and the keys it did not record (each
+    then takes today's default, a difference like any other)."""
+    from experiments.core import yamlfile
+
+    with tempfile.TemporaryDirectory(prefix="replay-") as tmp:
+        text = Path(c.download_artifacts(run.info.run_id, "config.yaml", tmp)).read_text()
+    try:
+        recorded = yamlfile.load(text)
+        if not isinstance(recorded, dict):
+            raise UserError("not a mapping")
+        flat: dict[str, Any] = {}
+        for key, value in recorded.items():  # nested sections (data:) become dotted keys
+            flat |= {f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) \
+                else {key: value}
+        config = cfg.build(flat)
+    except Exception as exc:  # YAML errors and ConfigError alike: the artifact is bad
+        raise ReplayRefused(f"run {run.info.run_id}: its config.yaml does not make a config "
+                            f"here: {exc}") from None
+    defaults = cfg.flatten(config)
+    missing = [Difference(f"config.{k}", None, str(defaults[k]))
+               for k in cfg.KEYS if k not in flat]
+    return config, missing
+
+
+def _epochs_to_train(c: Any, run: Any, config: Config) -> int:
+    """The config's epochs, or the epochs recorded by a run that stopped early (pruned,
+    interrupted, crashed): a replay trains what the original trained."""
+    tags = run.data.tags
+    if "diverged_epoch" in tags:
+        return config.epochs  # it diverges again on the way, where the original did
+    recorded = {step for k in run.data.metrics if _per_epoch(k)
+                for step in _history(c, run.info.run_id, k)}
+    if not recorded:
+        raise ReplayRefused(f"run {run.info.run_id} recorded no epoch: nothing to compare")
+    stopped = "stop_reason" in tags or run.info.status != "FINISHED"
+    return max(recorded) if stopped else config.epochs
+
+
+def _environment(tags: dict[str, str], digest: str) -> list[Difference]:
+    """Each version or data that is not what the run recorded."""
+    from experiments.tracking.store import versions
+
+    here = {f"versions.{p}": versions()[p] for p in CHECKED_VERSIONS} | {"data.digest": digest}
+    return [Difference(k, tags.get(k), v) for k, v in here.items() if tags.get(k) != v]
+
+
+def _compared(key: str) -> bool:
+    return not key.endswith((TIMING_SUFFIX, *AGGREGATE_SUFFIXES))
+
+
+def _per_epoch(key: str) -> bool:
+    return _compared(key) and key not in STEP_SERIES
+
+
+def _history(c: Any, run_id: str, key: str) -> dict[int, list[float]]:
+    """step -> every value logged at it, oldest first (the store's order)."""
+    out: dict[int, list[float]] = {}
+    for m in c.get_metric_history(run_id, key):
+        out.setdefault(m.step, []).append(m.value)
+    return out
+
+
+def _same(a: list[float], b: list[float]) -> bool:
+    """Bit for bit as the store gives them back (== on floats), NaN equal to NaN."""
+    return len(a) == len(b) and all(x == y or (math.isnan(x) and math.isnan(y))
+                                    for x, y in zip(a, b, strict=True))
+
+
+def _shown(values: list[float], precise: bool = True) -> str:
+    return ", ".join(repr(v) if precise else f"{v:.8g}" for v in values) or "(none)"
+
+
+def _compare(c: Any, original: Any, replayed: Any) -> list[Check]:
+    """Per epoch, per step series and the result tags: what the original recorded against
+    what the replay recorded, both as read back from the store."""
+    keys = [k for k in original.data.metrics if _compared(k)]
+    keys.sort(key=lambda k: (EPOCH_ORDER.index(k) if k in EPOCH_ORDER else len(EPOCH_ORDER), k))
+    old = {k: _history(c, original.info.run_id, k) for k in keys}
+    new = {k: _history(c, replayed.info.run_id, k) for k in keys}
+
+    def differs(k: str, step: int, label: str) -> str:
+        a, b = old[k].get(step, []), new[k].get(step, [])
+        return "" if _same(a, b) else f"{label}: {_shown(a)} (recorded) vs {_shown(b)} (replay)"
+
+    checks = []
+    per_epoch = [k for k in keys if _per_epoch(k)]
+    for epoch in sorted({s for k in per_epoch for s in old[k]}):
+        here = [k for k in per_epoch if epoch in old[k]]
+        bad = [k for k in here if differs(k, epoch, k)]
+        checks.append(Check(f"epoch {epoch}", {k: _shown(old[k][epoch], False) for k in here},
+                            [differs(k, epoch, k) for k in bad],
+                            sum(len(old[k][epoch]) for k in here), tuple(bad)))
+    for k in (k for k in keys if k in STEP_SERIES):
+        bad = [d for s in sorted(set(old[k]) | set(new[k])) if (d := differs(k, s, f"step {s}"))]
+        more = [f"and {len(bad) - 3} more steps"] if len(bad) > 3 else []
+        checks.append(Check(k, {"steps": f"{min(old[k])}-{max(old[k])}"}, bad[:3] + more,
+                            sum(map(len, old[k].values())), (k,) if bad else ()))
+    tags_old, tags_new = original.data.tags, replayed.data.tags
+    present = [t for t in RESULT_TAGS if t in tags_old or t in tags_new]
+    bad = [t for t in present if tags_old.get(t) != tags_new.get(t)]
+    checks.append(Check("tags", {t: tags_old[t] for t in present if t in tags_old}, [
+        f"{t}: {tags_old.get(t, '(none)')} (recorded) vs {tags_new.get(t, '(none)')} (replay)"
+        for t in bad], names=tuple(bad)))
+    return checks
+
+
+def _notes(original: Any, config: Config, epochs: int,
+           differences: list[Difference]) -> list[str]:
+    """What a reader needs to trust the verdict: what was left out, and why."""
+    metrics = sorted(original.data.metrics)
+    timings = [k for k in metrics if k.endswith(TIMING_SUFFIX)]
+    notes = [f"timings are not compared ({', '.join(timings) or 'none recorded'}): they "
+             "differ between any two runs"]
+    if aggregates := [k for k in metrics if k.endswith(AGGREGATE_SUFFIXES)]:
+        notes.append(f"not compared: {', '.join(aggregates)} (the sweep's mean and std over "
+                     "the seeds of this configuration, not this training's)")
+    if epochs != config.epochs:
+        notes.append(f"the original stopped after epoch {epochs} of {config.epochs} "
+                     f"({original.data.tags.get('stop_reason', original.info.status)}); "
+                     f"the replay trains {epochs}")
+    notes += [f"forced: {d}" for d in differences]
+    return notes

@@ -143,6 +143,9 @@ def describe(spec: SweepSpec, experiment_id: str, trials: list[FrozenTrial],
             values = values_of(t)
             cells = " | ".join(_fmt(values.get(k, "-")) for k in keys)
             scores = " | ".join(f"{v:.4f}" for v in t.values)
+            std = t.user_attrs.get(f"{spec.metric}.std")
+            if not spec.multi and std is not None and std == std:  # mean ± std over seeds
+                scores += f" ± {std:.4f}"
             mark = " (Pareto)" if t.number in front else ""
             lines.append(f"| {rank} | {t.number}{mark} | {scores} | {cells} | "
                          f"{_run_link(t, experiment_id)} |")

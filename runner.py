@@ -49,7 +49,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     progress.be_quiet(args.quiet or args.parent_run is not None)
     text = run_sweep(SweepOptions(
         args.sweep, tuple(args.set or ()), args.n_trials, args.workers, args.storage,
-        args.dry_run, args.allow_change, args.parent_run, args.pin_cpu, args.quiet))
+        args.dry_run, args.allow_change, args.parent_run, args.pin_cpu, args.quiet,
+        args.devices))
     if text:
         print(text)
     return 0
@@ -133,7 +134,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run an Optuna study from a sweep file")
     s.add_argument("sweep", help="sweep YAML file, e.g. sweeps/lr.yaml")
     s.add_argument("--n-trials", type=int, default=None, help="override the global budget")
-    s.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    s.add_argument("--workers", type=int, default=None,
+                   help="worker processes on this machine (default 1, or one per device)")
+    s.add_argument("--devices", default=None, metavar="IDS",
+                   help="device ids, e.g. 0,1,2,3: one worker per device (with --set "
+                        "device=GPU or Ascend; recorded as device_id)")
     s.add_argument("--storage", default=None,
                    help="Optuna storage URL (postgresql://... for several machines); "
                         "default: a journal file in mlruns/optuna/")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 GRAD_MODES = ("has_aux", "no_aux", "stop_gradient")
+DEVICES = ("CPU", "GPU", "Ascend")  # MindSpore's device targets
 # The learning rate trains as a float32: below the smallest normal float32 it becomes 0 (or
 # a subnormal that the CPU kernels flush to 0), above the largest it becomes inf.
 FLOAT32_TINY = 1.1754943508222875e-38
@@ -107,6 +108,9 @@ class Config:
                                           choices=GRAD_MODES))
     # Seeds weights and data order: same config and seed give identical metrics on CPU.
     seed: int = _key(0, Rule("int", "an integer from 0 to 4294967295", 0, 2**32 - 1))
+    # Where it trains (one device per process; the id is the card, recorded on CPU too).
+    device: str = _key("CPU", Rule("choice", "one of CPU, GPU, Ascend", choices=DEVICES))
+    device_id: int = _key(0, Rule("int", "an integer from 0 to 4095", 0, 4095))
     data: DataConfig = field(default_factory=DataConfig)
 
 
@@ -124,6 +128,9 @@ _RULES = _rules(Config)
 KEYS: tuple[str, ...] = tuple(_RULES)
 # Keys that say where the data comes from: one sweep trains on one dataset.
 DATA_SOURCE_KEYS = ("data.path", "data.download")
+# Keys that say where a trial runs, not what it trains: never searched, not in a sweep's
+# question (workers on several devices answer one question).
+PLACEMENT_KEYS = ("device", "device_id")
 
 
 def kind(key: str) -> str:

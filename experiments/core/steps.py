@@ -10,7 +10,6 @@ used because it stops updating the weights.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import mindspore
@@ -104,7 +103,7 @@ class GradPair(nn.Cell):
 
 
 def use_graph_mode() -> None:
-    # Once the runtime has started (on its CPU device) the device can no longer be set.
-    with contextlib.suppress(RuntimeError):
-        mindspore.set_device("CPU")
-    mindspore.set_context(mode=mindspore.GRAPH_MODE)
+    """Graph mode on this process's device (CPU unless `devices.use` chose another)."""
+    from experiments.core import devices
+
+    devices.use(*devices.current())

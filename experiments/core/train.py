@@ -21,6 +21,7 @@ import mindspore
 import numpy as np
 from mindspore import Tensor, nn
 
+from experiments.core import devices
 from experiments.core.autodiff import grad_relation, weights_digest
 from experiments.core.config import GRAD_MODES, Config
 from experiments.core.data import Mnist, batch_slices, n_batches, normalize
@@ -268,6 +269,7 @@ def fit(config: Config, data: Prepared, trainer: Trainer,
     """Train `config.epochs` epochs from a fresh start; raises Diverged on a NaN/inf loss."""
     if trainer.grad_mode != config.grad_mode:
         raise ValueError(f"trainer is for {trainer.grad_mode}, config wants {config.grad_mode}")
+    devices.use(config.device, config.device_id)  # the device recorded is the one that trains
     callbacks = callbacks or Callbacks()
     trainer.compile_for(data, config.batch_size)
     trainer.reset(config.seed, config.learning_rate)

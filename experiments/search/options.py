@@ -28,13 +28,23 @@ class SweepOptions:
     path: str
     sets: tuple[str, ...] = ()
     n_trials: int | None = None
-    workers: int = 1
+    workers: int | None = None  # default: one, or one per --devices id
     storage: str | None = None
     dry_run: bool = False
     allow_change: bool = False
     parent_run: str | None = None  # set for the worker processes of a parent
     pin_cpu: int | None = None
     quiet: bool = False
+    devices: str | None = None  # --devices 0,1,2,3: one worker per device id
+
+    @property
+    def device_ids(self) -> tuple[int, ...]:
+        """--devices as ids (checked by `check`)."""
+        return tuple(int(d) for d in self.devices.split(",")) if self.devices else ()
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or len(self.device_ids) or 1
 
     def check(self) -> sweepfile.SweepSpec:
         """The sweep file with --set and --n-trials applied; ConfigError/SweepError."""
@@ -46,12 +56,36 @@ class SweepOptions:
             notes = tuple(f"{n.split(' ->')[0]} -> replaced by --n-trials {self.n_trials}"
                           if n.startswith("run_cap:") else n for n in spec.notes)
             spec = dataclasses.replace(spec, n_trials=self.n_trials, notes=notes)
-        if not 1 <= self.workers <= 64:
+        if self.workers is not None and not 1 <= self.workers <= 64:
             raise ConfigError(f"--workers: expected an integer from 1 to 64, got {self.workers}")
+        if self.devices is not None:
+            spec = self._on_devices(spec)
         if self.storage:
             check_storage(self.storage)
         return spec
 
+
+    def _on_devices(self, spec: sweepfile.SweepSpec) -> sweepfile.SweepSpec:
+        """--devices: distinct ids, one worker each; a single id applies to this process."""
+        parts = self.devices.split(",") if self.devices else []
+        if not parts or not all(p.strip().isdigit() and int(p) <= 4095 for p in parts):
+            raise ConfigError(f"--devices: expected device ids from 0 to 4095 separated by "
+                              f"commas (e.g. 0,1,2,3), got {cfg.show(self.devices)}")
+        ids = self.device_ids
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"--devices {self.devices}: an id is given twice; one worker "
+                              "per device")
+        if len(ids) > 64:
+            raise ConfigError(f"--devices: at most 64 devices (one worker each), got {len(ids)}")
+        if self.workers is not None and self.workers != len(ids):
+            raise ConfigError(f"--workers {self.workers} with --devices {self.devices}: one "
+                              f"worker per device; give --workers {len(ids)} or leave it out")
+        if "device_id" in spec.fixed:
+            raise ConfigError("--devices and device_id (in `fixed` or --set) both place "
+                              "trials; give one of them")
+        if len(ids) == 1:
+            return dataclasses.replace(spec, fixed={**spec.fixed, "device_id": ids[0]})
+        return spec
 
     def storage_url(self) -> str:
         """--storage, or the journal file under mlruns/ (safe for processes on one host)."""

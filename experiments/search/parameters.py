@@ -94,6 +94,9 @@ def _param(r: Reader, where: str, key: str, spec: dict, fixed: dict, method: str
     if key in cfg.DATA_SOURCE_KEYS:
         raise r.fail(where, "the data a sweep trains on is one choice, not a search: set "
                             f"{key} in `fixed` (or with --set)")
+    if key in cfg.PLACEMENT_KEYS:
+        raise r.fail(where, "where trials run is not searched: set device in `fixed` (or "
+                            "with --set), and give device ids with --devices")
     if key in fixed:
         raise r.fail(where, "also set in `fixed` (or by --set); a key is searched or fixed")
     dist = _law(r, where, spec)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from experiments.core import config as cfg
+from experiments.core import devices
 from experiments.core.data import load
 from experiments.core.train import Prepared
 from experiments.runtime import interrupts, progress
@@ -58,12 +59,15 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
     changed = st.check(spec, store, store_url, options.allow_change) if store else []
     warm_trials.check(spec, store, store_url)
     config = cfg.build(spec.fixed)
+    if options.parent_run is None:  # a worker's device was checked by its parent
+        devices.check(config.device, options.device_ids or (config.device_id,))
     mnist = load(config.data.path, config.data.download, progress.say,
                  fell_back=os.environ.get(FALLBACK_ENV, "") if options.parent_run else "")
     session = Session(options, spec, store_url, None, recovery, client(), mnist)
     recovery.close_runs = trial_runs.close_runs(session.client, spec.experiment)
     store = store or open_storage(store_url, MLRUNS, recovery.stale)
     session.study = st.open_study(spec, store)
+    devices.use(config.device, config.device_id)
     if options.parent_run is not None:  # a worker process of a parent
         session.parent = options.parent_run
         if options.pin_cpu is not None:
@@ -132,11 +136,14 @@ def _run_trials(s: Session) -> str:
     """Trials here, or in worker processes; returns how the sweep ended."""
     spec, options = s.spec, s.options
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
-    if options.workers > 1 and options.parent_run is None:
+    if options.worker_count > 1 and options.parent_run is None:
+        ids = options.device_ids
+        each = [["--set", f"device_id={ids[i]}"] if ids else []
+                for i in range(options.worker_count)]
         with _watch(s) as tick:
-            died = run_workers(options.workers, options.worker_argv(), s.parent, s.store_url,
+            died = run_workers(options.worker_argv(), each, s.parent, s.store_url,
                                s.mnist.fallback_reason, lambda: tr.recover(s.study, s.recovery),
-                               tick)
+                               tick, pin=cfg.build(spec.fixed).device == "CPU")
         # Workers stop at the budget or the deadline; a shortfall without a deadline
         # means some died (the others may have made up for them).
         return ("budget" if len(tr.finished(s.study, spec)) >= tr.budget(spec)

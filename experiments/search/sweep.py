@@ -28,6 +28,7 @@ def _dry_run(options: SweepOptions, spec: sweepfile.SweepSpec) -> str:
     """Everything the run checks first (the data folder, a study that asks another
     question), then the sweep as understood and its first configs; nothing is written."""
     from experiments.core import config as cfg
+    from experiments.core import devices
     from experiments.core.data import check_path
     from experiments.search import study as st
     from experiments.search import warm_trials
@@ -37,6 +38,7 @@ def _dry_run(options: SweepOptions, spec: sweepfile.SweepSpec) -> str:
 
     config = cfg.build(spec.fixed)
     check_path(config.data.path, config.data.download)
+    devices.check(config.device, options.device_ids or (config.device_id,))
     url = options.storage_url()
     store = open_storage(url, MLRUNS, lambda study, t: None, create=False)
     changed = st.check(spec, store, url, options.allow_change) if store else []

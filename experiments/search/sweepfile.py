@@ -137,12 +137,12 @@ class SweepSpec:
 
         `fixed` is every config value a trial does not search, defaults included, so that
         writing a default out (`--set data.path=MNIST_Data`) asks the same question; the
-        evaluation batch size changes no result, only speed, and is left out.
+        evaluation batch size (speed) and the device (where) are left out.
         """
         searched = {p.key for p in self.parameters} | ({"grad_mode"} if self.ablation else set())
         config = cfg.flatten(cfg.build(self.fixed))
-        fixed = {k: v for k, v in config.items()
-                 if k not in searched and k != "data.eval_batch_size"}
+        fixed = {k: v for k, v in config.items() if k not in searched
+                 and k != "data.eval_batch_size" and k not in cfg.PLACEMENT_KEYS}
         out = {"method": self.method, "metric": ob.describe(self.metrics),
                "fixed": fixed, "parameters": {p.key: p.describe() for p in self.parameters},
                "ablation": list(self.ablation)}

@@ -23,19 +23,22 @@ RUNNER = Path(__file__).resolve().parents[2] / "runner.py"
 TICK_S = 1.0  # how often the parent looks at the study for trials to show
 
 
-def run_workers(n: int, argv: list[str], parent: str, store_url: str, fallback: str,
-                recover: Callable[[], int], tick: Callable[[], None] = lambda: None) -> int:
-    """Start `n` workers running `runner.py sweep *argv`; returns how many died (exited
-    other than 0). `recover` is called as soon as one dies, `tick` every TICK_S."""
+def run_workers(argv: list[str], each: list[list[str]], parent: str, store_url: str,
+                fallback: str, recover: Callable[[], int],
+                tick: Callable[[], None] = lambda: None, pin: bool = True) -> int:
+    """Start a worker per item of `each` running `runner.py sweep *argv *item` (its own
+    flags: a device id); returns how many died (exited other than 0). `recover` is called
+    as soon as one dies, `tick` every TICK_S. CPU workers are pinned one per core."""
+    n = len(each)
     cpus = sorted(os.sched_getaffinity(0))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     if fallback:
         env[FALLBACK_ENV] = fallback
     # One core each measured fastest on 2 cores (benchmark section 4).
-    pin = n <= len(cpus) and os.environ.get("RUNNER_PIN_WORKERS", "1") != "0"
+    pin = pin and n <= len(cpus) and os.environ.get("RUNNER_PIN_WORKERS", "1") != "0"
     procs = []
     for i in range(n):
-        cmd = [sys.executable, str(RUNNER), "sweep", *argv, "--storage", store_url,
+        cmd = [sys.executable, str(RUNNER), "sweep", *argv, *each[i], "--storage", store_url,
                "--parent-run", parent, *(["--pin-cpu", str(cpus[i])] if pin else [])]
         # A process group of their own: a terminal's Ctrl-C reaches the parent only, which
         # forwards one SIGTERM. Signalled twice (by the terminal and by the parent), a

@@ -23,8 +23,10 @@ _FIELDS = ("train_loss", "test_loss", "test_accuracy", "grad_cosine", "grad_norm
 
 def config_digest(config: Config) -> str:
     """What trains, exactly: every config value, the evaluation batch size too (it sums
-    the test loss per batch, so it changes test_loss in its last bits)."""
-    text = json.dumps(flatten(config), sort_keys=True, default=str)
+    the test loss per batch, so it changes test_loss in its last bits) and the device, but
+    not which card of it."""
+    values = {k: v for k, v in flatten(config).items() if k != "device_id"}
+    text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -121,9 +121,12 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
 def train_once(config: Config, experiment: str, run_name: str, say: Callable[[str], None],
                callbacks: Any = None) -> Outcome:
     """`runner.py train`: load the data, train once, record one run in `experiment`."""
+    from experiments.core import devices
     from experiments.core.data import load
     from experiments.tracking.store import client
 
+    devices.check(config.device, [config.device_id])
+    devices.use(config.device, config.device_id)
     mnist = load(config.data.path, config.data.download, say)
     ctx = TrackContext(client(), mnist, Prepared.from_mnist(mnist), experiment)
     return tracked_fit(ctx, config, trainer_for(config.grad_mode), run_name,

@@ -14,10 +14,12 @@ import sys
 from collections.abc import Callable
 
 from experiments.core.config import ConfigError, UserError, one_line
-from experiments.runtime import interrupts, progress
+from experiments.runtime import infra, interrupts, progress
 from experiments.search.options import SweepIncomplete
 
-EXIT_INCOMPLETE = 1  # a sweep whose workers died short of the budget; autodiff checks fail
+# A sweep stopped short of its budget (workers died, the store or the network failed);
+# autodiff checks that fail.
+EXIT_INCOMPLETE = 1
 EXIT_NOT_IDENTICAL = 1  # a replay whose metrics are not bit-identical to its run's
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except SweepIncomplete as exc:
+    except (SweepIncomplete, infra.InfrastructureDown) as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_INCOMPLETE
     except BrokenPipeError:
@@ -219,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         # way out: point stdout at /dev/null so the flush at exit cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        broke = infra.what_broke(exc)
+        if not broke:
+            raise
+        # The store, its disk or the network, not the input: one line, and a rerun resumes.
+        print(f"error: {one_line(broke)}; nothing finished is lost: fix it, then rerun the "
+              "same command", file=sys.stderr)
+        return EXIT_INCOMPLETE
     except KeyboardInterrupt:
         if func in (cmd_train, cmd_sweep) and not getattr(args, "parent_run", None):
             print("interrupted: finished work is saved; rerun the same command to resume",

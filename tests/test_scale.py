@@ -1,6 +1,8 @@
 """Scale up and out: devices per worker, infrastructure failures that never burn the
 budget, and the storage proxy; on real MindSpore, MLflow, Optuna and PostgreSQL."""
 
+import contextlib
+import os
 import subprocess
 import sys
 
@@ -11,7 +13,6 @@ from conftest import ROOT, mlflow_client
 
 
 def cli(*args, cwd, env=None, timeout=600):
-    import os
     full = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
                                                             "RUNNER_FAULT")}
     return subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], cwd=cwd,
@@ -76,3 +77,74 @@ def test_devices_give_one_worker_per_device_id(tmp_path):
         [mlflow_client(tmp_path).get_experiment_by_name("tiny").experiment_id],
         "tags.trial = '4'")
     assert [r.data.params["device_id"] for r in runs] == ["3"]
+
+
+# --- infrastructure failures ------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mlruns/ on a 3 MB tmpfs: the tracking store, its artifacts and the journal fill it
+    in the first trial (a logged model is 2.9 MB). Needs root (CI runs as root)."""
+    mlruns = tmp_path / "mlruns"
+    mlruns.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mlruns)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mlruns
+    subprocess.run(["umount", "-l", str(mlruns)], check=False)
+
+
+def test_a_full_disk_stops_in_one_line_and_costs_no_budget(tmp_path, small_disk):
+    first = cli("sweep", str(TINY), cwd=tmp_path)
+    assert first.returncode == 1, first.stderr
+    errors = [line for line in first.stderr.splitlines() if not line.startswith("data:")]
+    assert len(errors) == 1 and "Traceback" not in first.stderr, first.stderr[-3000:]
+    assert errors[0].startswith("error: disk full (OSError: [Errno 28] No space left on "
+                                "device)") and "rerun the same command" in errors[0]
+    study = journal_study(tmp_path, "tiny")  # the journal is whole: every line reads
+    counted = [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")
+               or "fail_reason" in t.user_attrs]
+    assert not [t for t in counted if "space" in str(t.user_attrs.get("fail_reason", ""))]
+    # Space freed: the same command completes the full budget.
+    subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
+    again = cli("sweep", str(TINY), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = journal_study(tmp_path, "tiny").get_trials()
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4 and "4/4 trials counted" in again.stdout
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed and all(t.user_attrs.get("fail_kind") in ("infrastructure", "crashed")
+                          for t in failed)
+    assert all("fail_reason" not in t.user_attrs for t in failed)
+    _, parents, children = sweep_runs(tmp_path, "tiny")
+    assert parents[0].info.status == "FINISHED"
+    assert not [r for r in children if r.info.status == "RUNNING"]
+
+
+def test_the_journal_takes_whole_lines_or_none(tmp_path, small_disk):
+    """Optuna's own append left half a line on a full disk, and the journal unreadable."""
+    import optuna
+
+    from experiments.search.storage import WholeLines
+
+    path = small_disk / "journal.log"
+    storage = optuna.storages.JournalStorage(WholeLines(str(path)))
+    study = optuna.create_study(study_name="s", storage=storage)
+    filler = small_disk / "filler"  # fill the disk to its last byte
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"x" * 4096)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"x")
+    os.close(fd)
+    with pytest.raises(OSError):
+        study.set_user_attr("big", "y" * 200_000)
+    filler.unlink()
+    study.set_user_attr("after", 1)  # appends again once there is room
+    again = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(path))))
+    assert again.user_attrs == {"after": 1}

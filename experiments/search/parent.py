@@ -71,7 +71,7 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
 # How a sweep ended -> the parent run's status. A timeout is a normal end, like the budget.
 END_STATUS = {"budget": "FINISHED", "timeout": "FINISHED", "target": "FINISHED",
               "interrupted": "KILLED",
-              "workers died": "FAILED", "failed": "FAILED"}
+              "workers died": "FAILED", "failed": "FAILED", "infrastructure": "FAILED"}
 
 
 def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
@@ -120,6 +120,7 @@ def trial_line(t: FrozenTrial, spec: SweepSpec) -> str:
 ENDINGS = {"budget": "budget met", "timeout": "stopped by timeout_s",
            "target": "a trial reached metric.target",
            "interrupted": "interrupted", "workers died": "worker processes died",
+           "infrastructure": "the store, its disk or the network failed",
            "failed": "failed"}
 
 

@@ -17,7 +17,7 @@ from experiments.core import config as cfg
 from experiments.core import devices
 from experiments.core.data import load
 from experiments.core.train import Prepared
-from experiments.runtime import interrupts, progress
+from experiments.runtime import infra, interrupts, progress
 from experiments.search import parent as pr
 from experiments.search import story, trial_runs, warm_trials
 from experiments.search import study as st
@@ -84,9 +84,18 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
     except KeyboardInterrupt:
         end = "interrupted"
         raise
+    except infra.InfrastructureDown:
+        end = "infrastructure"
+        raise
     finally:
         with interrupts.shielded():
-            pr.finalize(session.client, session.parent, session.study, spec, end)
+            try:
+                pr.finalize(session.client, session.parent, session.study, spec, end)
+            except Exception as exc:
+                # With the store or the storage down the parent run stays as it was (a
+                # rerun finalises it); what stopped the sweep is what gets told.
+                if not infra.what_broke(exc):
+                    raise
     experiment_id = session.client.get_run(session.parent).info.experiment_id
     # Filtered to this sweep's runs where other sweeps are, or may come (a W&B project).
     shared = {r.data.tags.get("sweep") for r in pr.parents(session.client, experiment_id)}

@@ -9,6 +9,7 @@ same params. A grid's points are queued as trials, each claimed once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.runtime import faults, interrupts
+from experiments.runtime import faults, infra, interrupts
 from experiments.search import storage
 from experiments.search import study as st
 from experiments.search.objectives import pareto
@@ -31,6 +32,7 @@ from experiments.search.sweepfile import SweepSpec
 
 FAIL_KIND = "fail_kind"  # user attr: why a FAIL trial does not count towards the budget
 REFUSALS = ("over_budget", "duplicate", "no_grid_point")  # trials refused before training
+INFRA = "infrastructure"  # fail_kind of a trial cut short by the store, disk or network
 # A claim names what a trial is for (a grid point, the retry of a trial): of the trials
 # with the same claim, only the lowest-numbered live one trains.
 CLAIM, GRID_POINT = "claim", "grid_point"
@@ -229,7 +231,9 @@ def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool 
         # below is ours to queue), there is nothing to do.
         if how != "heartbeat":
             return False
-    if "retry_of" not in t.user_attrs and t.params:
+    # Retried once; as often as it takes when the infrastructure was at fault (a worker
+    # stops after a few such failures in a row, so this never spins).
+    if ("retry_of" not in t.user_attrs or kind == INFRA) and t.params:
         attrs = {"retry_of": t.number, "retry_reason": kind, "crash_detected_by": how,
                  CLAIM: t.user_attrs.get(CLAIM) or f"retry:{t.number}"}
         if GRID_POINT in t.user_attrs:
@@ -275,6 +279,11 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
         except (Refused, optuna.TrialPruned):
             raise
         except Exception as exc:
+            broke[0] = infra.what_broke(exc)
+            if broke[0]:  # not the trial's fault: not counted, queued again
+                with contextlib.suppress(Exception):  # the storage may be what broke
+                    recovery.lost(study, st.latest(study, trial), INFRA, set_state=False)
+                raise
             if "fail_reason" not in trial.user_attrs:
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:1000])
             raise
@@ -284,29 +293,52 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
                 recovery.lost(study, st.latest(study, trial), "interrupted", set_state=False)
             raise
 
+    broke, in_a_row = [""], 0
     while deadline is None or time.time() < deadline:
         interrupts.check()
-        trials = study.get_trials(deepcopy=False)
-        done = sum(b.counts(t) for t in trials)
-        if done >= b.limit:
-            return "budget"
-        if reached(trials, spec):  # running trials elsewhere finish; none starts
-            return "target"
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        if done + len(running) >= b.limit:
-            # RDB storage knows dead workers on any machine by their heartbeat; the journal
-            # (one machine) by their process.
-            if st.is_journal(study):
-                recover(study, recovery)
-            else:
-                optuna.storages.fail_stale_trials(study)
-                recover(study, recovery, local=False)
-            time.sleep(poll_s)
-            continue
-        if spec.method == "grid":
-            _top_up_grid(study, spec, trials, b)
-        study.optimize(wrapped, n_trials=1, catch=(Exception,), gc_after_trial=False)
-        mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == me]
-        if mine and mine[-1].user_attrs.get(FAIL_KIND) not in REFUSALS:
-            on_done(mine[-1])
+        broke[0] = ""
+        try:
+            ended = _step(study, spec, wrapped, on_done, recovery, b, me, poll_s)
+        except Exception as exc:  # the storage or the store, outside a trial
+            broke[0] = infra.what_broke(exc)
+            if not broke[0]:
+                raise
+            ended = ""
+        if ended:
+            return ended
+        in_a_row = in_a_row + 1 if broke[0] else 0
+        if in_a_row >= infra.MAX_IN_A_ROW:
+            raise infra.InfrastructureDown(broke[0], in_a_row)
+        if in_a_row:
+            time.sleep(2.0 ** in_a_row)  # a restarting database or server: give it time
     return "timeout"
+
+
+def _step(study: optuna.Study, spec: SweepSpec, wrapped: Callable[[optuna.Trial], float],
+          on_done: Callable[[FrozenTrial], None], recovery: Recovery, b: Budget, me: str,
+          poll_s: float) -> str:
+    """One turn of the loop: how the sweep ended, or '' to go on."""
+    trials = study.get_trials(deepcopy=False)
+    done = sum(b.counts(t) for t in trials)
+    if done >= b.limit:
+        return "budget"
+    if reached(trials, spec):  # running trials elsewhere finish; none starts
+        return "target"
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if done + len(running) >= b.limit:
+        # RDB storage knows dead workers on any machine by their heartbeat; the journal
+        # (one machine) by their process.
+        if st.is_journal(study):
+            recover(study, recovery)
+        else:
+            optuna.storages.fail_stale_trials(study)
+            recover(study, recovery, local=False)
+        time.sleep(poll_s)
+        return ""
+    if spec.method == "grid":
+        _top_up_grid(study, spec, trials, b)
+    study.optimize(wrapped, n_trials=1, catch=(Exception,), gc_after_trial=False)
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == me]
+    if mine and mine[-1].user_attrs.get(FAIL_KIND) not in (*REFUSALS, INFRA):
+        on_done(mine[-1])
+    return ""

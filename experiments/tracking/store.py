@@ -70,7 +70,15 @@ def client(create: bool = True):
     from mlflow import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # It logs every database error with its traceback before raising it: the runner says
+    # what broke in one line (a full disk printed 857 lines of these, measured).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow retries a request to a server 7 times over minutes by default; a server that
+    # is gone is then told after ~10 s a request (3 tries), and the sweep stops in one line.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     # A tracking server makes the client print "View run ... at" lines at every run end;
     # the sweep prints its own link once.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

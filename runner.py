@@ -89,6 +89,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if report.identical else EXIT_NOT_IDENTICAL
 
 
+def cmd_storage_proxy(args: argparse.Namespace) -> int:
+    from experiments.search.options import check_storage
+
+    if args.storage.startswith("grpc://"):
+        raise ConfigError("storage-proxy --storage: give the database the proxy stands in "
+                          "front of (postgresql://...), not another proxy")
+    check_storage(args.storage)
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port: expected an integer from 1 to 65535, got {args.port}")
+    from experiments.search.storage import serve_proxy
+
+    serve_proxy(args.storage, args.host, args.port, progress.say)
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from experiments.tracking import ui
 
@@ -142,8 +157,9 @@ def parser() -> argparse.ArgumentParser:
                    help="device ids, e.g. 0,1,2,3: one worker per device (with --set "
                         "device=GPU or Ascend; recorded as device_id)")
     s.add_argument("--storage", default=None,
-                   help="Optuna storage URL (postgresql://... for several machines); "
-                        "default: a journal file in mlruns/optuna/")
+                   help="Optuna storage URL (postgresql://... for several machines, "
+                        "grpc://HOST:PORT through `storage-proxy`); default: a journal file "
+                        "in mlruns/optuna/")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
     s.add_argument("--allow-change", action="store_true",
                    help="continue a study whose sweep file changed (not its metric); the "
@@ -179,6 +195,14 @@ def parser() -> argparse.ArgumentParser:
                     help="replay even where versions or data differ from the recorded ones; "
                          "each difference is tagged on the new run")
     rp.set_defaults(func=cmd_replay)
+
+    sp = sub.add_parser("storage-proxy", help="Optuna's gRPC storage proxy in front of a "
+                                              "database, for many workers")
+    sp.add_argument("--storage", required=True,
+                    help="the study database, e.g. postgresql://user:pass@host/optuna")
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    sp.add_argument("--port", type=int, default=13000)
+    sp.set_defaults(func=cmd_storage_proxy)
 
     u = sub.add_parser("ui", help="the MLflow UI on the project's store")
     u.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")

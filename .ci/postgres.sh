@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL on loopback with its own data directory, for the tests.
 #   .ci/postgres.sh start DIR PORT   -> prints the URL of database "runner"
+#   .ci/postgres.sh restart DIR      (a database restart, as the failure tests need)
 #   .ci/postgres.sh stop DIR
 # initdb refuses to run as root, so the server runs as the `postgres` user.
 set -euo pipefail
@@ -20,6 +21,9 @@ case $action in
     as_pg "'$bin/pg_ctl' -D '$dir/data' -l '$dir/log' -w -o \"-p $port -k '$dir' -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200\" start >/dev/null"
     as_pg "'$bin/createdb' -h 127.0.0.1 -p $port -U postgres runner"
     echo "postgresql://postgres@127.0.0.1:$port/runner"
+    ;;
+  restart)
+    as_pg "'$bin/pg_ctl' -D '$dir/data' -m fast -w restart >/dev/null"
     ;;
   stop)
     [ -d "$dir/data" ] && as_pg "'$bin/pg_ctl' -D '$dir/data' -m fast -w stop >/dev/null" || true

@@ -3,8 +3,14 @@ budget, and the storage proxy; on real MindSpore, MLflow, Optuna and PostgreSQL.
 
 import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 from test_sweep import TINY, journal_study, sweep_runs
@@ -148,3 +154,212 @@ def test_the_journal_takes_whole_lines_or_none(tmp_path, small_disk):
     again = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(path))))
     assert again.user_attrs == {"after": 1}
+
+
+def start_mlflow_server(folder, port):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
+         str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], env=env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            assert time.time() < end and proc.poll() is None, "mlflow server did not start"
+            time.sleep(0.5)
+
+
+def stop(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_vanished_tracking_server_stops_in_one_line_and_costs_no_budget(tmp_path):
+    from test_reliability import free_port
+
+    port = free_port()
+    server = start_mlflow_server(tmp_path, port)
+    env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    full = {k: v for k, v in os.environ.items() if k != "RUNNER_FAULT"} | env
+    args = [sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY), "--n-trials", "6"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=full, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.time() + 300
+        while not any(t.state.name == "COMPLETE" for t in _trials(tmp_path)):
+            assert time.time() < end and proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        stop(server)  # gone mid-sweep
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    # Trial lines, then one line saying what broke.
+    errors = [line for line in err.splitlines() if not line.startswith(("data:", "trial "))]
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    assert "rerun the same command" in errors[0] and "server unreachable" in errors[0], errors
+    counted = [t for t in _trials(tmp_path) if t.state.name == "COMPLETE"]
+    server = start_mlflow_server(tmp_path, port)  # back
+    try:
+        again = subprocess.run(args, cwd=tmp_path, env=full, capture_output=True, text=True,
+                               timeout=600)
+    finally:
+        stop(server)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = _trials(tmp_path)
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 6 > len(counted)
+    assert not [t for t in trials if "fail_reason" in t.user_attrs]
+
+
+def _trials(folder):
+    try:
+        return journal_study(folder, "tiny").get_trials()
+    except (KeyError, FileNotFoundError, ValueError):
+        return []
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL of this test's own, to restart under a running sweep."""
+    from test_reliability import free_port
+
+    folder = Path(tempfile.mkdtemp(prefix="runner-pg-restart-"))
+    os.chmod(folder, 0o777)
+    script = str(ROOT / ".ci" / "postgres.sh")
+    try:
+        url = subprocess.run([script, "start", str(folder), str(free_port())], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.skip(f"no PostgreSQL here: {exc}")
+    yield url, lambda: subprocess.run([script, "restart", str(folder)], check=True)
+    subprocess.run([script, "stop", str(folder)], check=False)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_postgresql_restart_costs_no_budget(tmp_path, own_postgres):
+    import optuna
+
+    url, restart = own_postgres
+    args = [sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY), "--n-trials", "6",
+            "--storage", url]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
+                                                            "RUNNER_FAULT")}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def trials():
+        try:
+            return optuna.load_study(study_name="tiny", storage=url).get_trials()
+        except KeyError:
+            return []
+
+    try:
+        end = time.time() + 300
+        while not any(t.state.name == "COMPLETE" for t in trials()):
+            assert time.time() < end and proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        restart()  # every connection of the sweep is cut
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # It rides the restart out (exit 0) or stops in one line; a rerun then finishes.
+    assert proc.returncode in (0, 1) and "Traceback" not in err, err[-3000:]
+    if proc.returncode == 1:
+        assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1, err
+        again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+    done = trials()
+    assert sum(t.state.name == "COMPLETE" for t in done) == 6
+    assert not [t for t in done if "fail_reason" in t.user_attrs]  # none counted as failed
+
+
+# --- the storage proxy ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,problem", [
+    (["storage-proxy", "--storage", "grpc://127.0.0.1:13000"], "not another proxy"),
+    (["storage-proxy", "--storage", "nonsense"], "--storage: expected a URL starting with"),
+    (["storage-proxy", "--storage", "sqlite:///x.db", "--port", "70000"], "--port: expected"),
+    (["sweep", str(TINY), "--storage", "grpc://127.0.0.1"], "expected grpc://HOST:PORT"),
+    (["sweep", str(TINY), "--storage", "grpc://:13000"], "expected grpc://HOST:PORT"),
+    (["sweep", str(TINY), "--storage", "grpc://127.0.0.1:1"], "cannot open the study storage"),
+])
+def test_bad_proxy_input_is_one_line_exit_2(tmp_path, args, problem):
+    proc = cli(*args, cwd=tmp_path, env={"RUNNER_PROXY_WAIT_S": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and problem in proc.stderr, proc.stderr
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "x.db").exists()
+
+
+@pytest.fixture
+def proxy(own_postgres):
+    """`runner.py storage-proxy` in front of a PostgreSQL of the test's own."""
+    from test_reliability import free_port
+
+    url, _ = own_postgres
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "storage-proxy",
+                             "--storage", url, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    import optuna
+
+    storage = None
+    end = time.time() + 60
+    while storage is None:
+        try:
+            storage = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
+            storage.wait_server_ready(timeout=1)
+        except ConnectionError:
+            storage = None
+            assert time.time() < end and proc.poll() is None, proc.stderr.read()
+    yield url, f"grpc://127.0.0.1:{port}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_through_the_proxy_a_killed_workers_trial_is_retried_by_beats(tmp_path, proxy):
+    """Two sweep commands (two machines, as far as the study can tell) through the proxy;
+    one is killed with -9 mid-trial. Optuna's proxy passes no heartbeats on, so the
+    survivor knows the lost trial by the runner's beats, fails it and retries it."""
+    import optuna
+
+    url, grpc_url = proxy
+    args = ["sweep", str(TINY), "--n-trials", "5", "--storage", grpc_url]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
+                                                            "RUNNER_FAULT")}
+    env |= {"RUNNER_HEARTBEAT_S": "1", "RUNNER_GRACE_S": "5"}
+    runner_py = [sys.executable, str(ROOT / "runner.py")]
+    doomed = subprocess.Popen([*runner_py, *args], cwd=tmp_path,
+                              env=env | {"RUNNER_FAULT": "run_started:2"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert doomed.wait(timeout=300) == -signal.SIGKILL
+    # As if it ran on another machine: its process cannot be looked up, only its beats.
+    study = optuna.load_study(study_name="tiny", storage=url)
+    [running] = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    study._storage.set_trial_user_attr(running._trial_id, "worker", "another-host:4242")
+    survivor = subprocess.run([*runner_py, *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert survivor.returncode == 0, survivor.stderr[-3000:]
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 5
+    lost = [t for t in trials if t.state.name == "FAIL"]
+    assert len(lost) == 1 and lost[0].user_attrs["fail_kind"] == "crashed"
+    assert "runner.beat" in lost[0].system_attrs
+    retry = [t for t in complete if t.user_attrs.get("retry_of") == lost[0].number]
+    assert len(retry) == 1 and retry[0].params == lost[0].params
+    assert retry[0].user_attrs["crash_detected_by"] == "beats stopped"
+    assert all("runner.beat" in t.system_attrs for t in complete)

@@ -23,8 +23,8 @@ import optuna
 from experiments.core import config as cfg
 from experiments.core.train import Callbacks, EpochResult, Stop, compose, trainer_for
 from experiments.runtime.progress import EpochBars
+from experiments.search import liveness as lv
 from experiments.search import space
-from experiments.search import trials as tr
 from experiments.search.sweepfile import SweepSpec
 from experiments.search.warmstart import FROM_ATTR
 from experiments.tracking.reuse import take_over
@@ -104,7 +104,7 @@ class TrialRunner:
                ) -> Outcome:
         spec, n, mode = self.spec, trial.number, config.grad_mode
         tags = {"sweep": spec.name, "trial": str(n), "grad_mode": mode,
-                "role": "objective" if first else "ablation", "worker": tr.worker_id()}
+                "role": "objective" if first else "ablation", "worker": lv.worker_id()}
         if spec.repeats > 1:
             tags["repeat"] = str(repeat)
         if FROM_ATTR in trial.user_attrs:

@@ -14,7 +14,7 @@ from experiments.runtime.paths import writable_ancestor
 from experiments.search import sweepfile
 
 STORAGE_PREFIXES = ("postgresql://", "postgresql+psycopg2://", "mysql://", "sqlite:///",
-                    "journal:")
+                    "journal:", "grpc://")
 
 
 class SweepIncomplete(RuntimeError):
@@ -100,6 +100,14 @@ class SweepOptions:
         return argv + [a for item in self.sets for a in ("--set", item)]
 
 
+def proxy_address(url: str) -> tuple[str, int]:
+    """(host, port) of grpc://HOST:PORT (Optuna's storage proxy); ValueError otherwise."""
+    host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("expected grpc://HOST:PORT with a port from 1 to 65535")
+    return host, int(port)
+
+
 def masked(text: str) -> str:
     """A storage URL (or a message holding one) without its password: it goes to
     terminals, logs and CI output."""
@@ -127,7 +135,12 @@ def check_storage(url: str) -> None:
     if not url.startswith(STORAGE_PREFIXES):
         raise ConfigError(f"--storage: expected a URL starting with "
                           f"{', '.join(STORAGE_PREFIXES)}, got {cfg.show(masked(url))}")
-    if url.startswith("journal:"):
+    if url.startswith("grpc://"):
+        try:
+            proxy_address(url)
+        except ValueError as exc:
+            raise ConfigError(f"--storage {cfg.show(masked(url))}: {exc}") from None
+    elif url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         try:
             if not str(path) or str(path) == "." or path.is_dir():

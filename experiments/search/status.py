@@ -16,6 +16,7 @@ from experiments.search.options import SweepOptions, masked
 def status(options: SweepOptions) -> str:
     """The report to print; SweepError for a sweep with no study in the storage."""
     spec = options.check()
+    from experiments.search import liveness as lv
     from experiments.search import objectives
     from experiments.search import study as st
     from experiments.search import trials as tr
@@ -46,11 +47,11 @@ def status(options: SweepOptions) -> str:
     beats = st.heartbeat_ages(study)
     for t in running:
         host, _, pid = t.user_attrs.get("worker", "?:?").rpartition(":")
-        alive = "alive" if tr.alive(t.user_attrs.get("worker")) else "gone"
+        alive = "alive" if lv.alive(t.user_attrs.get("worker")) else "gone"
         beat = f", heartbeat {beats[t.number]:.0f}s ago" if t.number in beats else \
             (", no heartbeat (journal storage)" if not beats else ", no heartbeat yet")
         lines.append(f"  running: trial {t.number} on {host or '?'} pid {pid or '?'} ({alive}), "
-                     f"started {tr.age_s(t):.0f}s ago{beat}")
+                     f"started {lv.age_s(t):.0f}s ago{beat}")
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     if complete and spec.multi:
         front = tr.ranked(pareto(trials, spec.metrics), spec)
@@ -82,11 +83,11 @@ def _eta(counted: list, running: list, limit: int) -> str:
 def _workers(counted: list, running: list) -> set[str]:
     """Workers at work: those running a trial, and those of the latest trials whose process
     is still there (between two trials a worker runs none; other hosts' count as there)."""
-    from experiments.search import trials as tr
+    from experiments.search import liveness as lv
 
     recent = sorted(counted, key=lambda t: t.number)[-8:]
     named = [t.user_attrs.get("worker") for t in [*running, *recent]]
-    return {w for w in named if w and tr.alive(w)}
+    return {w for w in named if w and lv.alive(w)}
 
 
 def _span(seconds: float) -> str:

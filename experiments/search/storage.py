@@ -19,8 +19,10 @@ from optuna.trial import FrozenTrial
 
 from experiments.core.config import ConfigError
 from experiments.runtime.retry import retry
+from experiments.search.options import masked, proxy_address
 
-# A worker that stops beating for GRACE_S is taken for dead (RDB storage).
+PROXY_WAIT_S = float(os.environ.get("RUNNER_PROXY_WAIT_S", "20"))
+# A worker that stops beating for GRACE_S is taken for dead (RDB storage, the proxy).
 HEARTBEAT_S = int(os.environ.get("RUNNER_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("RUNNER_GRACE_S", "30"))
 
@@ -36,6 +38,8 @@ def open_storage(url: str | None, root: Path,
     None where the journal file does not exist yet (no study can).
     """
     try:
+        if url and url.startswith("grpc://"):
+            return _proxy(url)
         if not url or url.startswith("journal:") or url.endswith(".log"):
             path = Path(url.removeprefix("journal:")) if url else root / "optuna" / "journal.log"
             if not create and not path.exists():
@@ -80,6 +84,29 @@ class WholeLines(JournalFileBackend):
             self._whole_lock.release()
 
 
+def _proxy(url: str) -> Any:
+    host, port = proxy_address(url)
+    with warnings.catch_warnings():  # "experimental" since Optuna 4.2; nothing to act on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    proxy.wait_server_ready(timeout=PROXY_WAIT_S)  # ConnectionError after the wait
+    return proxy
+
+
+def serve_proxy(url: str, host: str, port: int, say: Callable[[str], None]) -> None:
+    """`runner.py storage-proxy`: Optuna's gRPC proxy in front of `url`, until Ctrl-C.
+    Workers then hold connections to it rather than each to the database."""
+    storage = open_storage(url, Path("mlruns"), lambda study, t: None)
+    say(f"storage proxy: workers use --storage grpc://{host}:{port} (for {masked(url)}); "
+        "Ctrl-C stops it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
+    except RuntimeError as exc:  # gRPC cannot bind the address
+        raise ConfigError(f"storage-proxy: cannot serve on {host}:{port} ({exc})") from None
+
+
 def _has_studies(url: str) -> bool:
     """Whether a database holds Optuna's tables, found without writing: RDBStorage would
     create its schema (and SQLite its file) in whatever it is pointed at."""
@@ -106,8 +133,6 @@ def _rdb(url: str, on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> Any
 
 def unusable(url: str | None, exc: BaseException) -> ConfigError:
     """A storage that cannot be opened or read, in one line."""
-    from experiments.search.options import masked
-
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     return ConfigError(masked(f"--storage {url}: cannot open the study storage "
                               f"({type(exc).__name__}: {first})"))

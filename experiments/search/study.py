@@ -57,6 +57,24 @@ def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
     return ages
 
 
+BEAT = "runner.beat"  # trial system attr: the worker's last sign of life (epoch seconds)
+
+
+def native_heartbeat(study: optuna.Study) -> bool:
+    """Whether the storage keeps Optuna's own heartbeats (RDB storage, wrapped in a cache).
+    Optuna's gRPC proxy does not pass them on, so its workers beat through `beat`."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    return isinstance(study._storage, BaseHeartbeat) and is_heartbeat_enabled(study._storage)
+
+
+def beat(study: optuna.Study, t: FrozenTrial | optuna.Trial) -> None:
+    """Record that the worker of running trial `t` is alive."""
+    import time
+
+    study._storage.set_trial_system_attr(t._trial_id, BEAT, time.time())
+
+
 def set_attr(study: optuna.Study, t: FrozenTrial, key: str, value: Any) -> None:
     """A user attr on any trial of the study (an Optuna `Trial` is only the running one)."""
     study._storage.set_trial_user_attr(t._trial_id, key, value)

@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from experiments.search import liveness as lv
 from experiments.search import trials as tr
 
 
@@ -72,7 +73,7 @@ def close_orphans(client: Any, study: optuna.Study, experiment: str) -> int:
         tags = run.data.tags
         if tags.get("sweep.parent") == "true" or not tags.get("trial", "").isdigit():
             continue
-        if states.get(int(tags["trial"])) == TrialState.RUNNING or tr.alive(tags.get("worker")):
+        if states.get(int(tags["trial"])) == TrialState.RUNNING or lv.alive(tags.get("worker")):
             continue
         client.set_tag(run.info.run_id, "failure_reason", REASONS["orphaned"])
         client.set_terminated(run.info.run_id, "KILLED")

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.runtime import faults, infra, interrupts
-from experiments.search import storage
+from experiments.search import liveness as lv
 from experiments.search import study as st
 from experiments.search.objectives import pareto
 from experiments.search.sweepfile import SweepSpec
@@ -36,8 +31,6 @@ INFRA = "infrastructure"  # fail_kind of a trial cut short by the store, disk or
 # A claim names what a trial is for (a grid point, the retry of a trial): of the trials
 # with the same claim, only the lowest-numbered live one trains.
 CLAIM, GRID_POINT = "claim", "grid_point"
-# A trial that names no worker after GRACE_S was left by a process killed as it created it.
-GRACE_S = storage.GRACE_S
 
 
 class Refused(Exception):
@@ -181,43 +174,6 @@ def _top_up_grid(study: optuna.Study, spec: SweepSpec, trials: list[FrozenTrial]
 # --- workers, crashes, retries ----------------------------------------------------------
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def age_s(t: FrozenTrial) -> float:
-    start = t.datetime_start
-    if start is None:
-        return math.inf
-    now = datetime.now(UTC) if start.tzinfo else datetime.now()
-    return (now - start).total_seconds()
-
-
-def alive(worker: str | None) -> bool:
-    """Whether a worker (`host:pid`) may still be running: a runner.py process on this host,
-    or any worker on another host (heartbeats judge those, on RDB storage)."""
-    host, _, pid = (worker or "").rpartition(":")
-    if not pid.isdigit():
-        return False
-    if host != socket.gethostname():
-        return True
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"runner.py" in cmdline
-
-
-def _dead_here(t: FrozenTrial) -> bool:
-    """Whether a RUNNING trial's process is gone. A trial that names no worker was left by
-    a process killed between creating it and naming itself (milliseconds apart): dead
-    once it is older than the grace period, on any storage."""
-    worker = t.user_attrs.get("worker", "")
-    if not worker:
-        return age_s(t) > GRACE_S
-    return not alive(worker)
-
-
 def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool = True,
                 how: str = "") -> bool:
     """Fail a trial that will not finish, and queue its params for one retry. False when
@@ -243,13 +199,18 @@ def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool 
 
 
 def recover(study: optuna.Study, recovery: Recovery, local: bool = True) -> int:
-    """Fail the RUNNING trials whose process is gone; returns how many. With `local`
-    False (RDB storage, whose heartbeats judge processes) only trials naming no worker."""
+    """Fail the RUNNING trials whose process is gone, or whose beats stopped; returns how
+    many. With `local` False (RDB storage, whose heartbeats judge processes) only trials
+    naming no worker are judged by their process."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if (local or not t.user_attrs.get("worker")) and _dead_here(t):
+        if (local or not t.user_attrs.get("worker")) and lv.dead_here(t):
             recovery.lost(study, t, "crashed", "process gone")
-            n += 1
+        elif lv.silent(t):
+            recovery.lost(study, t, "crashed", "beats stopped")
+        else:
+            continue
+        n += 1
     return n
 
 
@@ -263,7 +224,10 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
     than start more: they may fail (a crashed worker) and free their slot for a retry.
     """
     b = Budget.of(spec)
-    me = worker_id()
+    me = lv.worker_id()
+    # The journal knows its (one host's) workers by their process, RDB storage by Optuna's
+    # heartbeats; any other storage (Optuna's gRPC proxy) by the runner's own beats.
+    beats = not st.is_journal(study) and not st.native_heartbeat(study)
 
     def wrapped(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", me)
@@ -273,7 +237,8 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
             trial.set_user_attr(FAIL_KIND, refusal)
             raise Refused(refusal)
         try:
-            value = objective(trial)
+            with lv.beating(study, trial) if beats else contextlib.nullcontext():
+                value = objective(trial)
             faults.point("before_tell")
             return value
         except (Refused, optuna.TrialPruned):

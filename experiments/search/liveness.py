@@ -1,0 +1,93 @@
+"""Whether a trial's worker is alive: its process on this host, or its beats.
+
+A journal's workers share one host, so a trial's worker (`host:pid`) is alive while its
+process is. RDB storage judges workers on other hosts by Optuna's heartbeats; a storage
+without them (Optuna's gRPC proxy) by the runner's own beats, written by a thread while
+a trial trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from experiments.search import storage
+from experiments.search import study as st
+
+# A trial that names no worker after GRACE_S was left by a process killed as it created it.
+GRACE_S = storage.GRACE_S
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def age_s(t: FrozenTrial) -> float:
+    start = t.datetime_start
+    if start is None:
+        return math.inf
+    now = datetime.now(UTC) if start.tzinfo else datetime.now()
+    return (now - start).total_seconds()
+
+
+def alive(worker: str | None) -> bool:
+    """Whether a worker (`host:pid`) may still be running: a runner.py process on this host,
+    or any worker on another host (heartbeats judge those, on RDB storage)."""
+    host, _, pid = (worker or "").rpartition(":")
+    if not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"runner.py" in cmdline
+
+
+def silent(t: FrozenTrial) -> bool:
+    """Whether a trial's worker beat (storages without Optuna's heartbeats) and stopped
+    beating more than GRACE_S ago: dead, on whatever host."""
+    last = t.system_attrs.get(st.BEAT)
+    return isinstance(last, float | int) and time.time() - last > GRACE_S
+
+
+@contextlib.contextmanager
+def beating(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """A thread that says the trial's worker is alive every HEARTBEAT_S while it trains."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a hiccup: the next beat will do
+                st.beat(study, trial)
+            if stop.wait(storage.HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=loop, name="runner-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def dead_here(t: FrozenTrial) -> bool:
+    """Whether a RUNNING trial's process is gone. A trial that names no worker was left by
+    a process killed between creating it and naming itself (milliseconds apart): dead
+    once it is older than the grace period, on any storage."""
+    worker = t.user_attrs.get("worker", "")
+    if not worker:
+        return age_s(t) > GRACE_S
+    return not alive(worker)

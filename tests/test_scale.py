@@ -363,3 +363,76 @@ def test_through_the_proxy_a_killed_workers_trial_is_retried_by_beats(tmp_path, 
     assert len(retry) == 1 and retry[0].params == lost[0].params
     assert retry[0].user_attrs["crash_detected_by"] == "beats stopped"
     assert all("runner.beat" in t.system_attrs for t in complete)
+
+
+def _peak_connections(base_url, database, stop):
+    """The most connections PostgreSQL had open to `database`, polled every 0.2 s."""
+    import psycopg
+
+    admin = base_url.rsplit("/", 1)[0] + "/postgres"
+    peak = 0
+    with psycopg.connect(admin, autocommit=True) as conn:
+        while not stop.is_set():
+            row = conn.execute("select count(*) from pg_stat_activity where datname = %s",
+                               (database,)).fetchone()
+            peak = max(peak, row[0])
+            stop.wait(0.2)
+    return peak
+
+
+@pytest.mark.slow
+def test_eight_workers_through_the_proxy_keep_the_budget_and_few_connections(
+        tmp_path, proxy, capsys):
+    """The load test: 8 worker processes (threads capped) on a real PostgreSQL and a real
+    `mlflow server`, once through the proxy and once straight to the database. The global
+    budget is exact, no trial is lost or trained twice, and the proxy bounds PostgreSQL's
+    connections."""
+    import threading
+
+    import optuna
+    from test_reliability import free_port
+
+    url, grpc_url = proxy
+    port = free_port()
+    server = start_mlflow_server(tmp_path, port)
+    env = {k: v for k, v in os.environ.items() if k not in ("RUNNER_FAULT",)}
+    env |= {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    figures = {}
+    try:
+        for how, storage in (("proxy", grpc_url), ("direct", url)):
+            name = f"load_{how}"
+            sweep = tmp_path / f"{name}.yaml"
+            sweep.write_text(TINY.read_text().replace("name: tiny", f"name: {name}"))
+            finished = threading.Event()
+            peak: list[int] = []
+            watcher = threading.Thread(target=lambda e=finished, p=peak: p.append(
+                _peak_connections(url, url.rsplit("/", 1)[1], e)))
+            watcher.start()
+            start = time.time()
+            proc = subprocess.run(
+                [sys.executable, str(ROOT / "runner.py"), "sweep", str(sweep), "--workers",
+                 "8", "--n-trials", "24", "--storage", storage, "--quiet"],
+                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+            seconds = time.time() - start
+            finished.set()
+            watcher.join()
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            trials = optuna.load_study(study_name=name, storage=url).get_trials()
+            complete = [t for t in trials if t.state.name == "COMPLETE"]
+            assert len(complete) == 24  # the global budget, exactly
+            # Each configuration trained once: no trial lost, none duplicated.
+            assert len({t.number for t in complete}) == 24
+            assert not [t for t in trials if t.state.name == "RUNNING"]
+            failed = [t for t in trials if t.state.name == "FAIL"]
+            workers = {t.user_attrs["worker"] for t in complete}
+            figures[how] = {"seconds": round(seconds, 1), "peak_connections": peak[0],
+                            "trials": len(trials), "failed": len(failed),
+                            "workers": len(workers)}
+    finally:
+        stop(server)
+    with capsys.disabled():
+        print(f"\nload test, 8 workers, 24 trials: {figures}")
+    assert figures["proxy"]["workers"] >= 2 and figures["direct"]["workers"] >= 2
+    # Through the proxy PostgreSQL sees the proxy's pool, not each worker's connections.
+    assert figures["proxy"]["peak_connections"] < figures["direct"]["peak_connections"]

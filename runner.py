@@ -8,10 +8,12 @@ checks never pay for MindSpore, MLflow or Optuna.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from experiments.core.config import ConfigError, UserError, one_line
 from experiments.runtime import infra, interrupts, progress
@@ -24,6 +26,7 @@ EXIT_NOT_IDENTICAL = 1  # a replay whose metrics are not bit-identical to its ru
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
+EXIT_INFRA = 75  # a worker stopped by the infrastructure (workers.EXIT_INFRA); never shown
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -221,6 +224,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _worker_stopped(broke: str) -> int:
+    """A worker stopped by the infrastructure tells its parent what broke, which says it
+    once for all its workers (REASONS_ENV: a folder of the parent's, off the store's disk)."""
+    folder = os.environ.get("RUNNER_REASONS")
+    if folder:
+        with contextlib.suppress(OSError):
+            Path(folder, f"{os.getpid()}.reason").write_text(broke, encoding="utf-8")
+    return EXIT_INFRA
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
@@ -238,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (SweepIncomplete, infra.InfrastructureDown) as exc:
+        if isinstance(exc, infra.InfrastructureDown) and getattr(args, "parent_run", None):
+            return _worker_stopped(exc.broke)
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_INCOMPLETE
     except BrokenPipeError:
@@ -249,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         broke = infra.what_broke(exc)
         if not broke:
             raise
+        if getattr(args, "parent_run", None):
+            return _worker_stopped(broke)
         # The store, its disk or the network, not the input: one line, and a rerun resumes.
         print(f"error: {one_line(broke)}; nothing finished is lost: fix it, then rerun the "
               "same command", file=sys.stderr)

@@ -85,6 +85,7 @@ class InfrastructureDown(RuntimeError):
     """The infrastructure failed MAX_IN_A_ROW times in a row: the worker stops (exit 1)."""
 
     def __init__(self, broke: str, times: int) -> None:
+        self.broke = broke
         super().__init__(f"{broke}; {times} attempt(s) in a row failed on it, so this "
                          "process stopped: nothing finished is lost and the trials it cut "
                          "short do not count; fix it, then rerun the same command to resume")

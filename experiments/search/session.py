@@ -26,7 +26,7 @@ from experiments.search.objective import TrialRunner
 from experiments.search.options import SweepOptions
 from experiments.search.storage import open_storage
 from experiments.search.sweepfile import SweepSpec
-from experiments.search.workers import FALLBACK_ENV, run_workers
+from experiments.search.workers import EXIT_INFRA, FALLBACK_ENV, run_workers
 from experiments.tracking import ui
 from experiments.tracking.store import MLRUNS, client
 from experiments.tracking.tracked_fit import TrackContext
@@ -155,9 +155,16 @@ def _run_trials(s: Session) -> str:
                                tick, pin=cfg.build(spec.fixed).device == "CPU")
         # Workers stop at the budget or the deadline; a shortfall without a deadline
         # means some died (the others may have made up for them).
-        return ("budget" if len(tr.finished(s.study, spec)) >= tr.budget(spec)
-                else "target" if tr.reached(s.study.get_trials(deepcopy=False), spec)
-                else "workers died" if died else "timeout" if deadline else "failed")
+        if len(tr.finished(s.study, spec)) >= tr.budget(spec):
+            return "budget"
+        if tr.reached(s.study.get_trials(deepcopy=False), spec):
+            return "target"
+        broke = [said for code, said in died if code == EXIT_INFRA]
+        if broke:
+            raise infra.InfrastructureDown(
+                next((b for b in broke if b), "the store, its disk or the network failed"),
+                infra.MAX_IN_A_ROW)
+        return "workers died" if died else "timeout" if deadline else "failed"
     shown = options.parent_run is None
     bar = progress.trial_bar(tr.budget(spec), len(tr.finished(s.study, spec)), enabled=shown)
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,19 +22,29 @@ from experiments.runtime import interrupts
 FALLBACK_ENV = "RUNNER_DATA_FALLBACK"  # set for workers once the parent fell back
 RUNNER = Path(__file__).resolve().parents[2] / "runner.py"
 TICK_S = 1.0  # how often the parent looks at the study for trials to show
+# A worker stopped by the infrastructure exits with this code and says nothing: its
+# parent says it once (EX_TEMPFAIL of sysexits.h: try again later).
+EXIT_INFRA = 75
+REASONS_ENV = "RUNNER_REASONS"
 
 
 def run_workers(argv: list[str], each: list[list[str]], parent: str, store_url: str,
                 fallback: str, recover: Callable[[], int],
-                tick: Callable[[], None] = lambda: None, pin: bool = True) -> int:
+                tick: Callable[[], None] = lambda: None, pin: bool = True
+                ) -> list[tuple[int, str]]:
     """Start a worker per item of `each` running `runner.py sweep *argv *item` (its own
-    flags: a device id); returns how many died (exited other than 0). `recover` is called
+    flags: a device id); returns (exit code, what it said) of those that died (exited
+    other than 0; EXIT_INFRA: stopped by the store, its disk or the network, saying what
+    broke into a file of REASONS_ENV's folder, for its parent to say). `recover` is called
     as soon as one dies, `tick` every TICK_S. CPU workers are pinned one per core."""
     n = len(each)
     cpus = sorted(os.sched_getaffinity(0))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     if fallback:
         env[FALLBACK_ENV] = fallback
+    # Not beside the store: its disk may be the one that is full.
+    reasons = tempfile.TemporaryDirectory(prefix="runner-reasons-")
+    env[REASONS_ENV] = reasons.name
     # One core each measured fastest on 2 cores (benchmark section 4).
     pin = pin and n <= len(cpus) and os.environ.get("RUNNER_PIN_WORKERS", "1") != "0"
     procs = []
@@ -70,4 +81,9 @@ def run_workers(argv: list[str], each: list[list[str]], parent: str, store_url: 
                 ticked = time.time()
             time.sleep(0.1)
     interrupts.check()
-    return len(died)
+    said = {}
+    for path in Path(reasons.name).glob("*.reason"):
+        with contextlib.suppress(OSError, ValueError):
+            said[int(path.stem)] = path.read_text(encoding="utf-8").strip()
+    reasons.cleanup()
+    return [(procs[i].returncode, said.get(procs[i].pid, "")) for i in sorted(died)]

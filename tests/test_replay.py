@@ -267,3 +267,30 @@ def test_one_blas_thread_replays_bit_identical(own_store):
                        env={"OPENBLAS_NUM_THREADS": "1"})
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "bit-identical" in replayed.stdout
+
+
+def test_a_config_yaml_that_contradicts_the_run_is_refused(own_store):
+    """An artifact edited after the run would replay another training and call the
+    difference non-determinism: its params and config digest must agree with it."""
+    folder, runs = own_store
+    original = runs["train-has_aux"]
+    client = mlflow_client(folder)
+    config = client.download_artifacts(original, "config.yaml", str(folder))
+    text = Path(config).read_text().replace("learning_rate: 0.01", "learning_rate: 0.02")
+    assert "learning_rate: 0.02" in text
+    client.log_text(original, text, "config.yaml")
+    before = all_runs(folder)
+    line = assert_refused(*run_main(["replay", original], folder))
+    assert "its config.yaml does not match what the run recorded: learning_rate: 0.01 " \
+           "(param) vs 0.02 (config.yaml)" in line
+    assert all_runs(folder) == before
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database\n"])
+def test_a_file_that_is_not_a_store_is_refused_and_left_alone(tmp_path, monkeypatch, content):
+    db = tmp_path / "other.db"
+    db.write_bytes(content)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    line = assert_refused(*run_main(["replay", "0123abcd"], tmp_path))
+    assert "the file is not one (it has no MLflow tables)" in line
+    assert db.read_bytes() == content  # MLflow would have written its schema into it

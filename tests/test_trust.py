@@ -294,6 +294,11 @@ def test_the_pareto_front_is_optunas(store):
     ("warm_start: {from: bad}\nmethod: grid\n", "warm_start: a grid visits every point"),
     ("warm_start: {from: base}\n", "warm_start.from: names this sweep itself"),
     ("warm_start: {from: missing.yaml}\n", "warm_start.from: no sweep file missing.yaml"),
+    ("metric: [{name: test_accuracy, goal: maximize}, {name: train_time_s}]\n"
+     "pruner: {type: none, foo: bar}\n", "pruner.foo: unknown key"),
+    ("metric: [{name: test_accuracy, goal: maximize}, {name: train_time_s}]\n"
+     "early_terminate: {type: none}\n", "early_terminate: Optuna cannot prune"),
+    ("warm_start: {from: listy.yaml}\n", "listy.yaml is not a sweep file"),
 ])
 def test_bad_trust_keys_are_one_line_exit_2(tmp_path, text, where):
     given = {line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")}
@@ -305,6 +310,7 @@ def test_bad_trust_keys_are_one_line_exit_2(tmp_path, text, where):
     if "parameters:" in text:
         body = text.replace("parameters:\n", "parameters:\n  learning_rate: {values: [0.1]}\n")
     (tmp_path / "base.yaml").write_text(base + body)
+    (tmp_path / "listy.yaml").write_text("- a\n- b\n")
     proc = subprocess.run([sys.executable, str(ROOT / "runner.py"), "sweep", "base.yaml"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -330,3 +336,85 @@ def test_an_unknown_warm_start_study_is_refused_before_anything_is_written(store
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
         str(store / "mlruns" / "optuna" / "journal.log")))
     assert optuna.get_all_study_names(storage) == ["seeds"]
+
+
+def test_a_warm_start_never_places_a_quantile_through_another_law(store, capsys):
+    """Every quantile-drawn law is Optuna's FloatDistribution(0, 1): the same quantile
+    under another law is another value, so such a trial is skipped, not mistrained."""
+    earlier = REPEATS.replace("repeats: 3\n", "").replace("name: seeds", "name: qa").replace(
+        "{distribution: log_uniform_values, min: 0.05, max: 0.3}",
+        "{distribution: q_log_uniform_values, min: 0.01, max: 0.1, q: 0.01}")
+    (store / "qa.yaml").write_text(earlier)
+    assert runner.main(["sweep", "qa.yaml"]) == 0
+    later = earlier.replace("name: qa", "name: qb\nwarm_start: {from: qa, top: 2}").replace(
+        "min: 0.01, max: 0.1, q: 0.01", "min: 0.5, max: 5.0, q: 0.5")
+    (store / "qb.yaml").write_text(later)
+    capsys.readouterr()
+    assert runner.main(["sweep", "qb.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("is drawn through its quantile, from another law") == 2, out
+    same = earlier.replace("name: qa", "name: qc\nwarm_start: {from: qa, top: 2}")
+    (store / "qc.yaml").write_text(same)
+    assert runner.main(["sweep", "qc.yaml", "--n-trials", "2"]) == 0
+    placed = sorted(t.user_attrs["value.learning_rate"]
+                    for t in journal_study(store, "qc").get_trials())
+    best = sorted(journal_study(store, "qa").get_trials(), key=lambda t: t.value)[::-1][:2]
+    assert placed == sorted(t.user_attrs["value.learning_rate"] for t in best)
+
+
+def test_sweeps_sharing_a_project_are_compared_apart(store):
+    """Two sweeps in one W&B project share an experiment and their trial numbers: the
+    noise table and test group runs by (sweep, trial)."""
+    for name, seed in (("pa", 3), ("pb", 5)):
+        text = REPEATS.replace("name: seeds", f"name: {name}\nproject: shared").replace(
+            "repeats: 3", "repeats: 2").replace("seed: 3", f"seed: {seed}")
+        (store / f"{name}.yaml").write_text(text)
+        assert runner.main(["sweep", f"{name}.yaml"]) == 0
+    from experiments.search import compare
+    client = mlflow_client(store)
+    frame = compare.runs("shared", client)
+    assert set(frame["sweep"]) == {"pa", "pb"} and (frame["seeds"] == 2).all()
+    text = compare.report("shared", client, 10)
+    assert "(4 seeds)" not in text and " of pa" in text and " of pb" in text
+
+
+def test_a_changed_repeats_is_another_question(store):
+    path = write_sweep(store, REPEATS.replace("n_trials: 2", "n_trials: 1").replace(
+        "repeats: 3", "repeats: 2"))
+    assert runner.main(["sweep", str(path)]) == 0
+    path.write_text(path.read_text().replace("repeats: 2", "repeats: 3"))
+    proc = subprocess.run([sys.executable, str(ROOT / "runner.py"), "sweep", str(path),
+                           "--n-trials", "2"], cwd=store, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "repeats: 2 -> 3" in proc.stderr, proc.stderr
+
+
+def test_interrupted_trials_are_retried_as_often_as_it_takes_and_keep_their_origin():
+    """A Ctrl-C is never the trial's fault: each interrupted retry is queued again (a
+    crash is retried once), and a warm start's origin goes with the retry."""
+    from experiments.search import trials as tr
+
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.5}, user_attrs={"warm_start_from": "early#3"})
+    chain = []
+    for kind in ("interrupted", "interrupted", "crashed", "crashed"):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        chain.append(trial.number)
+        tr.mark_failed(study, study.trials[trial.number], kind)
+    trials = study.get_trials()
+    # 0 interrupted -> 1, 1 interrupted -> 2, 2 crashed -> 3, 3 (a crash of a retry) ends.
+    assert [t.user_attrs.get("retry_of") for t in trials] == [None, 0, 1, 2]
+    assert all(t.user_attrs["warm_start_from"] == "early#3" for t in trials)
+    assert all(t.params == {"x": 0.5} for t in trials)
+
+
+def test_a_trade_offs_trial_line_shows_no_stray_std():
+    from experiments.search.parent import trial_line
+    from experiments.search.sweepfile import SweepSpec
+
+    spec = SweepSpec("s.yaml", "s", objectives=(("test_loss", "minimize"),
+                                                ("train_time_s", "minimize")), repeats=3)
+    t = optuna.trial.create_trial(values=[1.5, 0.1], user_attrs={
+        "test_loss.std": 0.05, "seeds": [0, 1, 2]})
+    line = trial_line(t, spec)
+    assert "test_loss=1.5000  train_time_s=0.1000" in line and "±" not in line

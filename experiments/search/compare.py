@@ -119,7 +119,8 @@ def runs(target: str, client: Any) -> pd.DataFrame:
     rows = []
     for r in found:
         tags, info = r.data.tags, r.info
-        row = {"trial": _trial(tags), "state": tags.get("state", info.status),
+        row = {"sweep": tags.get("sweep", ""), "trial": _trial(tags),
+               "state": tags.get("state", info.status),
                "status": info.status, "role": tags.get("role", ""),
                # Runs of a trial that crashed or was interrupted: not a result of the sweep.
                "fail_kind": tags.get("fail_kind", ""),
@@ -137,7 +138,7 @@ def runs(target: str, client: Any) -> pd.DataFrame:
     frame["trial"] = frame["trial"].astype("Int64")
     # Each run carries its configuration's mean ± std over the seeds (NaN std: one seed).
     configs = noise.per_config(frame, metric, ascending)
-    frame = frame.merge(configs, on="trial", how="left")
+    frame = frame.merge(configs, on=["sweep", "trial"], how="left")
     frame["seeds"] = frame["seeds"].astype("Int64")
     return frame.sort_values(f"final_{metric}", ascending=ascending,
                              na_position="last").reset_index(drop=True)
@@ -237,8 +238,13 @@ def report(target: str, client: Any, top: int, csv: str | None = None,
     configs = noise.per_config(frame, metric, ascending) if len(frame) else None
     if configs is not None and len(configs) and configs["seeds"].max() > 1:
         lines.append(_configs_text(configs, frame, metric, top))
-    if configs is not None and len(configs) > 1:
+    multi = any("metrics" in p.data.params for p in parents(client, _experiment(client, name),
+                                                                 sweep))
+    if configs is not None and len(configs) > 1 and not multi:
         lines.append(noise.verdict(frame, configs, metric, ascending))
+    elif configs is not None and len(configs) > 1:
+        lines.append("noise: a trade-off has no one best configuration to test; its answer "
+                     "is the Pareto front (the pareto column)")
     if csv:
         write(frame, csv)
         lines.append(f"wrote {len(frame)} runs to {csv}")
@@ -251,13 +257,16 @@ def report(target: str, client: Any, top: int, csv: str | None = None,
 
 def _configs_text(configs: pd.DataFrame, frame: pd.DataFrame, metric: str, top: int) -> str:
     """Per configuration (trial): its searched values and mean ± std over its seeds."""
-    keys = [c for c in frame.columns if c in cfg.KEYS and c not in ("seed", "grad_mode")
+    keys = [c for c in frame.columns if c in cfg.KEYS and c != "seed"
             and frame[c].nunique(dropna=True) > 1]
-    first = frame.drop_duplicates("trial").set_index("trial")
+    first = frame.drop_duplicates(["sweep", "trial"]).set_index(["sweep", "trial"])
+    several = configs["sweep"].nunique() > 1
     rows = []
     for _, c in configs.head(top).iterrows():
-        values = "  ".join(f"{k}={show_value(first.loc[c['trial'], k])}" for k in keys)
+        where = (c["sweep"], c["trial"])
+        values = "  ".join(f"{k}={show_value(first.loc[where, k])}" for k in keys)
         std = "-" if pd.isna(c[f"std_{metric}"]) else f"{c[f'std_{metric}']:.4f}"
-        rows.append(f"  trial {c['trial']:>3}  {metric} {c[f'mean_{metric}']:.4f} ± {std}  "
+        name = f"trial {c['trial']:>3}" + (f" of {c['sweep']}" if several else "")
+        rows.append(f"  {name}  {metric} {c[f'mean_{metric}']:.4f} ± {std}  "
                     f"({c['seeds']} seeds)  {values}")
     return "\n".join(["per configuration, mean ± std over seeds (best first):", *rows])

@@ -19,14 +19,15 @@ def per_config(frame: pd.DataFrame, metric: str, ascending: bool) -> pd.DataFram
     """One row per complete trial: mean, std and n of its objective runs' final metric,
     best mean first (a trial's runs that were not a result are left out)."""
     column = f"final_{metric}"
-    cols = ["trial", f"mean_{metric}", f"std_{metric}", "seeds"]
+    cols = ["sweep", "trial", f"mean_{metric}", f"std_{metric}", "seeds"]
     if frame.empty or column not in frame:
         return pd.DataFrame(columns=cols)
     ok = frame[(frame["state"] == "COMPLETE") & (frame["role"] == "objective")
                & frame["trial"].notna() & frame[column].notna()]
     if ok.empty:
         return pd.DataFrame(columns=cols)
-    grouped = ok.groupby("trial")[column]
+    # Sweeps sharing a W&B project share an experiment, and their trial numbers.
+    grouped = ok.groupby(["sweep", "trial"])[column]
     out = pd.DataFrame({f"mean_{metric}": grouped.mean(), f"std_{metric}": grouped.std(),
                         "seeds": grouped.count()}).reset_index()
     return out.sort_values(f"mean_{metric}", ascending=ascending,
@@ -50,18 +51,20 @@ def verdict(frame: pd.DataFrame, table: pd.DataFrame, metric: str, ascending: bo
     if len(table) < 2:
         return "noise: fewer than two complete configurations to compare"
     best, second = table.iloc[0].to_dict(), table.iloc[1].to_dict()
+    several = table["sweep"].nunique() > 1
     for row in (best, second):
         row["trial"], row["seeds"] = int(row["trial"]), int(row["seeds"])
+        row["name"] = f"trial {row['trial']}" + (f" of {row['sweep']}" if several else "")
     if min(best["seeds"], second["seeds"]) < 2:
         return ("noise: unknown, one seed per configuration (give the sweep `repeats: 3` "
                 "or more to test the winner against the noise)")
     column = f"final_{metric}"
     ok = frame[(frame["state"] == "COMPLETE") & (frame["role"] == "objective")]
-    a = ok.loc[ok["trial"] == best["trial"], column].dropna().tolist()
-    b = ok.loc[ok["trial"] == second["trial"], column].dropna().tolist()
+    a, b = ([*ok.loc[(ok["sweep"] == row["sweep"]) & (ok["trial"] == row["trial"]),
+                     column].dropna()] for row in (best, second))
     t, p = welch(a, b, greater=not ascending)
     gap = best[f"mean_{metric}"] - second[f"mean_{metric}"]
-    head = (f"noise: trial {best['trial']} vs runner-up trial {second['trial']}: "
+    head = (f"noise: {best['name']} vs runner-up {second['name']}: "
             f"{metric} {gap:+.4f} (Welch's t {t:.2f}, one-sided p {p:.3f}, "
             f"{best['seeds']} and {second['seeds']} seeds): ")
     if not math.isnan(p) and p < ALPHA:

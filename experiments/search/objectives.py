@@ -76,7 +76,9 @@ def check_multi(r: Reader, raw: dict, objectives: tuple[Objective, ...], method:
                                f"{', '.join(MULTI_METHODS)}")
     for key in ("pruner", "early_terminate"):
         given = raw.get(key)
-        if given is not None and not (isinstance(given, dict) and given.get("type") == "none"):
+        # early_terminate is W&B's Hyperband: it always prunes. A pruner may say none.
+        if key in raw and (key == "early_terminate" or not (
+                isinstance(given, dict) and given.get("type") == "none")):
             raise r.fail(key, "Optuna cannot prune a study of several objectives (it prunes "
                               "on one intermediate value); remove it, or give one metric")
 

@@ -42,6 +42,8 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
     runs = existing()
     if not runs:
         params = {"method": spec.method, "metric": spec.metric, "goal": spec.goal,
+                  **({"metrics": describe(spec.metrics)} if spec.multi else {}),
+                  **({"repeats": spec.repeats} if spec.repeats > 1 else {}),
                   "grad_modes": ",".join(spec.all_grad_modes()),
                   **{f"fixed.{k}": v for k, v in spec.fixed.items()}}
         tags = {PARENT_TAG: "true", "sweep": spec.name, st.FINGERPRINT: spec.fingerprint(),
@@ -106,7 +108,7 @@ def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSp
 def trial_line(t: FrozenTrial, spec: SweepSpec) -> str:
     params = "  ".join(f"{k}={shown(v)}" for k, v in values_of(t).items())
     value = values_text(t.values, spec.metrics)
-    if spec.repeats > 1 and t.values is not None:
+    if spec.repeats > 1 and t.values is not None and not spec.multi:
         std = t.user_attrs.get(f"{spec.metric}.std")
         seeds = len(t.user_attrs.get("seeds", ()))
         if std is not None and std == std:  # NaN: one seed trained (a pruned trial)

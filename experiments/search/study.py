@@ -192,6 +192,8 @@ def changes(spec: SweepSpec, study: optuna.Study) -> list[str]:
     for part in ("method", "ablation"):
         if old.get(part) != new[part]:
             out.append(f"{part}: {old.get(part)} -> {new[part]}")
+    if old.get("repeats", 1) != new.get("repeats", 1):  # recorded only above one
+        out.append(f"repeats: {old.get('repeats', 1)} -> {new.get('repeats', 1)}")
     for part in ("fixed", "parameters"):
         was, now = old.get(part, {}), new[part]
         for key in sorted(set(was) | set(now)):

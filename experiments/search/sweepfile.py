@@ -213,7 +213,9 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
     # A file with a key only W&B has and none of this runner's is in W&B's form.
     wandb_form = (any(k in raw for k in WANDB_ONLY) or method == "bayes") \
         and not any(k in raw for k in RUNNER_KEYS)
-    pruner = Pruner("none") if len(metrics) > 1 else read_pruner(r, raw, notes, wandb_form)
+    pruner = read_pruner(r, raw, notes, wandb_form)  # checked whole in any case
+    if len(metrics) > 1:  # a trade-off is never pruned (check_multi refused one)
+        pruner = Pruner("none")
     repeats = ob.read_repeats(r, raw, {p.key for p in params})
     warm = warmstart.read(r, raw.get("warm_start"), name, method, read)
     if method == "gp":

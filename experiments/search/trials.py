@@ -3,8 +3,9 @@ ones that will not finish.
 
 The budget (`n_trials`) is global: a trial counts when it completed, was pruned or failed
 for a reason of its own. Trials that crashed, were interrupted or were refused (over the
-budget, a duplicate) do not count; crashed and interrupted ones are retried once with the
-same params. A grid's points are queued as trials, each claimed once.
+budget, a duplicate) or cut short by the infrastructure do not count, and are retried with
+the same params (a config that crashes twice in a row, no more). A grid's points are
+queued as trials, each claimed once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from experiments.search import liveness as lv
 from experiments.search import study as st
 from experiments.search.objectives import pareto
 from experiments.search.sweepfile import SweepSpec
+from experiments.search.warmstart import FROM_ATTR
 
 FAIL_KIND = "fail_kind"  # user attr: why a FAIL trial does not count towards the budget
 REFUSALS = ("over_budget", "duplicate", "no_grid_point")  # trials refused before training
@@ -187,11 +189,16 @@ def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool 
         # below is ours to queue), there is nothing to do.
         if how != "heartbeat":
             return False
-    # Retried once; as often as it takes when the infrastructure was at fault (a worker
-    # stops after a few such failures in a row, so this never spins).
-    if ("retry_of" not in t.user_attrs or kind == INFRA) and t.params:
+    # A config that crashes its worker twice in a row is not retried again (it must not
+    # crash them all); one cut short by Ctrl-C or the infrastructure is, as often as it
+    # takes (neither is its fault, and a worker stops after a few infrastructure failures
+    # in a row).
+    crashed_again = kind == "crashed" and t.user_attrs.get("retry_reason") == "crashed"
+    if not crashed_again and t.params:
         attrs = {"retry_of": t.number, "retry_reason": kind, "crash_detected_by": how,
                  CLAIM: t.user_attrs.get(CLAIM) or f"retry:{t.number}"}
+        if FROM_ATTR in t.user_attrs:  # the retry trains the warm start's config
+            attrs[FROM_ATTR] = t.user_attrs[FROM_ATTR]
         if GRID_POINT in t.user_attrs:
             attrs[GRID_POINT] = t.user_attrs[GRID_POINT]
         study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)

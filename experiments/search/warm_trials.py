@@ -43,13 +43,14 @@ def enqueue(study: optuna.Study, spec: SweepSpec, store: Any, say: Any) -> int:
         done.sort(key=lambda t: t.value,
                   reverse=earlier.direction == optuna.study.StudyDirection.MAXIMIZE)
     queued = {t.user_attrs.get(FROM_ATTR) for t in study.get_trials(deepcopy=False)}
-    fixed = (earlier.user_attrs.get(MEANING) or {}).get("fixed", {})
+    meaning = earlier.user_attrs.get(MEANING) or {}
+    fixed, laws = meaning.get("fixed", {}), meaning.get("parameters", {})
     n = 0
     for t in done[:ws.top]:
         origin = f"{ws.source}#{t.number}"
         if origin in queued:
             continue
-        params, why = _fit(spec, {**fixed, **values_of(t)}, t)
+        params, why = _fit(spec, {**fixed, **values_of(t)}, t, laws)
         if why:
             say(f"warm start: trial {t.number} of '{ws.source}' skipped: {why}")
             continue
@@ -61,19 +62,20 @@ def enqueue(study: optuna.Study, spec: SweepSpec, store: Any, say: Any) -> int:
     return n
 
 
-def _fit(spec: SweepSpec, config: dict[str, Any], t: Any) -> tuple[dict[str, Any], str]:
-    """This sweep's Optuna params for an earlier trial's config, or why it does not fit."""
+def _fit(spec: SweepSpec, config: dict[str, Any], t: Any, laws: dict[str, str]
+         ) -> tuple[dict[str, Any], str]:
+    """This sweep's Optuna params for an earlier trial's config, or why it does not fit.
+    `laws` are the earlier sweep's parameters, in words (its meaning)."""
     params: dict[str, Any] = {}
     config = {**cfg.flatten(cfg.Config()), **config}  # a study from before meanings
     for p in spec.parameters:
         value = config.get(p.key)
         if p.mapped:
-            # Sampled through its quantile: only the same law places the same value.
-            earlier = t.distributions.get(p.optuna_name())
-            if earlier is None or p.optuna_name() not in t.params or \
-                    earlier != p.optuna_distribution():
-                return {}, (f"parameters.{p.key} is drawn through its quantile from another "
-                            "law than the earlier sweep's")
+            # Drawn through its quantile: every such law is Optuna's FloatDistribution(0,
+            # 1), so only the same law (in words) turns the same quantile into the value.
+            if laws.get(p.key) != p.describe() or p.optuna_name() not in t.params:
+                return {}, (f"parameters.{p.key} is drawn through its quantile, from another "
+                            "law than the earlier sweep's: its value cannot be placed")
             params[p.optuna_name()] = t.params[p.optuna_name()]
             continue
         if not _inside(p, value):

@@ -63,5 +63,9 @@ def _name_in(r: Reader, given: str, read_file: Callable[[str], Any]) -> str:
         raw = read_file(str(path))
     except SweepError as exc:
         raise r.fail("warm_start.from", f"cannot read it: {exc}") from None
-    name = raw.get("name", path.stem) if isinstance(raw, dict) else path.stem
-    return str(name)
+    if not isinstance(raw, dict):
+        raise r.fail("warm_start.from", f"{given} is not a sweep file (not a mapping of keys)")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise r.fail("warm_start.from", f"{given}: its name is {name!r}, not a sweep name")
+    return name

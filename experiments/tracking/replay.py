@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from experiments.core import config as cfg
+from experiments.core import devices
 from experiments.core.config import Config, UserError, one_line
 from experiments.runtime import interrupts
+from experiments.tracking.reuse import DIGEST_TAG, config_digest
 
 # Timings differ between any two runs of the same bits; they are never compared.
 TIMING_SUFFIX = "_time_s"
@@ -100,12 +102,12 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
     written) when it cannot be replayed. `progress(epochs)` gives epoch callbacks."""
     from experiments.core.data import load
     from experiments.core.train import Callbacks, Prepared, compose, trainer_for
-    from experiments.tracking.store import client
     from experiments.tracking.tracked_fit import TrackContext, tracked_fit
 
-    c = client(create=False)
+    c = _client()
     original, experiment = _training_run(c, run_id)
     config, missing = _recorded_config(c, original)
+    devices.check(config.device, [config.device_id])
     epochs = _epochs_to_train(c, original, config)
     # What loading says (the offline sample, a failed download) is said only once the
     # replay goes ahead: a refusal is its one line.
@@ -140,6 +142,22 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
                     _notes(original, config, epochs, differences))
     c.set_tag(outcome.run_id, "replay.identical", str(report.identical).lower())
     return report
+
+
+def _client() -> Any:
+    """The store to replay from, read-only; one line when it cannot be opened (exit 2:
+    exit 1 says a replay differs)."""
+    from experiments.runtime.infra import what_broke
+    from experiments.tracking.store import NoStore, client, tracking_uri
+
+    try:
+        return client(create=False)
+    except NoStore:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ReplayRefused(f"cannot open the MLflow store {tracking_uri()}: "
+                            f"{what_broke(exc) or type(exc).__name__ + ': ' + first}") from None
 
 
 def _training_run(c: Any, run_id: str) -> tuple[Any, str]:
@@ -187,9 +205,21 @@ def _recorded_config(c: Any, run: Any) -> tuple[Config, list[Difference]]:
     except Exception as exc:  # YAML errors and ConfigError alike: the artifact is bad
         raise ReplayRefused(f"run {run.info.run_id}: its config.yaml does not make a config "
                             f"here: {exc}") from None
-    defaults = cfg.flatten(config)
-    missing = [Difference(f"config.{k}", None, str(defaults[k]))
-               for k in cfg.KEYS if k not in flat]
+    values = cfg.flatten(config)
+    # The artifact must say what the run's params and config digest say: a config.yaml
+    # edited after the run would replay another training and call it non-determinism.
+    params = run.data.params
+    clash = [f"{k}: {params[k]} (param) vs {values[k]} (config.yaml)" for k in values
+             if k in params and params[k] != str(values[k])]
+    digest = run.data.tags.get(DIGEST_TAG)
+    if not clash and digest and digest != config_digest(config):
+        clash = [f"config_digest: {digest} (tag) vs {config_digest(config)} (config.yaml)"]
+    if clash:
+        raise ReplayRefused(f"run {run.info.run_id}: its config.yaml does not match what the "
+                            f"run recorded: {'; '.join(clash)}")
+    # Where a run was trained is not recorded before devices were: those ran on CPU.
+    missing = [Difference(f"config.{k}", None, str(values[k]))
+               for k in cfg.KEYS if k not in flat and k not in cfg.PLACEMENT_KEYS]
     return config, missing
 
 

@@ -8,6 +8,7 @@ is serialised with a file lock. Every use of MLflow's private API is in this mod
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -63,6 +64,18 @@ class NoStore(UserError):
     """A command that only reads found no store to read."""
 
 
+def _holds_mlflow(path: Path) -> bool:
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
+                                                uri=True)) as db:
+            return db.execute("select 1 from sqlite_master where type = 'table' and "
+                              "name = 'experiments'").fetchone() is not None
+    except sqlite3.Error:  # not a database at all
+        return False
+
+
 def client(create: bool = True):
     """A client on the project's store, creating (and migrating) the store once, under a
     lock. With `create` False (commands that only read) a missing local store is NoStore,
@@ -93,10 +106,15 @@ def client(create: bool = True):
                       "been tracked in this folder; run `runner.py sweep` or `train` here first, "
                       "or set MLFLOW_TRACKING_URI")
     named = uri.removeprefix("sqlite:///").split("?")[0] if uri.startswith("sqlite:///") else ""
-    if not local and not create and named and named != ":memory:" and not Path(named).exists():
-        # MLflow would create (and migrate) the file a reader names: nothing to read there.
-        raise NoStore(f"no MLflow store at {uri} (MLFLOW_TRACKING_URI): the file does not "
-                      "exist; nothing has been tracked there")
+    if not local and not create and named and named != ":memory:":
+        # MLflow would create (and migrate) the file a reader names, or write its schema
+        # into any SQLite file: a reader checks first, read-only.
+        if not Path(named).exists():
+            raise NoStore(f"no MLflow store at {uri} (MLFLOW_TRACKING_URI): the file does not "
+                          "exist; nothing has been tracked there")
+        if not _holds_mlflow(Path(named)):
+            raise NoStore(f"no MLflow store at {uri} (MLFLOW_TRACKING_URI): the file is not "
+                          "one (it has no MLflow tables)")
     if local:
         # Under the lock for readers too: a client on a store that another process is still
         # creating would run MLflow's migrations a second time, and corrupt it for good.

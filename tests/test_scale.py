@@ -48,6 +48,7 @@ def test_a_device_this_machine_lacks_is_one_line_exit_2(tmp_path, device, comman
     (["--devices", "0,1", "--set", "device_id=2"], "--devices and device_id"),
     (["--set", "device=cpu"], "'device': expected one of CPU, GPU, Ascend, got 'cpu'"),
     (["--set", "device_id=-1"], "device_id"),
+    (["--devices", "²"], "--devices: expected device ids"),  # isdigit() says yes; int() no
 ])
 def test_bad_device_flags_are_one_line_exit_2(tmp_path, args, problem):
     proc = cli("sweep", str(TINY), *args, cwd=tmp_path)
@@ -436,3 +437,50 @@ def test_eight_workers_through_the_proxy_keep_the_budget_and_few_connections(
     assert figures["proxy"]["workers"] >= 2 and figures["direct"]["workers"] >= 2
     # Through the proxy PostgreSQL sees the proxy's pool, not each worker's connections.
     assert figures["proxy"]["peak_connections"] < figures["direct"]["peak_connections"]
+
+
+def test_a_second_proxy_on_a_taken_port_is_refused(tmp_path):
+    """gRPC binds with SO_REUSEPORT: a second proxy would start on the same port and take
+    half the workers to another database."""
+    from test_reliability import free_port
+
+    port = str(free_port())
+    first = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "storage-proxy",
+                              "--storage", f"sqlite:///{tmp_path / 'a.db'}", "--port", port],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        end = time.time() + 60
+        while not (tmp_path / "a.db").exists():
+            assert time.time() < end and first.poll() is None
+            time.sleep(0.2)
+        time.sleep(1.0)
+        second = cli("storage-proxy", "--storage", f"sqlite:///{tmp_path / 'b.db'}", "--port",
+                     port, cwd=tmp_path)
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)
+        first.wait(timeout=30)
+    assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1
+    assert f"cannot serve on 127.0.0.1:{port} (Address already in use)" in second.stderr
+    assert not (tmp_path / "b.db").exists()
+
+
+def test_runs_cut_short_by_the_infrastructure_are_closed_with_a_reason(store):
+    """Every kind a trial is lost by has a reason: a missing one left runs RUNNING."""
+    import optuna
+
+    from experiments.search import trial_runs
+    from experiments.search.trials import INFRA
+    from experiments.tracking.store import client
+
+    c = client()
+    exp = c.create_experiment("cut")
+    run = c.create_run(exp, tags={"sweep": "cut", "trial": "0"})
+    study = optuna.create_study(study_name="cut")
+    trial = study.ask()
+    study.set_user_attr("x", 1)
+    study._storage.set_trial_user_attr(trial._trial_id, "run_id.has_aux", run.info.run_id)
+    trial_runs.close_runs(c, "cut")(study, study.trials[0], INFRA)
+    closed = c.get_run(run.info.run_id)
+    assert closed.info.status == "KILLED" and closed.data.tags["fail_kind"] == INFRA
+    assert closed.data.tags["failure_reason"] == trial_runs.REASONS[INFRA]

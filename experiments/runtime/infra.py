@@ -31,6 +31,8 @@ _MESSAGES = (
     ("database or disk is full", "disk full"), ("no space left on device", "disk full"),
     ("disk i/o error", "disk I/O error"), ("read-only file system", "read-only file system"),
     ("unable to open database file", "database file cannot be opened"),
+    ("too many 500 error responses", "tracking server error"),
+    ("too many 503 error responses", "tracking server unavailable"),
     ("max retries exceeded", "server unreachable"), ("connection refused", "server unreachable"),
     ("failed to establish a new connection", "server unreachable"),
     ("server closed the connection unexpectedly", "database connection lost"),
@@ -51,10 +53,21 @@ def what_broke(exc: BaseException) -> str:
         seen.add(id(current))
         kind = _kind(current)
         if kind:
-            first = (str(current).strip().splitlines() or [""])[0][:200]
-            return f"{kind} ({type(current).__name__}: {first})"
+            return f"{kind} ({type(current).__name__}: {_said(current)})"
         current = current.__cause__ or current.__context__
     return ""
+
+
+def _said(exc: BaseException) -> str:
+    """The error's own words in one line: gRPC's status and details (its str() is a
+    multi-line dump), else the first line."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        try:
+            return f"{getattr(code(), 'name', code())}: {details()}"[:200]
+        except Exception:  # not a finished RPC after all
+            pass
+    return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
 def _kind(exc: BaseException) -> str:

@@ -68,7 +68,8 @@ class SweepOptions:
     def _on_devices(self, spec: sweepfile.SweepSpec) -> sweepfile.SweepSpec:
         """--devices: distinct ids, one worker each; a single id applies to this process."""
         parts = self.devices.split(",") if self.devices else []
-        if not parts or not all(p.strip().isdigit() and int(p) <= 4095 for p in parts):
+        if not parts or not all(p.strip().isascii() and p.strip().isdigit()
+                                and int(p) <= 4095 for p in parts):
             raise ConfigError(f"--devices: expected device ids from 0 to 4095 separated by "
                               f"commas (e.g. 0,1,2,3), got {cfg.show(self.devices)}")
         ids = self.device_ids

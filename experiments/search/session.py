@@ -78,7 +78,7 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
         warm_trials.enqueue(session.study, spec, store, progress.say)
     session.parent = pr.parent_run(session.client, spec, pr.sweep_text(options.path), changed)
     story.update(session.client, session.parent, session.study, spec, plots=False)
-    end = "failed"
+    end, unclosed = "failed", ""
     try:
         end = _run_trials(session)
     except KeyboardInterrupt:
@@ -94,8 +94,12 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
             except Exception as exc:
                 # With the store or the storage down the parent run stays as it was (a
                 # rerun finalises it); what stopped the sweep is what gets told.
-                if not infra.what_broke(exc):
+                unclosed = infra.what_broke(exc)
+                if not unclosed:
                     raise
+    if unclosed:  # the trials are done, but the parent run still says RUNNING
+        raise infra.InfrastructureDown(f"{unclosed}; the sweep's parent run could not be "
+                                       "closed", 1)
     experiment_id = session.client.get_run(session.parent).info.experiment_id
     # Filtered to this sweep's runs where other sweeps are, or may come (a W&B project).
     shared = {r.data.tags.get("sweep") for r in pr.parents(session.client, experiment_id)}

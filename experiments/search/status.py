@@ -7,6 +7,7 @@ and heartbeat, the best trial so far, and an ETA from the median counted trial's
 from __future__ import annotations
 
 import statistics
+import time
 from collections import Counter
 
 from experiments.search import sweepfile
@@ -48,8 +49,11 @@ def status(options: SweepOptions) -> str:
     for t in running:
         host, _, pid = t.user_attrs.get("worker", "?:?").rpartition(":")
         alive = "alive" if lv.alive(t.user_attrs.get("worker")) else "gone"
+        own = t.system_attrs.get(st.BEAT)  # the runner's beats (Optuna's gRPC proxy)
         beat = f", heartbeat {beats[t.number]:.0f}s ago" if t.number in beats else \
-            (", no heartbeat (journal storage)" if not beats else ", no heartbeat yet")
+            f", beat {time.time() - own:.0f}s ago" if isinstance(own, float | int) else \
+            (", no heartbeat (journal storage)" if st.is_journal(study) else
+             ", no heartbeat yet")
         lines.append(f"  running: trial {t.number} on {host or '?'} pid {pid or '?'} ({alive}), "
                      f"started {lv.age_s(t):.0f}s ago{beat}")
     complete = [t for t in trials if t.state.name == "COMPLETE"]

@@ -96,8 +96,10 @@ def _proxy(url: str) -> Any:
 def serve_proxy(url: str, host: str, port: int, say: Callable[[str], None]) -> None:
     """`runner.py storage-proxy`: Optuna's gRPC proxy in front of `url`, until Ctrl-C.
     Workers then hold connections to it rather than each to the database."""
+    _free(host, port)
     storage = open_storage(url, Path("mlruns"), lambda study, t: None)
-    say(f"storage proxy: workers use --storage grpc://{host}:{port} (for {masked(url)}); "
+    shown = "THIS_HOST" if host in ("0.0.0.0", "::", "") else host
+    say(f"storage proxy: workers use --storage grpc://{shown}:{port} (for {masked(url)}); "
         "Ctrl-C stops it")
     try:
         with warnings.catch_warnings():
@@ -105,6 +107,21 @@ def serve_proxy(url: str, host: str, port: int, say: Callable[[str], None]) -> N
             optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
     except RuntimeError as exc:  # gRPC cannot bind the address
         raise ConfigError(f"storage-proxy: cannot serve on {host}:{port} ({exc})") from None
+
+
+def _free(host: str, port: int) -> None:
+    """ConfigError unless `host:port` can be bound. gRPC binds with SO_REUSEPORT, so a
+    second proxy on a taken port would start and take half the workers to its database;
+    a plain bind (no SO_REUSEPORT) fails on a port anyone holds."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        raise ConfigError(f"storage-proxy: cannot serve on {host}:{port} "
+                          f"({exc.strerror or exc})") from None
 
 
 def _has_studies(url: str) -> bool:

@@ -17,6 +17,10 @@ def run_sweep(options: SweepOptions) -> str:
     from experiments.search import session  # MindSpore, MLflow, Optuna: after the checks
 
     summary, end = session.run(options, spec)
+    if end == "failed":
+        raise SweepIncomplete("the sweep ended short of its budget although no worker failed "
+                              "(another process on the same storage?); rerun the same command "
+                              "to resume")
     if end == "workers died":
         raise SweepIncomplete("worker processes died before the budget was met; their trials "
                               "are marked FAIL and queued for a retry: rerun the same command "

@@ -56,7 +56,8 @@ def close_runs(client: Any, experiment: str
 
 REASONS = {"crashed": "worker process died (crash or kill -9)",
            "interrupted": "interrupted (Ctrl-C or SIGTERM)",
-           "orphaned": "left RUNNING by a process that is gone"}
+           "orphaned": "left RUNNING by a process that is gone",
+           "infrastructure": "cut short by the store, its disk or the network"}
 
 
 def close_orphans(client: Any, study: optuna.Study, experiment: str) -> int:

@@ -252,8 +252,9 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
         except (Refused, optuna.TrialPruned):
             raise
         except Exception as exc:
-            broke[0] = infra.what_broke(exc)
-            if broke[0]:  # not the trial's fault: not counted, queued again
+            nonlocal broke
+            broke = infra.what_broke(exc)
+            if broke:  # not the trial's fault: not counted, queued again
                 with contextlib.suppress(Exception):  # the storage may be what broke
                     recovery.lost(study, st.latest(study, trial), INFRA, set_state=False)
                 raise
@@ -266,22 +267,22 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
                 recovery.lost(study, st.latest(study, trial), "interrupted", set_state=False)
             raise
 
-    broke, in_a_row = [""], 0
+    broke, in_a_row = "", 0  # what broke in this turn (set by `wrapped` too)
     while deadline is None or time.time() < deadline:
         interrupts.check()
-        broke[0] = ""
+        broke = ""
         try:
             ended = _step(study, spec, wrapped, on_done, recovery, b, me, poll_s)
         except Exception as exc:  # the storage or the store, outside a trial
-            broke[0] = infra.what_broke(exc)
-            if not broke[0]:
+            broke = infra.what_broke(exc)
+            if not broke:
                 raise
             ended = ""
         if ended:
             return ended
-        in_a_row = in_a_row + 1 if broke[0] else 0
+        in_a_row = in_a_row + 1 if broke else 0
         if in_a_row >= infra.MAX_IN_A_ROW:
-            raise infra.InfrastructureDown(broke[0], in_a_row)
+            raise infra.InfrastructureDown(broke, in_a_row)
         if in_a_row:
             time.sleep(2.0 ** in_a_row)  # a restarting database or server: give it time
     return "timeout"

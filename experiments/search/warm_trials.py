@@ -86,11 +86,9 @@ def _fit(spec: SweepSpec, config: dict[str, Any], t: Any, laws: dict[str, str]
 
 def _inside(p: Any, value: Any) -> bool:
     d = p.optuna_distribution()
-    if hasattr(d, "choices"):
-        return any(value == c and type(value) is type(c) for c in d.choices) or \
-            (isinstance(value, int | float) and not isinstance(value, bool)
-             and any(not isinstance(c, bool) and isinstance(c, int | float) and value == c
-                     for c in d.choices))
+    if hasattr(d, "choices"):  # equal, and True is not the choice 1
+        return any(c == value and isinstance(c, bool) == isinstance(value, bool)
+                   for c in d.choices)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     if p.distribution == "int_uniform" and value != int(value):

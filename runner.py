@@ -26,6 +26,7 @@ EXIT_NOT_IDENTICAL = 1  # a replay whose metrics are not bit-identical to its ru
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
+WORKERS_ENV = "RUNNER_WORKERS"
 EXIT_INFRA = 75  # a worker stopped by the infrastructure (workers.EXIT_INFRA); never shown
 
 
@@ -53,12 +54,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # A worker's terminal is its parent's: the parent alone prints lines and the bar.
     progress.be_quiet(args.quiet or args.parent_run is not None)
     text = run_sweep(SweepOptions(
-        args.sweep, tuple(args.set or ()), args.n_trials, args.workers, args.storage,
+        args.sweep, tuple(args.set or ()), args.n_trials, _workers_of(args), args.storage,
         args.dry_run, args.allow_change, args.parent_run, args.pin_cpu, args.quiet,
         args.devices))
     if text:
         print(text)
     return 0
+
+
+def _workers(text: str) -> int | None:
+    """--workers N or auto (None: one per usable core)."""
+    if text.strip() == "auto":
+        return None
+    if text.strip().isascii() and text.strip().isdigit() and 1 <= int(text) <= 64:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected an integer from 1 to 64, or auto, got {text!r}")
+
+
+def _workers_of(args: argparse.Namespace) -> int | None:
+    """The flag, or else RUNNER_WORKERS (a default for scripts; --devices decides alone)."""
+    if args.workers is not None or args.devices or args.parent_run:
+        return args.workers
+    default = os.environ.get(WORKERS_ENV)
+    if default is None:
+        return None
+    try:
+        return _workers(default)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{WORKERS_ENV}: {exc}") from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -154,8 +177,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run an Optuna study from a sweep file")
     s.add_argument("sweep", help="sweep YAML file, e.g. sweeps/lr.yaml")
     s.add_argument("--n-trials", type=int, default=None, help="override the global budget")
-    s.add_argument("--workers", type=int, default=None,
-                   help="worker processes on this machine (default 1, or one per device)")
+    s.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
+                   help="worker processes on this machine: a number, or auto (the default: "
+                        "one per usable core, pinned; one per device with --devices; "
+                        f"{WORKERS_ENV} sets another default)")
     s.add_argument("--devices", default=None, metavar="IDS",
                    help="device ids, e.g. 0,1,2,3: one worker per device (with --set "
                         "device=GPU or Ascend; recorded as device_id)")

@@ -18,7 +18,10 @@ its workload, because sections run on different data: the offline sample (4,000 
    and trials tried at equal epochs, with and without the median pruner;
 6. compare: 200 runs of 10 epochs into pandas, vs one history request per run per metric;
 7. where the step's time goes: one matmul, MindSpore vs PyTorch; a compiled call's own
-   cost; stacked vs separate batch inputs; the step pinned to one core, vs PyTorch.
+   cost; stacked vs separate batch inputs; the step pinned to one core, vs PyTorch;
+8. sweep speed (bench_speed.py): the main job with default flags vs `--workers 1` and vs
+   each lever turned off; tiny.yaml with 2 workers vs 1; on 60k images, the runner's
+   sweep vs a PyTorch peer sweep script (Optuna + PyTorch eager + MLflow, one process).
 
 Repeats cost time, so sizes went down to keep a full run near 30 minutes on 2 cores
 (it was ~15 min with one run of most figures): section 1 times 200 fast steps per repeat
@@ -27,7 +30,7 @@ runs one sweep per seed and pruner setting (the pruned one resumed until it has 
 many epochs as the unpruned one). The tutorial's 60k epoch, ~100 s, is timed 3 times
 after a warm-up epoch on the 4k sample: about 5 of the 30 minutes.
 
-    python -m benchmarks.bench [--quick] [--only 1,2,3,4,5,6,7] [--out benchmarks/results.json]
+    python -m benchmarks.bench [--quick] [--only 1,2,3,4,5,6,7,8] [--out benchmarks/results.json]
     python -m benchmarks.bench --table [--out benchmarks/results.json]   # the README's table
 """
 
@@ -46,6 +49,7 @@ import numpy as np
 
 from benchmarks import (
     bench_compare,
+    bench_speed,
     bench_step,
     bench_sweeps,
     bench_table,
@@ -58,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # (number, title, measure) in run order: the subprocess sweeps first, while the cores are
 # still theirs alone.
 SECTIONS = [
+    (8, "sweep speed", bench_speed.speed),
     (4, "sweep throughput", bench_sweeps.throughput),
     (5, "pruning on sweeps/lr.yaml", bench_sweeps.pruning),
     (1, "train step", bench_step.steps),

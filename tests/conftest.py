@@ -23,6 +23,9 @@ if os.environ.get("CI"):
     settings.register_profile("ci", derandomize=True)
     settings.load_profile("ci")
 ARTIFACTS = ROOT / "tests" / "artifacts"
+# The tests of one process's behaviour (faults, kills, output) run one worker, as they did
+# before `--workers auto` became the default; tests of the default remove this (None).
+os.environ["RUNNER_WORKERS"] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +62,7 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
     """Run runner.py as a user would, in `cwd`; returns the CompletedProcess."""
     full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env.update(env or {})
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset
     return subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 

@@ -37,6 +37,10 @@ from experiments.core.steps import (
 from experiments.runtime import faults
 
 PROBE_SIZE = 256
+# Whether this process built a Trainer. Once MindSpore has run a graph it has runtime
+# threads, and a fork keeps only the forking one: a forked worker then hangs at its first
+# step (measured). Workers are forked only from a process that has not (`forkable`).
+_built = False
 STEPS_PER_CALL = 8  # train steps per compiled call; see MultiStep
 
 
@@ -148,9 +152,11 @@ class Trainer:
     """One network, optimizer and compiled steps for one grad mode, reusable across runs."""
 
     def __init__(self, grad_mode: str, steps_per_call: int = STEPS_PER_CALL) -> None:
+        global _built
         if grad_mode not in GRAD_MODES:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
         use_graph_mode()
+        _built = True
         self.grad_mode = grad_mode
         self.init_digest = ""
         self.model = Network()
@@ -260,6 +266,11 @@ class Trainer:
         """The has_aux and no_aux gradients of this batch, without touching the weights."""
         aux, no_aux = self.grad_pair(data, label)
         return {"has_aux": [g.asnumpy() for g in aux], "no_aux": [g.asnumpy() for g in no_aux]}
+
+
+def forkable() -> bool:
+    """Whether a fork of this process can still train (no Trainer built here yet)."""
+    return not _built
 
 
 @functools.cache

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-from experiments.search import storage
+from experiments.search import ordered, storage
 from experiments.search import study as st
 
 # A trial that names no worker after GRACE_S was left by a process killed as it created it.
@@ -53,6 +53,12 @@ def alive(worker: str | None) -> bool:
     except OSError:
         return False
     return b"runner.py" in cmdline
+
+
+def recognisable() -> bool:
+    """Whether this process, and so a fork of it, passes `alive` (a runner.py command):
+    a worker forked from anything else would be taken for dead by its siblings."""
+    return alive(worker_id())
 
 
 def silent(t: FrozenTrial) -> bool:
@@ -91,3 +97,6 @@ def dead_here(t: FrozenTrial) -> bool:
     if not worker:
         return age_s(t) > GRACE_S
     return not alive(worker)
+
+
+ordered.judge_liveness_by(lambda t: not dead_here(t) and not silent(t))

@@ -24,7 +24,7 @@ from experiments.core import config as cfg
 from experiments.core.train import Callbacks, EpochResult, Stop, compose, trainer_for
 from experiments.runtime.progress import EpochBars
 from experiments.search import liveness as lv
-from experiments.search import space
+from experiments.search import models_kept, space
 from experiments.search.sweepfile import SweepSpec
 from experiments.search.warmstart import FROM_ATTR
 from experiments.tracking.reuse import take_over
@@ -129,6 +129,7 @@ class TrialRunner:
             self.ctx, config, trainer_for(mode), name, tags=tags,
             callbacks=compose(bars, self._reporter(trial, config.epochs) if pruned_on else None),
             diverged_status="FAILED" if first else "FINISHED",
+            save_model=lambda final: self._keeps_model(trial, first and repeat == 0, final),
             # Recorded before training, so a crash recovery can find and close the run.
             on_run_start=lambda run_id: trial.set_user_attr(key, run_id))
 
@@ -152,6 +153,18 @@ class TrialRunner:
                     self.ctx.client.log_metric(run_id, f"{name}_mean", mean(values))
                     if len(values) > 1:
                         self.ctx.client.log_metric(run_id, f"{name}_std", std)
+
+    def _keeps_model(self, trial: optuna.Trial, objective_run: bool, final: EpochResult
+                     ) -> tuple[bool, str]:
+        """The sweep's `models:` for this training (models_kept.py)."""
+        spec = self.spec
+        unranked = "a trade-off ranks no trial first" if spec.multi else \
+            "the trial's rank is known only after its last seed" if spec.repeats > 1 else ""
+        others = [] if unranked or spec.models.kind != "top_k" else [
+            t.value for t in trial.study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        return models_kept.keeps(spec.models, getattr(final, spec.metric), others,
+                                 spec.goal == "maximize", objective_run, unranked)
 
     def _experiment_id(self) -> str:
         from experiments.tracking.store import experiment_id

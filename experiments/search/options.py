@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ class SweepOptions:
     path: str
     sets: tuple[str, ...] = ()
     n_trials: int | None = None
-    workers: int | None = None  # default: one, or one per --devices id
+    workers: int | None = None  # None: auto (one per usable core), or one per --devices id
     storage: str | None = None
     dry_run: bool = False
     allow_change: bool = False
@@ -44,7 +45,7 @@ class SweepOptions:
 
     @property
     def worker_count(self) -> int:
-        return self.workers or len(self.device_ids) or 1
+        return self.workers or len(self.device_ids) or len(os.sched_getaffinity(0))
 
     def check(self) -> sweepfile.SweepSpec:
         """The sweep file with --set and --n-trials applied; ConfigError/SweepError."""

@@ -6,6 +6,7 @@ here or in worker processes; record the best on the parent run, whatever ended t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,9 @@ from experiments.core import config as cfg
 from experiments.core import devices
 from experiments.core.data import load
 from experiments.core.train import Prepared
+from experiments.core.train import forkable as forkable_core
 from experiments.runtime import infra, interrupts, progress
+from experiments.search import liveness as lv
 from experiments.search import parent as pr
 from experiments.search import story, trial_runs, warm_trials
 from experiments.search import study as st
@@ -26,7 +29,8 @@ from experiments.search.objective import TrialRunner
 from experiments.search.options import SweepOptions
 from experiments.search.storage import open_storage
 from experiments.search.sweepfile import SweepSpec
-from experiments.search.workers import EXIT_INFRA, FALLBACK_ENV, run_workers
+from experiments.search.workers import EXIT_INFRA, FALLBACK_ENV, fork_workers, run_workers
+from experiments.tracking import store as tracking_store
 from experiments.tracking import ui
 from experiments.tracking.store import MLRUNS, client
 from experiments.tracking.tracked_fit import TrackContext
@@ -145,18 +149,37 @@ def _watch(s: Session) -> Iterator[Callable[[], None]]:
         bar.close()
 
 
+def _worker(s: Session) -> int:
+    """A forked worker: its parent's session, as a `--parent-run` worker process's."""
+    progress.be_quiet(True)
+    options = dataclasses.replace(s.options, parent_run=s.parent)
+    end = _run_trials(dataclasses.replace(s, options=options))
+    # As a worker command ends (sweep.py): a shortfall with no failure of its own is 1.
+    return 1 if end == "failed" else 0
+
+
 def _run_trials(s: Session) -> str:
     """Trials here, or in worker processes; returns how the sweep ended."""
     spec, options = s.spec, s.options
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
-    if options.worker_count > 1 and options.parent_run is None:
+    n = options.worker_count
+    if options.workers is None and not options.device_ids:
+        # auto: no more workers than trials left to run (a worker without one would wait).
+        n = max(1, min(n, tr.budget(spec) - len(tr.finished(s.study, spec))))
+    if n > 1 and options.parent_run is None:
         ids = options.device_ids
-        each = [["--set", f"device_id={ids[i]}"] if ids else []
-                for i in range(options.worker_count)]
+        each = [["--set", f"device_id={ids[i]}"] if ids else [] for i in range(n)]
+        pin = cfg.build(spec.fixed).device == "CPU"
+        recover = lambda: tr.recover(s.study, s.recovery)  # noqa: E731
+        # Both always called: each closes the pooled connections it has.
+        shareable = [tracking_store.before_fork(s.client), st.before_fork(s.study)]
         with _watch(s) as tick:
-            died = run_workers(options.worker_argv(), each, s.parent, s.store_url,
-                               s.mnist.fallback_reason, lambda: tr.recover(s.study, s.recovery),
-                               tick, pin=cfg.build(spec.fixed).device == "CPU")
+            if all(shareable) and not ids and forkable_core() and lv.recognisable():
+                died = fork_workers(n, lambda i: _worker(s), recover,
+                                    tick, pin)
+            else:
+                died = run_workers(options.worker_argv(), each, s.parent, s.store_url,
+                                   s.mnist.fallback_reason, recover, tick, pin)
         # Workers stop at the budget or the deadline; a shortfall without a deadline
         # means some died (the others may have made up for them).
         if len(tr.finished(s.study, spec)) >= tr.budget(spec):

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.runtime.retry import retry
+from experiments.search import ordered
 from experiments.search.objectives import describe
 from experiments.search.storage import unusable
 from experiments.search.sweepfile import SweepError, SweepSpec
@@ -57,9 +58,6 @@ def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
     return ages
 
 
-BEAT = "runner.beat"  # trial system attr: the worker's last sign of life (epoch seconds)
-
-
 def native_heartbeat(study: optuna.Study) -> bool:
     """Whether the storage keeps Optuna's own heartbeats (RDB storage, wrapped in a cache).
     Optuna's gRPC proxy does not pass them on, so its workers beat through `beat`."""
@@ -68,11 +66,28 @@ def native_heartbeat(study: optuna.Study) -> bool:
     return isinstance(study._storage, BaseHeartbeat) and is_heartbeat_enabled(study._storage)
 
 
+BEAT = "runner.beat"  # trial system attr: the worker's last sign of life (epoch seconds)
+
+
 def beat(study: optuna.Study, t: FrozenTrial | optuna.Trial) -> None:
     """Record that the worker of running trial `t` is alive."""
     import time
 
     study._storage.set_trial_system_attr(t._trial_id, BEAT, time.time())
+
+
+def before_fork(study: optuna.Study) -> bool:
+    """Whether a fork of this process may go on using the study's storage: the journal (a
+    file opened per call) or an RDB, whose pooled connections are closed here so that none
+    is shared by two processes; not Optuna's gRPC proxy (its channels cannot cross a fork)."""
+    storage = study._storage
+    if isinstance(storage, optuna.storages.JournalStorage):
+        return True
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    if engine is None:
+        return False
+    engine.dispose()
+    return True
 
 
 def set_attr(study: optuna.Study, t: FrozenTrial, key: str, value: Any) -> None:
@@ -92,6 +107,9 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
+TPE_STARTUP = 10  # Optuna's default: TPE's first 10 trials are random draws
+
+
 def _make_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         # QMC and GP are marked experimental; the warning says nothing the user can act on.
@@ -108,7 +126,7 @@ def _new_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
     if method == "gp":
         return samplers.GPSampler(seed=seed)
     if method == "tpe":
-        return samplers.TPESampler(seed=seed)
+        return samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP)
     # random, and grid: a grid trial's params come from the queue (see `_top_up_grid`).
     return samplers.RandomSampler(seed=seed)
 
@@ -125,6 +143,7 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
     def __init__(self, method: str, seed: int) -> None:
         self._method, self._seed = method, seed
         self._number: int | None = None
+        self._waited: int | None = None
         self._inner = _make_sampler(method, seed)
 
     def _for(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
@@ -133,17 +152,27 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
             self._inner = _make_sampler(self._method, trial_seed(self._seed, trial.number))
         return self._inner
 
+    def _seen(self, study: optuna.Study, trial: FrozenTrial) -> Any:
+        """The study as the one-worker run shows it to trial k (ordered.py): the earlier
+        trials, awaited unless the draw cannot depend on them."""
+        free = self._method in ("random", "grid") or (
+            self._method == "tpe" and trial.number < TPE_STARTUP)
+        if not free and self._waited != trial.number:
+            ordered.wait_for_earlier(study, trial, _unordered)
+            self._waited = trial.number
+        return ordered.Before(study, trial.number)
+
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict:
-        return self._for(trial).infer_relative_search_space(study, trial)
+        return self._for(trial).infer_relative_search_space(self._seen(study, trial), trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict
                         ) -> dict[str, Any]:
-        return self._for(trial).sample_relative(study, trial, search_space)
+        return self._for(trial).sample_relative(self._seen(study, trial), trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: Any) -> Any:
-        return self._for(trial).sample_independent(study, trial, param_name,
-                                                   param_distribution)
+        return self._for(trial).sample_independent(self._seen(study, trial), trial,
+                                                   param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._for(trial).before_trial(study, trial)
@@ -151,6 +180,10 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Any) -> None:
         self._for(trial).after_trial(study, trial, state, values)
+
+
+def _unordered(study: optuna.Study, t: FrozenTrial) -> None:
+    study._storage.set_trial_user_attr(t._trial_id, ordered.ORDERED_ATTR, False)
 
 
 def sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
@@ -163,7 +196,9 @@ def sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
 def pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     p = spec.pruner
     if p.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=p.warmup_epochs)
+        return ordered.OrderedPruner(
+            optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=p.warmup_epochs),
+            _unordered)
     if p.type == "hyperband":
         # W&B's max_iter, or the most epochs a trial trains (Optuna's "auto" would guess it
         # from the first trial to finish, which a pruned sweep may not have yet).

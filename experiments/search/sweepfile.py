@@ -23,8 +23,8 @@ import yaml
 
 from experiments.core import config as cfg
 from experiments.core import yamlfile
+from experiments.search import models_kept, warmstart
 from experiments.search import objectives as ob
-from experiments.search import warmstart
 from experiments.search.parameters import parameters
 from experiments.search.pruners import Pruner, read_pruner
 from experiments.search.reader import Reader, SweepError
@@ -35,7 +35,7 @@ METRICS, GOALS = ob.METRICS, ob.GOALS
 WANDB_KEYS = ("program", "command", "entity", "project", "description", "name", "method",
               "metric", "parameters", "early_terminate", "run_cap")
 RUNNER_KEYS = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation", "repeats",
-               "warm_start")
+               "warm_start", "models")
 WANDB_ONLY = ("program", "command", "entity", "project", "run_cap", "early_terminate")
 # W&B keys about its own service: kept on the parent run, nothing to do here.
 RECORDED_ONLY = ("apiVersion", "kind", "controller", "job", "image_uri")
@@ -72,6 +72,7 @@ class SweepSpec:
     repeats: int = 1  # seeds per configuration; the objective is their mean
     warm_start: warmstart.WarmStart | None = None
     objectives: tuple[ob.Objective, ...] = ()  # (metric, goal) each; () is (metric, goal)
+    models: models_kept.Models = field(default_factory=models_kept.Models)  # what is saved
 
     @property
     def metrics(self) -> tuple[ob.Objective, ...]:
@@ -233,7 +234,8 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
     return SweepSpec(path, name, method, metric, goal, n_trials,
                      None if timeout is None else float(timeout), seed, pruner, fixed, params,
                      ablation, target, project, recorded, tuple(notes), repeats, warm,
-                     metrics if len(metrics) > 1 else ())
+                     metrics if len(metrics) > 1 else (),
+                     models_kept.read(r, raw.get("models")))
 
 
 def _budget(r: Reader, raw: dict, notes: list[str]) -> int:

@@ -1,8 +1,13 @@
 """`--workers N`: N processes on one study, pinned one per core where the cores allow.
 
-Each worker is `runner.py sweep ... --parent-run ID` on the same storage; the budget is
-global, so they share it. The parent forwards Ctrl-C/SIGTERM, notices workers that die,
-and recovers their trials at once so that the others retry them.
+Workers share the study's storage and its global budget. Where the store and the storage
+are databases or the journal (the default), they are forked from the sweep's process once
+it has imported MindSpore, MLflow and Optuna, loaded the data and opened the store: a
+worker starts in milliseconds instead of the ~5 s a new `runner.py` pays (measured), so
+two workers beat one even for a short sweep. Elsewhere (a tracking server over HTTP,
+Optuna's gRPC proxy: their connections cannot cross a fork) each worker is
+`runner.py sweep ... --parent-run ID`. Either way the parent forwards Ctrl-C/SIGTERM,
+notices workers that die, and recovers their trials at once so that the others retry them.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from experiments.runtime import interrupts
 
@@ -25,7 +32,20 @@ TICK_S = 1.0  # how often the parent looks at the study for trials to show
 # A worker stopped by the infrastructure exits with this code and says nothing: its
 # parent says it once (EX_TEMPFAIL of sysexits.h: try again later).
 EXIT_INFRA = 75
+EXIT_INTERRUPTED = 130
 REASONS_ENV = "RUNNER_REASONS"
+
+
+def usable_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def _pinned(n: int, pin: bool) -> list[int | None]:
+    """The core of each of n workers: one each (measured fastest on 2 cores, benchmark
+    section 4), or none where there are fewer cores than workers or pinning is off."""
+    cpus = usable_cores()
+    pin = pin and n <= len(cpus) and os.environ.get("RUNNER_PIN_WORKERS", "1") != "0"
+    return [cpus[i] if pin else None for i in range(n)]
 
 
 def run_workers(argv: list[str], each: list[list[str]], parent: str, store_url: str,
@@ -37,24 +57,99 @@ def run_workers(argv: list[str], each: list[list[str]], parent: str, store_url: 
     other than 0; EXIT_INFRA: stopped by the store, its disk or the network, saying what
     broke into a file of REASONS_ENV's folder, for its parent to say). `recover` is called
     as soon as one dies, `tick` every TICK_S. CPU workers are pinned one per core."""
-    n = len(each)
-    cpus = sorted(os.sched_getaffinity(0))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     if fallback:
         env[FALLBACK_ENV] = fallback
     # Not beside the store: its disk may be the one that is full.
     reasons = tempfile.TemporaryDirectory(prefix="runner-reasons-")
     env[REASONS_ENV] = reasons.name
-    # One core each measured fastest on 2 cores (benchmark section 4).
-    pin = pin and n <= len(cpus) and os.environ.get("RUNNER_PIN_WORKERS", "1") != "0"
-    procs = []
-    for i in range(n):
-        cmd = [sys.executable, str(RUNNER), "sweep", *argv, *each[i], "--storage", store_url,
-               "--parent-run", parent, *(["--pin-cpu", str(cpus[i])] if pin else [])]
+    procs: list[Any] = []
+    for item, cpu in zip(each, _pinned(len(each), pin), strict=True):
+        cmd = [sys.executable, str(RUNNER), "sweep", *argv, *item, "--storage", store_url,
+               "--parent-run", parent, *(["--pin-cpu", str(cpu)] if cpu is not None else [])]
         # A process group of their own: a terminal's Ctrl-C reaches the parent only, which
         # forwards one SIGTERM. Signalled twice (by the terminal and by the parent), a
         # worker would stop inside the code that closes its runs.
         procs.append(subprocess.Popen(cmd, env=env, process_group=0))
+    return _watch(procs, reasons, recover, tick)
+
+
+def fork_workers(n: int, body: Callable[[int], int], recover: Callable[[], int],
+                 tick: Callable[[], None] = lambda: None, pin: bool = True
+                 ) -> list[tuple[int, str]]:
+    """As `run_workers`, with n forks of this process each exiting with `body(i)`, or as
+    `worker_exit` says for what it raised.
+    The caller closes its connections first (`store.before_fork`, `storage.before_fork`);
+    MindSpore must not have run a graph in this process (a fork keeps one thread)."""
+    reasons = tempfile.TemporaryDirectory(prefix="runner-reasons-")
+    procs: list[Any] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for i, cpu in enumerate(_pinned(n, pin)):
+        pid = os.fork()
+        if pid == 0:
+            _child(i, cpu, body, reasons.name)
+        procs.append(_Forked(pid))
+    return _watch(procs, reasons, recover, tick)
+
+
+def _child(i: int, cpu: int | None, body: Callable[[int], int], reasons: str) -> None:
+    code = 1
+    try:
+        os.setpgid(0, 0)  # its own process group, as a `runner.py` worker's (see above)
+        interrupts.reset()
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        code = worker_exit(lambda: body(i), reasons)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)  # not the parent's atexit handlers, nor its `finally` blocks
+
+
+def worker_exit(work: Callable[[], int], reasons: str | None) -> int:
+    """A worker's exit code: what `work` returns, EXIT_INTERRUPTED, or EXIT_INFRA with
+    what broke written for the parent; anything else is raised (a bug: a traceback)."""
+    from experiments.runtime import infra
+
+    try:
+        return work()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        broke = exc.broke if isinstance(exc, infra.InfrastructureDown) else \
+            infra.what_broke(exc)
+        if not broke:
+            raise
+        if reasons:
+            with contextlib.suppress(OSError):
+                Path(reasons, f"{os.getpid()}.reason").write_text(broke, encoding="utf-8")
+        return EXIT_INFRA
+
+
+class _Forked:
+    """A forked worker, seen through the part of `subprocess.Popen` the watch uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.returncode = pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+
+def _watch(procs: list[Any], reasons: tempfile.TemporaryDirectory, recover: Callable[[], int],
+           tick: Callable[[], None]) -> list[tuple[int, str]]:
     died: set[int] = set()
     passed_on, ticked = 0, time.time()
     # Shielded: a second Ctrl-C must not end this loop before the workers are told (they

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.core.config import UserError
+from experiments.tracking import fresh_store
 
 MLRUNS = Path("mlruns")
 PACKAGES = ("mindspore", "numpy", "mlflow", "optuna", "pandas")
@@ -119,10 +120,26 @@ def client(create: bool = True):
         # Under the lock for readers too: a client on a store that another process is still
         # creating would run MLflow's migrations a second time, and corrupt it for good.
         with _store_lock():
+            db = MLRUNS / "mlflow.db"
+            created = not db.exists() and not fresh_store.from_template(db)
             c = MlflowClient(uri)
             c.search_experiments(max_results=1)
+            if created:  # by MLflow's migrations, just now: the template for the next
+                fresh_store.keep_as_template(db)
         return c
     return MlflowClient(uri)
+
+
+def before_fork(c: Any) -> bool:
+    """Whether a fork of this process may go on using client `c`: True for a database
+    store, whose pooled connections are closed here so that no connection is shared by
+    two processes (both reconnect on their next call); False for a tracking server, whose
+    HTTP session pool is cached out of reach and cannot be shared."""
+    engine = getattr(c._tracking_client.store, "engine", None)
+    if engine is None:
+        return False
+    engine.dispose()
+    return True
 
 
 def experiment_id(c: Any, name: str) -> str:

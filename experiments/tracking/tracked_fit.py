@@ -58,8 +58,12 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
                 tags: dict[str, str] | None = None, callbacks: Any = None,
                 diverged_status: str = "FAILED",
                 on_run_start: Callable[[str], None] | None = None,
-                save_model: bool = True) -> Outcome:
+                save_model: bool | Callable[[EpochResult], tuple[bool, str]] = True
+                ) -> Outcome:
     """Train `config` and record it as one MLflow run; returns what happened.
+
+    `save_model` may decide from the final epoch whether the run keeps its model, and
+    say why in the run's `model` tag.
 
     `callbacks` (anything with the three hooks) run after the run has recorded the epoch,
     so a pruning callback that stops training never loses an epoch's metrics.
@@ -84,7 +88,11 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
                                 "test": len(ctx.prepared.test_y)})
         done = fit(config, ctx.prepared, trainer,
                    compose(Callbacks(on_epoch_end=record), callbacks))
-        _log_results(run, ctx, done.predictions, trainer.model if save_model else None)
+        keep, why = save_model(outcome.history[-1]) if callable(save_model) and \
+            outcome.history else (bool(save_model), "")
+        if why:
+            run.set_tags({"model": why})
+        _log_results(run, ctx, done.predictions, trainer.model if keep else None)
         status = "FINISHED"
     except Diverged as exc:
         outcome.diverged = exc

@@ -41,6 +41,14 @@ def test_two_workers_give_the_one_worker_answer(tmp_path):
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers trained
     assert all(t.user_attrs.get("ordered", True) for t in trials)
     assert [t.state.name for t in trials].count("PRUNED") >= 3  # the pruner did decide
+    # Every trained run says what became of its model: kept, or why not.
+    client = mlflow_client(tmp_path / "2")
+    tags = [r.data.tags for r in client.search_runs(
+        [client.get_experiment_by_name("lr").experiment_id]) if "trial" in r.data.tags]
+    assert len(tags) == 12 and all("model" in t for t in tags)
+    assert {t["model"] for t in tags if t.get("state") == "PRUNED"} == {"not logged: pruned"}
+    assert {t["model"] for t in tags if t.get("outcome") == "diverged"} == \
+        {"not logged: diverged"}
 
 
 def test_auto_starts_no_more_workers_than_trials_left(tmp_path):
@@ -154,6 +162,79 @@ def test_a_bad_models_value_is_refused(tmp_path, value):
     assert not (tmp_path / "mlruns").exists()
 
 
+def test_predict_best_says_when_the_best_run_kept_no_model(tmp_path, mnist):
+    from PIL import Image
+
+    path = write_sweep(tmp_path, SWEEP.replace("n_trials: 5", "n_trials: 1") + "models: none\n")
+    assert run_cli("sweep", str(path), cwd=tmp_path).returncode == 0
+    png = tmp_path / "x.png"
+    Image.fromarray(mnist.test_images[0]).save(png)
+    done = run_cli("predict", "--model", f"best:{path}", str(png), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1 and "the best trial's run" in line
+    assert "has no logged model (not logged (models: none))" in line
+
+
+@pytest.mark.slow
+def test_workers_stop_when_their_parent_is_killed(tmp_path):
+    """kill -9 of the sweep's process: its forked workers get SIGTERM (PR_SET_PDEATHSIG),
+    close their runs and exit, instead of training on unseen; the rerun resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_sweep(tmp_path, SWEEP.replace("n_trials: 5", "n_trials: 40")
+                       .replace("epochs: 1", "epochs: 3"))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
+                                                              "RUNNER_WORKERS")}
+    parent = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "sweep", str(path),
+                               "--workers", "2"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(1)
+        journal = tmp_path / "mlruns" / "optuna" / "journal.log"
+        if journal.exists() and len([t for t in journal_study(tmp_path, "m").trials
+                                     if t.state.is_finished()]) >= 2:
+            break
+    children = [int(p) for p in subprocess.run(
+        ["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()]
+    assert len(children) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+        time.sleep(0.5)
+    assert not any(Path(f"/proc/{c}").exists() for c in children)
+    done = run_cli("sweep", str(path), "--workers", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trials = journal_study(tmp_path, "m").trials
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 40
+    client = mlflow_client(tmp_path)
+    assert not [r for r in client.search_runs(
+        [client.get_experiment_by_name("m").experiment_id]) if r.info.status == "RUNNING"]
+
+
+def test_a_template_mlflow_did_not_make_is_replaced(tmp_path, monkeypatch):
+    from experiments.tracking import store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("RUNNER_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    from importlib import metadata
+    planted = tmp_path / "cache" / f"mlflow-{metadata.version('mlflow')}-store.db"
+    with sqlite3.connect(planted) as con:
+        con.execute("create table experiments (experiment_id int, x text)")
+    monkeypatch.chdir(tmp_path)
+    client = store.client()
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    with sqlite3.connect(planted) as con:  # replaced by the store MLflow created
+        assert len(con.execute("select version_num from alembic_version").fetchall()) == 1
+
+
 def _schema(db: Path) -> list:
     with sqlite3.connect(db) as con:
         return sorted(con.execute("select type, name, sql from sqlite_master"))
@@ -236,3 +317,22 @@ def test_a_process_builds_one_trainer_per_grad_mode():
 
     assert trainer_for("has_aux") is trainer_for("has_aux")
     assert not forkable()  # a process that built one must not fork workers
+
+
+def test_epoch_metrics_are_held_back_only_while_epochs_come_fast(store, monkeypatch):
+    from experiments.tracking import mlflow_run
+    from experiments.tracking.store import client
+
+    c = client()
+    run = mlflow_run.MlflowRun.start(c, "e", "r", {"x": 1})
+    run.log_epoch(1, {"loss": 2.0})  # within FLUSH_S of the start: held back
+    assert c.get_metric_history(run.run_id, "loss") == []
+    monkeypatch.setattr(mlflow_run, "FLUSH_S", 0.0)  # an epoch slower than FLUSH_S
+    run.log_epoch(2, {"loss": 1.0})
+    assert [m.step for m in c.get_metric_history(run.run_id, "loss")] == [1, 2]
+    monkeypatch.setattr(mlflow_run, "FLUSH_S", 60.0)
+    run.log_epoch(3, {"loss": 0.5})
+    run.end("FINISHED", {"done": "yes"})
+    finished = c.get_run(run.run_id)
+    assert [m.step for m in c.get_metric_history(run.run_id, "loss")] == [1, 2, 3]
+    assert finished.info.status == "FINISHED" and finished.data.tags["done"] == "yes"

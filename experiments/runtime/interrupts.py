@@ -65,3 +65,14 @@ def shielded() -> Iterator[None]:
         if not _shield and _deferred:
             _deferred = False
             raise KeyboardInterrupt
+
+
+def die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies, however it dies (a
+    closed terminal's SIGHUP, kill -9): no worker or server outlives its command. Called in
+    the child, after fork (and kept across exec). Not Linux (no prctl): nothing is asked."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG

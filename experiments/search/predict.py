@@ -27,6 +27,8 @@ def predict_files(model: str, paths: list[str]) -> Any:
         if not run_id:
             raise PredictError(f"--model {model}: sweep '{spec.name}' has no finished best "
                                "trial yet")
+        run_id = models.model_run(client, run_id, f"--model {model}: the best trial's run "
+                                                  f"'{run_id}'")
     else:
         run_id = models.model_run(client, model)
     return models.predict(client, run_id, digits)

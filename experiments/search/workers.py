@@ -70,7 +70,8 @@ def run_workers(argv: list[str], each: list[list[str]], parent: str, store_url: 
         # A process group of their own: a terminal's Ctrl-C reaches the parent only, which
         # forwards one SIGTERM. Signalled twice (by the terminal and by the parent), a
         # worker would stop inside the code that closes its runs.
-        procs.append(subprocess.Popen(cmd, env=env, process_group=0))
+        procs.append(subprocess.Popen(cmd, env=env, process_group=0,
+                                      preexec_fn=interrupts.die_with_parent))
     return _watch(procs, reasons, recover, tick)
 
 
@@ -85,19 +86,26 @@ def fork_workers(n: int, body: Callable[[int], int], recover: Callable[[], int],
     procs: list[Any] = []
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     for i, cpu in enumerate(_pinned(n, pin)):
         pid = os.fork()
         if pid == 0:
-            _child(i, cpu, body, reasons.name)
+            _child(i, cpu, body, reasons.name, parent)
         procs.append(_Forked(pid))
     return _watch(procs, reasons, recover, tick)
 
 
-def _child(i: int, cpu: int | None, body: Callable[[int], int], reasons: str) -> None:
+def _child(i: int, cpu: int | None, body: Callable[[int], int], reasons: str,
+           parent: int) -> None:
     code = 1
     try:
         os.setpgid(0, 0)  # its own process group, as a `runner.py` worker's (see above)
         interrupts.reset()
+        # A parent killed with -9 must not leave its workers training on, unseen: they get
+        # SIGTERM and stop as after Ctrl-C (a parent gone before this line: stop now).
+        interrupts.die_with_parent()
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
         code = worker_exit(lambda: body(i), reasons)

@@ -40,6 +40,9 @@ def from_template(db: Path) -> bool:
     template = _template()
     if template is None or not template.is_file():
         return False
+    if not _looks_made_by_mlflow(template):
+        forget(None)  # the next store MLflow creates becomes the template
+        return False
     fd, tmp = tempfile.mkstemp(prefix=".mlflow-", suffix=".db", dir=db.parent)
     os.close(fd)
     try:
@@ -58,6 +61,35 @@ def from_template(db: Path) -> bool:
             os.unlink(tmp)
         return False
     return True
+
+
+# Tables any MLflow store has; a file without them (or without one migration version) was
+# not made by MLflow, whatever its name.
+TABLES = {"alembic_version", "experiments", "runs", "metrics", "latest_metrics", "params",
+          "tags", "experiment_tags", "datasets", "inputs"}
+
+
+def _looks_made_by_mlflow(path: Path) -> bool:
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
+                                                uri=True)) as con:
+            names = {r[0] for r in con.execute("select name from sqlite_master "
+                                               "where type = 'table'")}
+            versions = con.execute("select version_num from alembic_version").fetchall() \
+                if "alembic_version" in names else []
+            experiments = con.execute("select name from experiments").fetchall() \
+                if "experiments" in names else []
+    except sqlite3.Error:
+        return False
+    return names >= TABLES and len(versions) == 1 and experiments == [("Default",)]
+
+
+def forget(db: Path | None) -> None:
+    """Remove a store made from a template MLflow could not open, and the template."""
+    for path in (db, _template()):
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _umask() -> int:

@@ -7,6 +7,7 @@ example; `DigitClassifier` (pyfunc_model.py) does the pre-processing, MindSpore
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,13 @@ def log_model(client: Any, run_id: str, net: Any, example: np.ndarray) -> None:
         weights = Path(tmp) / "weights.ckpt"
         mindspore.save_checkpoint(net, str(weights))
         example = example[:2].astype(np.uint8)
+        # The package's sources only: its __pycache__ folders were two thirds of the files
+        # every model copied, twice (into the model, then into the store), for nothing.
+        code = Path(tmp) / "code" / PACKAGE.name
+        shutil.copytree(PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         mlflow.pyfunc.save_model(
             path=str(Path(tmp) / "model"), python_model=str(MODEL_CODE),
-            artifacts={"weights": str(weights)}, code_paths=[str(PACKAGE)],
+            artifacts={"weights": str(weights)}, code_paths=[str(code)],
             signature=signature(), input_example=example, pip_requirements=PIP_REQUIREMENTS)
         client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
 
@@ -49,16 +54,20 @@ def signature() -> Any:
                           outputs=Schema(outputs))
 
 
-def model_run(client: Any, run_id: str) -> str:
-    """`run_id` if it is a run of the store with a logged model; PredictError otherwise."""
+def model_run(client: Any, run_id: str, named: str = "") -> str:
+    """`run_id` if it is a run of the store with a logged model; PredictError otherwise.
+    `named`: how the message names the run (default: --model's run id)."""
     from mlflow.exceptions import MlflowException
 
     try:
         run = client.get_run(run_id)
     except MlflowException:
         raise PredictError(f"--model: no run '{run_id}' in {client.tracking_uri}") from None
+    named = named or f"--model: run '{run_id}'"
     if not [a for a in client.list_artifacts(run.info.run_id) if a.path == "model"]:
-        raise PredictError(f"--model: run '{run_id}' has no logged model (diverged or pruned?)")
+        why = run.data.tags.get("model") or "diverged, pruned or interrupted?"
+        raise PredictError(f"{named} has no logged model ({why}); a sweep's `models:` says "
+                           "which runs keep theirs")
     return run.info.run_id
 
 

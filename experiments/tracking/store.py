@@ -121,9 +121,19 @@ def client(create: bool = True):
         # creating would run MLflow's migrations a second time, and corrupt it for good.
         with _store_lock():
             db = MLRUNS / "mlflow.db"
-            created = not db.exists() and not fresh_store.from_template(db)
-            c = MlflowClient(uri)
-            c.search_experiments(max_results=1)
+            copied = not db.exists() and fresh_store.from_template(db)
+            created = not copied and not db.exists()
+            try:
+                c = MlflowClient(uri)
+                c.search_experiments(max_results=1)
+            except Exception:
+                if not copied:
+                    raise
+                # A template MLflow cannot open (not made by this code, or damaged): gone,
+                # with the copy, and MLflow creates the store as if there were none.
+                fresh_store.forget(db)
+                c, created = MlflowClient(uri), True
+                c.search_experiments(max_results=1)
             if created:  # by MLflow's migrations, just now: the template for the next
                 fresh_store.keep_as_template(db)
         return c

@@ -101,11 +101,13 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
         run.log_series("diverging_step_loss", {offset + i: v for i, v in
                                                enumerate(exc.losses, start=1) if math.isfinite(v)})
         run.set_tags({"outcome": "diverged", "failure_reason": f"non-finite loss: {exc}",
-                      "diverged_epoch": exc.epoch, "diverged_step": exc.step})
+                      "diverged_epoch": exc.epoch, "diverged_step": exc.step,
+                      "model": "not logged: diverged"})
         status = diverged_status
     except Stop as exc:
         outcome.stopped = exc
-        run.set_tags({"state": exc.state, "stop_reason": str(exc)})
+        run.set_tags({"state": exc.state, "stop_reason": str(exc),
+                      "model": f"not logged: {exc.state.lower()}"})
         status = "FINISHED"
     except KeyboardInterrupt:
         with interrupts.shielded():
@@ -118,11 +120,10 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
     finally:
         # A second Ctrl-C must not leave the run RUNNING: it waits until the run is closed.
         with interrupts.shielded():
-            run.set_tags({"init_weights_digest": trainer.init_digest})
             if outcome.history:
                 run.log_image(figures.learning_curves(outcome.history, run_name),
                               "learning_curves.png")
-            run.end(status)
+            run.end(status, {"init_weights_digest": trainer.init_digest})
     return outcome
 
 

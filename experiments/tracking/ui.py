@@ -147,12 +147,7 @@ def _die_with_parent() -> None:
     however it dies (a closed terminal's SIGHUP, kill -9), so no server outlives its
     command; the server stops its own workers on SIGTERM. Its own session keeps a
     terminal's Ctrl-C to us, and we stop it once."""
-    import contextlib
-    import ctypes
-
-    # Not Linux (no prctl): the server may outlive a killed runner, as a plain one would.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    interrupts.die_with_parent()
 
 
 def _point_at(server: str, say: Callable[[str], None]) -> int:

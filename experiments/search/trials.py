@@ -224,12 +224,14 @@ def recover(study: optuna.Study, recovery: Recovery, local: bool = True) -> int:
 
 def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial], float],
          on_done: Callable[[FrozenTrial], None], recovery: Recovery,
-         deadline: float | None = None, poll_s: float = 1.0) -> str:
+         deadline: float | None = None, poll_s: float = 0.25) -> str:
     """Run trials until the global budget is met ('budget') or the deadline passes
     ('timeout').
 
     When the trials still running elsewhere would use up the budget, wait for them rather
-    than start more: they may fail (a crashed worker) and free their slot for a retry.
+    than start more: they may fail (a crashed worker) and free their slot for a retry. The
+    wait is polled every `poll_s`: the idle worker of a short sweep is what its command
+    waits for last (a 1 s poll cost the main job 1.2 s with 2 workers, measured).
     """
     b = Budget.of(spec)
     me = lv.worker_id()

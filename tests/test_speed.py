@@ -235,6 +235,54 @@ def test_a_template_mlflow_did_not_make_is_replaced(tmp_path, monkeypatch):
         assert len(con.execute("select version_num from alembic_version").fetchall()) == 1
 
 
+@pytest.mark.parametrize("value", ["maybe", "1", "'true'", "[true]"])
+def test_a_bad_ordered_value_is_refused(tmp_path, value):
+    path = write_sweep(tmp_path, SWEEP + f"ordered: {value}\n")
+    done = run_cli("sweep", str(path), "--dry-run", cwd=tmp_path)
+    assert done.returncode == 2
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1 and "ordered" in line and "expected true or false" in line
+
+
+def test_unordered_workers_run_the_budget(tmp_path):
+    """`ordered: false`: the workers decide on what is done, as Optuna does; the budget,
+    the runs and the dry run's word for it are as for any sweep."""
+    path = write_sweep(tmp_path, SWEEP.replace("pruner: {type: none}",
+                                               "pruner: {type: median, warmup_epochs: 0}")
+                       .replace("method: random", "method: tpe") + "ordered: false\n")
+    dry = run_cli("sweep", str(path), "--dry-run", cwd=tmp_path)
+    assert "(ordered: false): faster, but the answer depends on timing" in dry.stdout
+    done = run_cli("sweep", str(path), "--workers", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trials = journal_study(tmp_path, "m").trials
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 5
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def test_a_template_mlflow_cannot_open_is_replaced(tmp_path, monkeypatch):
+    """A template that looks like MLflow's but that MLflow refuses (here: a migration
+    version it does not know): the store is created by MLflow after all, in the same
+    process, and becomes the template."""
+    from experiments.tracking import store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("RUNNER_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    store.client()
+    template = next((tmp_path / "cache").glob("mlflow-*-store.db"))
+    with sqlite3.connect(template) as con:
+        good = con.execute("select version_num from alembic_version").fetchall()
+        con.execute("update alembic_version set version_num = 'ffffffffffff'")
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    client = store.client()
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    client.create_experiment("after")
+    with sqlite3.connect(template) as con:
+        assert con.execute("select version_num from alembic_version").fetchall() == good
+
+
 def _schema(db: Path) -> list:
     with sqlite3.connect(db) as con:
         return sorted(con.execute("select type, name, sql from sqlite_master"))

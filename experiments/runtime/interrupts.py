@@ -33,12 +33,6 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _handler)
 
 
-def reset() -> None:
-    """A forked worker starts with none of its parent's signals counted."""
-    global _received, _shield, _deferred
-    _received, _shield, _deferred = 0, 0, False
-
-
 def requested() -> bool:
     return _received > 0
 

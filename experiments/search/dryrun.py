@@ -68,6 +68,9 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
         lines.append(f"repeats: {spec.repeats} seeds per configuration (the config's seed, "
                      "then seeds derived from the sweep seed); the objective is their mean, "
                      "the pruner watches the first seed")
+    lines.append("workers: any number gives the one-worker answer (ordered: true)"
+                 if spec.ordered else "workers: each trial sees the trials done when it "
+                 "decides (ordered: false): faster, but the answer depends on timing")
     lines.append(f"models kept: {spec.models}" + (
         " (the trials ranked in the top so far when they end)"
         if spec.models.kind == "top_k" and spec.repeats == 1 and not spec.multi else ""))

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,4 +100,20 @@ def dead_here(t: FrozenTrial) -> bool:
     return not alive(worker)
 
 
-ordered.judge_liveness_by(lambda t: not dead_here(t) and not silent(t))
+def _still_running(t: FrozenTrial) -> bool:
+    """A RUNNING trial some live worker is running. A process runs one trial at a time, so
+    a RUNNING trial that names this one (a failed write left it so) runs nowhere."""
+    return t.user_attrs.get("worker") != worker_id() and not dead_here(t) and not silent(t)
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Trials of workers whose Optuna heartbeats stopped (RDB storage, any host): failed,
+    and queued again by the storage's callback. (Workers through the gRPC proxy beat by
+    themselves: `silent` judges them.)"""
+    if st.native_heartbeat(study):
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.x
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+ordered.judge_liveness_by(_still_running, _fail_stale)

@@ -11,9 +11,11 @@ A decision that cannot depend on a trial still running is made at once: a random
 grid point, TPE's first `n_startup_trials` (random by count: fewer trials than that are
 below k), and a pruning decision that comes out the same whether each running earlier
 trial ends complete (with the value it reported for this epoch) or not. Otherwise the
-trial waits for the earlier ones, polling the storage. Waiting stops for a trial whose
-worker died (the parent fails it) and after MAX_WAIT_S, so workers never deadlock; the
-trial is then tagged `ordered=false`. Warm-start and retried trials are enqueued trials
+trial waits for the earlier ones, polling the storage. It stops waiting for a trial whose
+worker died (the parent fails it; on other hosts its heartbeats tell, checked every
+SWEEP_S) or that its own process left running, and after MAX_WAIT_S, so workers never
+deadlock; a trial that waited that long is tagged `ordered=false` and waits no more.
+Ctrl-C ends a wait. Warm-start and retried trials are enqueued trials
 whose numbers the sweep's history decides, so a sweep with a crash or a retry is the
 one-worker sweep only up to it. Hyperband builds its brackets from the storage itself,
 and QMC numbers its points in the order they are drawn: neither is ordered here.
@@ -31,6 +33,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from experiments.runtime import interrupts
+
 POLL_S = 0.05
 MAX_WAIT_S = float(os.environ.get("RUNNER_ORDER_WAIT_S", "3600"))
 MAX_UNDECIDED = 3  # running earlier trials tried both ways (2**3 pruning decisions at most)
@@ -38,19 +42,30 @@ ORDERED_ATTR = "ordered"
 Mark = Callable[[optuna.Study, FrozenTrial], None]  # sets ORDERED_ATTR False on a trial
 
 
+SWEEP_S = 10.0  # while waiting, how often trials of dead workers elsewhere are failed
+_gave_up: set[int] = set()  # trials that waited MAX_WAIT_S once: they wait no more
+
+
 def _any_alive(t: FrozenTrial) -> bool:
     return True
 
 
-# Whether a running trial's worker lives is liveness.py's to judge. It registers its test
-# here when imported: it imports study.py, which imports this module, so this module
-# cannot import it. Every process that runs trials imports it (trials.py).
+def _no_sweep(study: optuna.Study) -> None:
+    return None
+
+
+# Whether a running trial's worker lives is liveness.py's to judge, and how the trials of
+# dead workers on other hosts get failed. It registers both here when imported: it imports
+# study.py, which imports this module, so this module cannot import it. Every process that
+# runs trials imports it (trials.py).
 _alive: Callable[[FrozenTrial], bool] = _any_alive
+_sweep: Callable[[optuna.Study], None] = _no_sweep
 
 
-def judge_liveness_by(alive: Callable[[FrozenTrial], bool]) -> None:
-    global _alive  # one judge per process, as there is one liveness module
-    _alive = alive
+def judge_liveness_by(alive: Callable[[FrozenTrial], bool],
+                      sweep: Callable[[optuna.Study], None]) -> None:
+    global _alive, _sweep  # one judge per process, as there is one liveness module
+    _alive, _sweep = alive, sweep
 
 
 class Before:
@@ -91,14 +106,30 @@ def running_before(study: optuna.Study, number: int) -> list[FrozenTrial]:
             if t.number < number and _alive(t)]
 
 
+def _wait(study: optuna.Study, trial: FrozenTrial, ready: Callable[[list[FrozenTrial]], Any],
+          unordered: Mark) -> Any:
+    """Poll until `ready(running earlier trials)` answers (not None). Past MAX_WAIT_S the
+    trial is marked unordered, and it never waits again: None."""
+    start = swept = time.monotonic()
+    while True:
+        answer = ready(running_before(study, trial.number))
+        if answer is not None:
+            return answer
+        if trial.number in _gave_up or time.monotonic() - start > MAX_WAIT_S:
+            if trial.number not in _gave_up:
+                _gave_up.add(trial.number)
+                unordered(study, trial)
+            return None
+        interrupts.check()  # Ctrl-C ends a wait as it ends training: between steps
+        if time.monotonic() - swept > SWEEP_S:
+            _sweep(study)  # workers on other hosts that died: their trials are failed
+            swept = time.monotonic()
+        time.sleep(POLL_S)
+
+
 def wait_for_earlier(study: optuna.Study, trial: FrozenTrial, unordered: Mark) -> None:
     """Block until no trial numbered below `trial` is running (see the module's text)."""
-    start = time.monotonic()
-    while running_before(study, trial.number):
-        if time.monotonic() - start > MAX_WAIT_S:
-            unordered(study, trial)
-            return
-        time.sleep(POLL_S)
+    _wait(study, trial, lambda running: True if not running else None, unordered)
 
 
 class OrderedPruner(optuna.pruners.BasePruner):
@@ -108,16 +139,11 @@ class OrderedPruner(optuna.pruners.BasePruner):
         self._inner, self._unordered = inner, unordered
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        start = time.monotonic()
-        while True:
-            running = running_before(study, trial.number)
-            decided = self._decided(study, trial, running)
-            if decided is not None:
-                return decided
-            if time.monotonic() - start > MAX_WAIT_S:
-                self._unordered(study, trial)
-                return self._inner.prune(Before(study, trial.number), trial)
-            time.sleep(POLL_S)
+        decided = _wait(study, trial, lambda running: self._decided(study, trial, running),
+                        self._unordered)
+        if decided is None:  # waited too long: on what is done
+            return self._inner.prune(Before(study, trial.number), trial)
+        return decided
 
     def _decided(self, study: optuna.Study, trial: FrozenTrial,
                  running: list[FrozenTrial]) -> bool | None:

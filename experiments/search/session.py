@@ -152,8 +152,15 @@ def _watch(s: Session) -> Iterator[Callable[[], None]]:
 def _worker(s: Session) -> int:
     """A forked worker: its parent's session, as a `--parent-run` worker process's."""
     progress.be_quiet(True)
+    # The parent's connections stay the parent's: the pools this fork inherited are let go
+    # unclosed, and the storage is opened anew. Optuna's journal names a worker when its
+    # storage is opened, so forks of one opened storage would all be one worker to it, and
+    # two of them could both take the same queued trial.
+    tracking_store.after_fork(s.client)
+    st.after_fork(s.study)
+    study = st.open_study(s.spec, open_storage(s.store_url, MLRUNS, s.recovery.stale))
     options = dataclasses.replace(s.options, parent_run=s.parent)
-    end = _run_trials(dataclasses.replace(s, options=options))
+    end = _run_trials(dataclasses.replace(s, options=options, study=study))
     # As a worker command ends (sweep.py): a shortfall with no failure of its own is 1.
     return 1 if end == "failed" else 0
 
@@ -162,24 +169,28 @@ def _run_trials(s: Session) -> str:
     """Trials here, or in worker processes; returns how the sweep ended."""
     spec, options = s.spec, s.options
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
-    n = options.worker_count
-    if options.workers is None and not options.device_ids:
-        # auto: no more workers than trials left to run (a worker without one would wait).
-        n = max(1, min(n, tr.budget(spec) - len(tr.finished(s.study, spec))))
+    n, ids = options.worker_count, options.device_ids
+    cpu = cfg.build(spec.fixed).device == "CPU"
+    if options.workers is None and not ids:
+        # auto: one per core on CPU (one card without --devices), and no more workers than
+        # trials left to run (a worker without one would wait).
+        n = max(1, min(n if cpu else 1, tr.budget(spec) - len(tr.finished(s.study, spec))))
     if n > 1 and options.parent_run is None:
-        ids = options.device_ids
         each = [["--set", f"device_id={ids[i]}"] if ids else [] for i in range(n)]
-        pin = cfg.build(spec.fixed).device == "CPU"
         recover = lambda: tr.recover(s.study, s.recovery)  # noqa: E731
-        # Both always called: each closes the pooled connections it has.
-        shareable = [tracking_store.before_fork(s.client), st.before_fork(s.study)]
+        forked = (tracking_store.forkable(s.client) and st.forkable(s.study) and not ids
+                  and forkable_core() and lv.recognisable())
+
+        def before_fork() -> None:  # no pooled connection of this process crosses a fork
+            tracking_store.before_fork(s.client)
+            st.before_fork(s.study)
+
         with _watch(s) as tick:
-            if all(shareable) and not ids and forkable_core() and lv.recognisable():
-                died = fork_workers(n, lambda i: _worker(s), recover,
-                                    tick, pin)
+            if forked:
+                died = fork_workers(n, lambda i: _worker(s), recover, tick, cpu, before_fork)
             else:
                 died = run_workers(options.worker_argv(), each, s.parent, s.store_url,
-                                   s.mnist.fallback_reason, recover, tick, pin)
+                                   s.mnist.fallback_reason, recover, tick, cpu)
         # Workers stop at the budget or the deadline; a shortfall without a deadline
         # means some died (the others may have made up for them).
         if len(tr.finished(s.study, spec)) >= tr.budget(spec):

@@ -76,18 +76,28 @@ def beat(study: optuna.Study, t: FrozenTrial | optuna.Trial) -> None:
     study._storage.set_trial_system_attr(t._trial_id, BEAT, time.time())
 
 
-def before_fork(study: optuna.Study) -> bool:
-    """Whether a fork of this process may go on using the study's storage: the journal (a
-    file opened per call) or an RDB, whose pooled connections are closed here so that none
-    is shared by two processes; not Optuna's gRPC proxy (its channels cannot cross a fork)."""
-    storage = study._storage
-    if isinstance(storage, optuna.storages.JournalStorage):
-        return True
-    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
-    if engine is None:
-        return False
-    engine.dispose()
-    return True
+def _engine(study: optuna.Study) -> Any:
+    storage = study._storage  # an RDB storage is wrapped in Optuna's cache
+    return getattr(getattr(storage, "_backend", storage), "engine", None)
+
+
+def forkable(study: optuna.Study) -> bool:
+    """Whether a fork of this process may open the study's storage again: the journal (a
+    file) or an RDB; not Optuna's gRPC proxy (its channels cannot cross a fork)."""
+    return isinstance(study._storage, optuna.storages.JournalStorage) or \
+        _engine(study) is not None
+
+
+def before_fork(study: optuna.Study) -> None:
+    """Close the storage's pooled connections: no fork may share one."""
+    if _engine(study) is not None:
+        _engine(study).dispose()
+
+
+def after_fork(study: optuna.Study) -> None:
+    """In the fork: let go of the inherited pool without closing what the parent uses."""
+    if _engine(study) is not None:
+        _engine(study).dispose(close=False)
 
 
 def set_attr(study: optuna.Study, t: FrozenTrial, key: str, value: Any) -> None:
@@ -140,8 +150,8 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
     `before_trial` to `after_trial`, with one seed.
     """
 
-    def __init__(self, method: str, seed: int) -> None:
-        self._method, self._seed = method, seed
+    def __init__(self, method: str, seed: int, ordered: bool = True) -> None:
+        self._method, self._seed, self._ordered = method, seed, ordered
         self._number: int | None = None
         self._waited: int | None = None
         self._inner = _make_sampler(method, seed)
@@ -155,6 +165,8 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
     def _seen(self, study: optuna.Study, trial: FrozenTrial) -> Any:
         """The study as the one-worker run shows it to trial k (ordered.py): the earlier
         trials, awaited unless the draw cannot depend on them."""
+        if not self._ordered:  # `ordered: false`: whatever is done when it is drawn
+            return study
         free = self._method in ("random", "grid") or (
             self._method == "tpe" and trial.number < TPE_STARTUP)
         if not free and self._waited != trial.number:
@@ -190,15 +202,14 @@ def sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     # QMC indexes its sequence by trial number already and must keep one seed.
     if spec.sampler == "qmc":
         return _make_sampler("qmc", spec.seed)
-    return PerTrialSeed(spec.sampler, spec.seed)
+    return PerTrialSeed(spec.sampler, spec.seed, spec.ordered)
 
 
 def pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     p = spec.pruner
     if p.type == "median":
-        return ordered.OrderedPruner(
-            optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=p.warmup_epochs),
-            _unordered)
+        median = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=p.warmup_epochs)
+        return ordered.OrderedPruner(median, _unordered) if spec.ordered else median
     if p.type == "hyperband":
         # W&B's max_iter, or the most epochs a trial trains (Optuna's "auto" would guess it
         # from the first trial to finish, which a pruned sweep may not have yet).

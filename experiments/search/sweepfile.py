@@ -35,7 +35,7 @@ METRICS, GOALS = ob.METRICS, ob.GOALS
 WANDB_KEYS = ("program", "command", "entity", "project", "description", "name", "method",
               "metric", "parameters", "early_terminate", "run_cap")
 RUNNER_KEYS = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation", "repeats",
-               "warm_start", "models")
+               "warm_start", "models", "ordered")
 WANDB_ONLY = ("program", "command", "entity", "project", "run_cap", "early_terminate")
 # W&B keys about its own service: kept on the parent run, nothing to do here.
 RECORDED_ONLY = ("apiVersion", "kind", "controller", "job", "image_uri")
@@ -73,6 +73,7 @@ class SweepSpec:
     warm_start: warmstart.WarmStart | None = None
     objectives: tuple[ob.Objective, ...] = ()  # (metric, goal) each; () is (metric, goal)
     models: models_kept.Models = field(default_factory=models_kept.Models)  # what is saved
+    ordered: bool = True  # workers give the one-worker answer (ordered.py), or go faster
 
     @property
     def metrics(self) -> tuple[ob.Objective, ...]:
@@ -235,7 +236,14 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
                      None if timeout is None else float(timeout), seed, pruner, fixed, params,
                      ablation, target, project, recorded, tuple(notes), repeats, warm,
                      metrics if len(metrics) > 1 else (),
-                     models_kept.read(r, raw.get("models")))
+                     models_kept.read(r, raw.get("models")), _ordered(r, raw))
+
+
+def _ordered(r: Reader, raw: dict) -> bool:
+    value = raw.get("ordered", True)
+    if not isinstance(value, bool):
+        raise r.fail("ordered", f"expected true or false, got {cfg.show(value)}")
+    return value
 
 
 def _budget(r: Reader, raw: dict, notes: list[str]) -> int:

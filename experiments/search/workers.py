@@ -76,16 +76,17 @@ def run_workers(argv: list[str], each: list[list[str]], parent: str, store_url: 
 
 
 def fork_workers(n: int, body: Callable[[int], int], recover: Callable[[], int],
-                 tick: Callable[[], None] = lambda: None, pin: bool = True
-                 ) -> list[tuple[int, str]]:
+                 tick: Callable[[], None] = lambda: None, pin: bool = True,
+                 before: Callable[[], None] = lambda: None) -> list[tuple[int, str]]:
     """As `run_workers`, with n forks of this process each exiting with `body(i)`, or as
-    `worker_exit` says for what it raised.
-    The caller closes its connections first (`store.before_fork`, `storage.before_fork`);
-    MindSpore must not have run a graph in this process (a fork keeps one thread)."""
+    `worker_exit` says for what it raised. `before` runs just before the forks: it closes
+    the pooled connections a fork must not share. MindSpore must not have run a graph in
+    this process (a fork keeps one thread; its runtime's are gone)."""
     reasons = tempfile.TemporaryDirectory(prefix="runner-reasons-")
     procs: list[Any] = []
     sys.stdout.flush()
     sys.stderr.flush()
+    before()
     parent = os.getpid()
     for i, cpu in enumerate(_pinned(n, pin)):
         pid = os.fork()
@@ -100,7 +101,6 @@ def _child(i: int, cpu: int | None, body: Callable[[int], int], reasons: str,
     code = 1
     try:
         os.setpgid(0, 0)  # its own process group, as a `runner.py` worker's (see above)
-        interrupts.reset()
         # A parent killed with -9 must not leave its workers training on, unseen: they get
         # SIGTERM and stop as after Ctrl-C (a parent gone before this line: stop now).
         interrupts.die_with_parent()
@@ -183,10 +183,11 @@ def _watch(procs: list[Any], reasons: tempfile.TemporaryDirectory, recover: Call
                     tick()
                 ticked = time.time()
             time.sleep(0.1)
-    interrupts.check()
     said = {}
     for path in Path(reasons.name).glob("*.reason"):
         with contextlib.suppress(OSError, ValueError):
             said[int(path.stem)] = path.read_text(encoding="utf-8").strip()
+    # Now, not at exit: a finished command ends with os._exit, which runs no finalizer.
     reasons.cleanup()
+    interrupts.check()
     return [(procs[i].returncode, said.get(procs[i].pid, "")) for i in sorted(died)]

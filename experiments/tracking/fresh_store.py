@@ -43,7 +43,10 @@ def from_template(db: Path) -> bool:
     if not _looks_made_by_mlflow(template):
         forget(None)  # the next store MLflow creates becomes the template
         return False
-    fd, tmp = tempfile.mkstemp(prefix=".mlflow-", suffix=".db", dir=db.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mlflow-", suffix=".db", dir=db.parent)
+    except OSError:  # no folder to make it in: MLflow says why, in its own words
+        return False
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # as MLflow's own file would be; mkstemp's is 0600

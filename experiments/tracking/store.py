@@ -130,8 +130,10 @@ def client(create: bool = True):
                 if not copied:
                     raise
                 # A template MLflow cannot open (not made by this code, or damaged): gone,
-                # with the copy, and MLflow creates the store as if there were none.
+                # with the copy, and MLflow creates the store as if there were none. Its
+                # engine for this URI, kept per process, still points at the copy.
                 fresh_store.forget(db)
+                _forget_engine(uri)
                 c, created = MlflowClient(uri), True
                 c.search_experiments(max_results=1)
             if created:  # by MLflow's migrations, just now: the template for the next
@@ -140,16 +142,34 @@ def client(create: bool = True):
     return MlflowClient(uri)
 
 
-def before_fork(c: Any) -> bool:
-    """Whether a fork of this process may go on using client `c`: True for a database
-    store, whose pooled connections are closed here so that no connection is shared by
-    two processes (both reconnect on their next call); False for a tracking server, whose
-    HTTP session pool is cached out of reach and cannot be shared."""
-    engine = getattr(c._tracking_client.store, "engine", None)
-    if engine is None:
-        return False
-    engine.dispose()
-    return True
+def _forget_engine(uri: str) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _engine(c: Any) -> Any:
+    return getattr(c._tracking_client.store, "engine", None)
+
+
+def forkable(c: Any) -> bool:
+    """Whether a fork of this process may go on using client `c`: a database store, yes;
+    a tracking server, no (its HTTP session pool is cached out of reach)."""
+    return _engine(c) is not None
+
+
+def before_fork(c: Any) -> None:
+    """Close the pooled connections of `c`: both processes reconnect on their next call."""
+    if _engine(c) is not None:
+        _engine(c).dispose()
+
+
+def after_fork(c: Any) -> None:
+    """In the fork: let go of the inherited pool without closing what the parent uses."""
+    if _engine(c) is not None:
+        _engine(c).dispose(close=False)
 
 
 def experiment_id(c: Any, name: str) -> str:

@@ -120,6 +120,7 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
     finally:
         # A second Ctrl-C must not leave the run RUNNING: it waits until the run is closed.
         with interrupts.shielded():
+            run.flush()  # the epochs first: a picture that cannot be written loses nothing
             if outcome.history:
                 run.log_image(figures.learning_curves(outcome.history, run_name),
                               "learning_curves.png")

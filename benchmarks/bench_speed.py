@@ -17,37 +17,24 @@ lands on all of them. The main job's results are checked equal across its cases.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
 from benchmarks import bench_common as C
+from benchmarks.bench_sweeps import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _sweep(folder: Path, sweep: dict, *flags: str, env: dict | None = None) -> tuple[float, list]:
     """Run `runner.py sweep` in a fresh folder: (wall s, the study's trials)."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    full = {k: v for k, v in os.environ.items()
-            if k not in ("MLFLOW_TRACKING_URI", "RUNNER_WORKERS")} | (env or {})
-    start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "runner.py"), "sweep", str(path), *flags],
-                   cwd=folder, env=full, check=True, capture_output=True)
-    wall = time.perf_counter() - start
-    storage = optuna.storages.JournalStorage(
-        JournalFileBackend(str(folder / "mlruns" / "optuna" / "journal.log")))
-    return wall, optuna.load_study(study_name=sweep["name"], storage=storage).get_trials()
+    wall, _, trials = run_sweep(folder, sweep, *flags, env=env)
+    return wall, trials
 
 
 def _answer(trials: list) -> list:

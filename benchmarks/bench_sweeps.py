@@ -28,21 +28,29 @@ THROUGHPUT_SWEEP = {
 
 def _run_sweep(folder: Path, sweep: dict, n_trials: int, workers: int,
                env_extra: dict | None = None) -> tuple[float, float, list]:
-    """Run (or resume) a sweep in `folder`: (wall s, start-up s, the study's trials).
+    """Run (or resume) a sweep of `n_trials` on `workers` in `folder` (see `run_sweep`)."""
+    return run_sweep(folder, {**sweep, "n_trials": n_trials}, "--workers", str(workers),
+                     env=env_extra)
 
-    Start-up is from the command's start to its first trial's start: imports, data,
-    study and MLflow set-up.
+
+def run_sweep(folder: Path, sweep: dict, *flags: str, env: dict | None = None
+              ) -> tuple[float, float, list]:
+    """Run (or resume) `runner.py sweep` with `flags` in `folder`, with the runner's own
+    defaults (no MLFLOW_TRACKING_URI, no RUNNER_WORKERS): (wall s, start-up s, the study's
+    trials). Start-up is from the command's start to its first trial's start: imports,
+    data, study and MLflow set-up.
     """
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
     path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump({**sweep, "n_trials": n_trials}))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env_extra or {})
+    path.write_text(yaml.safe_dump(sweep))
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("MLFLOW_TRACKING_URI", "RUNNER_WORKERS")} | (env or {})
     started = datetime.datetime.now()  # Optuna's trial datetimes are naive local times
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "runner.py"), "sweep", str(path), "--workers",
-                    str(workers)], cwd=folder, env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "runner.py"), "sweep", str(path), *flags],
+                   cwd=folder, env=full, check=True, capture_output=True)
     wall = time.perf_counter() - start
     storage = optuna.storages.JournalStorage(
         JournalFileBackend(str(folder / "mlruns" / "optuna" / "journal.log")))

@@ -106,7 +106,7 @@ def _still_running(t: FrozenTrial) -> bool:
     return t.user_attrs.get("worker") != worker_id() and not dead_here(t) and not silent(t)
 
 
-def _fail_stale(study: optuna.Study) -> None:
+def fail_stale(study: optuna.Study) -> None:
     """Trials of workers whose Optuna heartbeats stopped (RDB storage, any host): failed,
     and queued again by the storage's callback. (Workers through the gRPC proxy beat by
     themselves: `silent` judges them.)"""
@@ -116,4 +116,4 @@ def _fail_stale(study: optuna.Study) -> None:
             optuna.storages.fail_stale_trials(study)
 
 
-ordered.judge_liveness_by(_still_running, _fail_stale)
+ordered.judge_liveness_by(_still_running, fail_stale)

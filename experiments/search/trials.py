@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -307,9 +306,7 @@ def _step(study: optuna.Study, spec: SweepSpec, wrapped: Callable[[optuna.Trial]
         if st.is_journal(study):
             recover(study, recovery)
         else:
-            with warnings.catch_warnings():  # "experimental" since Optuna 2.x
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+            lv.fail_stale(study)
             recover(study, recovery, local=False)
         time.sleep(poll_s)
         return ""

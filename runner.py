@@ -13,10 +13,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from experiments.core.config import ConfigError, UserError, one_line
-from experiments.runtime import infra, interrupts, progress
+from experiments.runtime import infra, interrupts, progress, streams, workers
 from experiments.search.options import SweepIncomplete
 
 # A sweep stopped short of its budget (workers died, the store or the network failed);
@@ -25,9 +24,8 @@ EXIT_INCOMPLETE = 1
 EXIT_NOT_IDENTICAL = 1  # a replay whose metrics are not bit-identical to its run's
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = workers.EXIT_INTERRUPTED
 WORKERS_ENV = "RUNNER_WORKERS"
-EXIT_INFRA = 75  # a worker stopped by the infrastructure (workers.EXIT_INFRA); never shown
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -249,16 +247,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _worker_stopped(broke: str) -> int:
-    """A worker stopped by the infrastructure tells its parent what broke, which says it
-    once for all its workers (REASONS_ENV: a folder of the parent's, off the store's disk)."""
-    folder = os.environ.get("RUNNER_REASONS")
-    if folder:
-        with contextlib.suppress(OSError):
-            Path(folder, f"{os.getpid()}.reason").write_text(broke, encoding="utf-8")
-    return EXIT_INFRA
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
@@ -268,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     if func in (cmd_train, cmd_sweep, cmd_replay, cmd_ui):
         # SIGTERM ends like Ctrl-C: runs and trials closed as interrupted, then exit 130.
-        # The other commands only read: Python's own Ctrl-C stops them at once.
-        interrupts.install()
+        # The other commands only read: Python's own Ctrl-C stops them at once. A worker's
+        # parent says what an interrupted sweep waits for; the worker says nothing.
+        interrupts.install(None if getattr(args, "parent_run", None) else streams.say_now)
     try:
         return func(args)
     except UserError as exc:
@@ -277,28 +266,25 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (SweepIncomplete, infra.InfrastructureDown) as exc:
         if isinstance(exc, infra.InfrastructureDown) and getattr(args, "parent_run", None):
-            return _worker_stopped(exc.broke)
+            return workers.stopped_by(exc.broke)
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_INCOMPLETE
-    except BrokenPipeError:
-        # The reader stopped early (`| head`): the rest was not wanted. Python's documented
-        # way out: point stdout at /dev/null so the flush at exit cannot fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except Exception as exc:
         broke = infra.what_broke(exc)
         if not broke:
             raise
         if getattr(args, "parent_run", None):
-            return _worker_stopped(broke)
+            return workers.stopped_by(broke)
         # The store, its disk or the network, not the input: one line, and a rerun resumes.
         print(f"error: {one_line(broke)}; nothing finished is lost: fix it, then rerun the "
               "same command", file=sys.stderr)
         return EXIT_INCOMPLETE
     except KeyboardInterrupt:
-        if func in (cmd_train, cmd_sweep) and not getattr(args, "parent_run", None):
+        if func is cmd_sweep and not args.parent_run:
             print("interrupted: finished work is saved; rerun the same command to resume",
                   file=sys.stderr)
+        elif func is cmd_train:
+            print("interrupted: the run, if it started, is closed KILLED", file=sys.stderr)
         elif func is cmd_replay:
             print("interrupted: the replay's run, if it started, is closed KILLED; the "
                   "recorded run is untouched", file=sys.stderr)
@@ -306,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A reader that stops early (`| head`) or a terminal that hangs up never stops the work.
+    streams.guard()
     os.environ.setdefault("GLOG_v", "3")  # MindSpore's INFO/WARNING chatter hides progress
     code = main()
     # The command is over and everything it wrote is closed (stores commit every write).

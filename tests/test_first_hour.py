@@ -109,7 +109,7 @@ def test_the_parent_run_tells_the_story_while_two_workers_run(tmp_path):
     # ... and after it: done.
     after = run_cli("status", "live.yaml", cwd=tmp_path)
     assert after.returncode == 0 and "6 of 6 trials counted, 0 left" in after.stdout
-    assert "COMPLETE 6" in after.stdout and "ETA: done" in after.stdout, after.stdout
+    assert "trials: 6 COMPLETE" in after.stdout and "ETA: done" in after.stdout, after.stdout
 
     # The terminal: one line per trial, a summary with the UI link, and no warnings.
     lines = out.read_text().splitlines()

@@ -154,6 +154,26 @@ def test_sweep_trials_replay_identical_and_a_divergence_diverges_again(own_store
     assert new.info.status == "FINISHED" and new.data.tags["grad_mode"] == "no_aux"
 
 
+def test_a_replay_never_changes_what_a_sweeps_comparison_returns(own_store):
+    """A replay goes into its run's experiment, beside it in the UI; it is no result of
+    the sweep: `compare` (the CLI and pandas) leaves it out (it used to add a `trial <NA>`
+    row that doubled a learning rate in a pivot)."""
+    from experiments.search import compare
+
+    folder, runs = own_store
+    client = mlflow_client(folder)
+    before = compare.runs("abl", client).drop(columns=["duration_s"])
+    hist = compare.history("abl", client)
+    code, _, err = run_main(["replay", runs["trial-1-has_aux"]], folder)
+    assert code == 0, err
+    assert replays_of(folder, runs["trial-1-has_aux"])
+    after = compare.runs("abl", client).drop(columns=["duration_s"])
+    assert after.equals(before)
+    assert compare.history("abl", client).equals(hist)
+    code, out_before, _ = run_main(["compare", "--experiment", "abl"], folder)
+    assert code == 0 and "<NA>" not in out_before
+
+
 def test_a_repeat_seed_replays_without_the_sweeps_mean_and_std(own_store):
     folder, runs = own_store
     (second,) = [i for name, i in runs.items() if name.startswith("trial-0-has_aux-seed")

@@ -186,8 +186,11 @@ def test_a_vanished_tracking_server_stops_in_one_line_and_costs_no_budget(tmp_pa
 
     port = free_port()
     server = start_mlflow_server(tmp_path, port)
+    # Gone for longer than the sweep waits for it (RUNNER_OUTAGE_WAIT_S, 10 minutes unless
+    # set): test_infrastructure.py shows the wait for a server that comes back.
     env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+           "RUNNER_OUTAGE_WAIT_S": "5"}
     full = {k: v for k, v in os.environ.items() if k != "RUNNER_FAULT"} | env
     args = [sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY), "--n-trials", "6"]
     proc = subprocess.Popen(args, cwd=tmp_path, env=full, stdout=subprocess.PIPE,
@@ -203,10 +206,12 @@ def test_a_vanished_tracking_server_stops_in_one_line_and_costs_no_budget(tmp_pa
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, err
-    # Trial lines, then one line saying what broke.
-    errors = [line for line in err.splitlines() if not line.startswith(("data:", "trial "))]
+    # Trial lines, the wait, then one line saying what broke.
+    errors = [line for line in err.splitlines()
+              if not line.startswith(("data:", "trial ", "waiting: "))]
     assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
     assert "rerun the same command" in errors[0] and "server unreachable" in errors[0], errors
+    assert "waited 5s for it" in errors[0], errors
     counted = [t for t in _trials(tmp_path) if t.state.name == "COMPLETE"]
     server = start_mlflow_server(tmp_path, port)  # back
     try:

@@ -34,7 +34,7 @@ from experiments.core.steps import (
     make_grad_fn,
     use_graph_mode,
 )
-from experiments.runtime import faults
+from experiments.runtime import faults, interrupts
 
 PROBE_SIZE = 256
 # Whether this process built a Trainer. Once MindSpore has run a graph it has runtime
@@ -212,11 +212,12 @@ class Trainer:
         """One compiled call: a batch, or a chunk of k full batches (idx of shape (k, b));
         returns each step's (loss, batch size)."""
         x, y = data.train_x[idx], data.train_y[idx]
-        if idx.ndim == 2:
-            args = [Tensor.from_numpy(a) for pair in zip(x, y, strict=True) for a in pair]
-            return [(float(v), idx.shape[1]) for v in self.multi_step(*args).asnumpy()]
-        out = self.train_step(Tensor.from_numpy(x), Tensor.from_numpy(y)).asnumpy()
-        return [(float(out), len(idx))]
+        with interrupts.shielded():  # no KeyboardInterrupt inside MindSpore's graph code
+            if idx.ndim == 2:
+                args = [Tensor.from_numpy(a) for pair in zip(x, y, strict=True) for a in pair]
+                return [(float(v), idx.shape[1]) for v in self.multi_step(*args).asnumpy()]
+            out = self.train_step(Tensor.from_numpy(x), Tensor.from_numpy(y)).asnumpy()
+            return [(float(out), len(idx))]
 
     def compile_for(self, data: Prepared, batch_size: int) -> None:
         """Compile each step call of an epoch (one call per new shape) before the timed
@@ -229,6 +230,7 @@ class Trainer:
         self.model.set_train()
         for idx in self._calls(batch_slices(len(data.train_y), batch_size, None), batch_size):
             if idx.shape not in self._compiled:
+                interrupts.check()  # a compile takes ~1 s: Ctrl-C is honoured between them
                 self._call(data, idx)
                 self._compiled.add(idx.shape)
         self._epochs.add(epoch)
@@ -254,9 +256,10 @@ class Trainer:
         loss_sum, correct, predicted = 0.0, 0.0, []
         for start in range(0, len(y), batch_size):
             faults.point("evaluate")
-            loss, hits, labels = self.eval_step(
-                Tensor.from_numpy(x[start : start + batch_size]),
-                Tensor.from_numpy(y[start : start + batch_size]))
+            with interrupts.shielded():
+                loss, hits, labels = self.eval_step(
+                    Tensor.from_numpy(x[start : start + batch_size]),
+                    Tensor.from_numpy(y[start : start + batch_size]))
             loss_sum += float(loss.asnumpy())
             correct += float(hits.asnumpy())
             predicted.append(labels.asnumpy())
@@ -264,7 +267,8 @@ class Trainer:
 
     def gradients(self, data: Tensor, label: Tensor) -> dict[str, list[np.ndarray]]:
         """The has_aux and no_aux gradients of this batch, without touching the weights."""
-        aux, no_aux = self.grad_pair(data, label)
+        with interrupts.shielded():
+            aux, no_aux = self.grad_pair(data, label)
         return {"has_aux": [g.asnumpy() for g in aux], "no_aux": [g.asnumpy() for g in no_aux]}
 
 

@@ -80,7 +80,11 @@ def _kind(exc: BaseException) -> str:
         if (root, klass.__name__) in _CONNECTION:
             return _by_message(exc) or "connection lost"
     root = type(exc).__module__.split(".")[0]
-    if root in ("mlflow", "sqlite3", "sqlalchemy", "optuna", "psycopg", "grpc"):
+    if root == "mlflow":
+        # The tracking client failed: whatever it says, not the trial's doing (its own
+        # failures, a diverged loss or a config that cannot train, raise other errors).
+        return _by_message(exc) or "tracking error"
+    if root in ("sqlite3", "sqlalchemy", "optuna", "psycopg", "grpc"):
         return _by_message(exc)
     return ""
 

@@ -71,3 +71,10 @@ class EpochBars:
 def trial_bar(total: int, done: int, enabled: bool = True) -> tqdm:
     return tqdm(total=total, initial=min(done, total), desc="trials", unit="trial",
                 disable=not (enabled and _tty()), file=sys.stderr)
+
+
+def span(seconds: float) -> str:
+    """A duration as people read it: '45s', '2m31s', '1h02m'."""
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"

@@ -73,9 +73,12 @@ def _search(client: Any, name: str, sweep: str | None = None) -> list:
     while True:
         page = client.search_runs([_experiment(client, name)], max_results=1000,
                                   page_token=token)
-        # A tag filter with != skips runs without the tag, so parents are dropped here.
-        out += [r for r in page if r.data.tags.get(PARENT_TAG) != "true" and
-                (sweep is None or r.data.tags.get("sweep") == sweep)]
+        # A tag filter with != skips runs without the tag, so parents are dropped here; and
+        # replays, which check a run's bits and are no result of their own (a replay in a
+        # sweep's experiment doubled a learning rate in its comparison).
+        out += [r for r in page if r.data.tags.get(PARENT_TAG) != "true"
+                and "replay_of" not in r.data.tags
+                and (sweep is None or r.data.tags.get("sweep") == sweep)]
         token = page.token
         if not token:
             return out

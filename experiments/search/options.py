@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,11 +96,17 @@ class SweepOptions:
 
         return self.storage or f"journal:{(MLRUNS / 'optuna' / 'journal.log').resolve()}"
 
-    def worker_argv(self) -> list[str]:
-        """What a worker process is told: the same file, --set and budget."""
-        argv = [self.path, *(["--n-trials", str(self.n_trials)] if self.n_trials else []),
-                *(["--quiet"] if self.quiet else [])]
-        return argv + [a for item in self.sets for a in ("--set", item)]
+    def worker_argv(self, runner: Path, store_url: str, parent_run: str,
+                    device_id: int | None, cpu: int | None) -> list[str]:
+        """The whole command of a worker process: `runner.py sweep` with the same file,
+        --set and budget, the storage and parent run it joins, and its device or core."""
+        return [sys.executable, str(runner), "sweep", self.path,
+                *(["--n-trials", str(self.n_trials)] if self.n_trials else []),
+                *(["--quiet"] if self.quiet else []),
+                *[a for item in self.sets for a in ("--set", item)],
+                *(["--set", f"device_id={device_id}"] if device_id is not None else []),
+                "--storage", store_url, "--parent-run", parent_run,
+                *(["--pin-cpu", str(cpu)] if cpu is not None else [])]
 
 
 def proxy_address(url: str) -> tuple[str, int]:

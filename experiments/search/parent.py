@@ -5,7 +5,6 @@ trial, the trials table and Optuna's plots; and the summary the command prints.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from experiments.search.objectives import describe, pareto, values_text
 from experiments.search.space import shown, values_of
 from experiments.search.sweepfile import SweepSpec
 from experiments.search.trial_runs import run_ids
+from experiments.search.warmstart import FROM_ATTR
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.store import experiment_id
 
@@ -59,8 +59,8 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
     if changed:
         n = 1 + sum(k.startswith("sweep.change.") for k in chosen.data.tags)
         client.log_text(chosen.info.run_id, sweep_text, f"changes/{n}/sweep.yaml")
-        client.set_tag(chosen.info.run_id, f"sweep.change.{n}", "; ".join(changed)[:5000])
-        client.set_tag(chosen.info.run_id, st.FINGERPRINT, spec.fingerprint())
+        MlflowRun(client, chosen.info.run_id).set_tags({
+            f"sweep.change.{n}": "; ".join(changed)[:5000], st.FINGERPRINT: spec.fingerprint()})
     MlflowRun(client, chosen.info.run_id).set_tags({
         "sweep.n_trials": spec.n_trials, "sweep.timeout_s": spec.timeout_s or "none",
         "sweep.seed": spec.seed, "sweep.pruner": str(spec.pruner),
@@ -79,7 +79,14 @@ END_STATUS = {"budget": "FINISHED", "timeout": "FINISHED", "target": "FINISHED",
 def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
              end: str) -> FrozenTrial | None:
     """The parent run's last word: its story brought up to date with Optuna's plots, the
-    best trial's run tagged, the trials table; returns the best trial."""
+    best trial's run tagged, the trials table; returns the best trial. One process at a
+    time: two identical commands end together."""
+    with story.turn(parent_run_id):
+        return _finalize(client, parent_run_id, study, spec, end)
+
+
+def _finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
+              end: str) -> FrozenTrial | None:
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     best = None
@@ -89,19 +96,19 @@ def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSp
         front = {t.number for t in study.best_trials}
         for t in done:
             for run_id in run_ids(t):
-                client.set_tag(run_id, "pareto", "true" if t.number in front else "false")
+                MlflowRun(client, run_id).set_tags(
+                    {"pareto": "true" if t.number in front else "false"})
     elif done:
         best = study.best_trial
         for t in done:
             if t.user_attrs.get("mlflow_run_id"):
-                client.set_tag(t.user_attrs["mlflow_run_id"], "best",
-                               "true" if t.number == best.number else "false")
+                MlflowRun(client, t.user_attrs["mlflow_run_id"]).set_tags(
+                    {"best": "true" if t.number == best.number else "false"})
     frame = study.trials_dataframe()
     client.log_text(parent_run_id, frame.to_csv(index=False), "trials.csv")
     faults.point("finalize")
     story.update(client, parent_run_id, study, spec, plots=True)
-    client.set_tag(parent_run_id, "end_reason", end)
-    client.set_terminated(parent_run_id, END_STATUS.get(end, "FAILED"))
+    MlflowRun(client, parent_run_id).end(END_STATUS.get(end, "FAILED"), {"end_reason": end})
     return best
 
 
@@ -114,9 +121,11 @@ def trial_line(t: FrozenTrial, spec: SweepSpec) -> str:
         if std is not None and std == std:  # NaN: one seed trained (a pruned trial)
             value += f" ± {std:.4f} ({seeds} seeds)"
     seconds = t.duration.total_seconds() if t.duration else 0.0
-    reason = t.user_attrs.get("fail_reason", "")
-    return (f"trial {t.number:>3}  {t.state.name:<8} {value}  {params}  {seconds:.1f}s"
-            + (f"  ({reason})" if reason else ""))
+    notes = [f"retry of trial {t.user_attrs['retry_of']}" if "retry_of" in t.user_attrs
+             else "", f"warm start from {t.user_attrs[FROM_ATTR]}" if FROM_ATTR in t.user_attrs
+             else "", t.user_attrs.get("fail_reason", "")]
+    return (f"trial {t.number:>3}  {tr.word(t):<8} {value}  {params}  {seconds:.1f}s"
+            + "".join(f"  ({note})" for note in notes if note))
 
 
 ENDINGS = {"budget": "budget met", "timeout": "stopped by timeout_s",
@@ -130,10 +139,10 @@ def summary(study: optuna.Study, spec: SweepSpec, parent_run_id: str, end: str, 
             top: int = 5) -> str:
     trials = study.get_trials(deepcopy=False)
     done = tr.ranked(trials, spec)
-    states = Counter(tr.state_name(t) for t in trials)
-    lines = [f"sweep '{spec.name}' ({ENDINGS.get(end, end)}): {len(tr.finished(study, spec))}/"
-             f"{tr.budget(spec)} trials counted "
-             f"({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})"]
+    b = tr.Budget.of(spec)
+    counted = sum(b.counts(t) for t in trials)
+    lines = [f"sweep '{spec.name}' ({ENDINGS.get(end, end)}): {counted}/{b.limit} trials "
+             f"counted ({tr.tally(trials, b)})"]
     if done and spec.multi:
         front = tr.ranked(pareto(trials, spec.metrics), spec)
         lines.append(f"Pareto front ({describe(spec.metrics)}): {len(front)} trial(s)")

@@ -12,14 +12,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from optuna.trial import TrialState
 
 from experiments.core import config as cfg
 from experiments.core import devices
 from experiments.core.data import load
 from experiments.core.train import Prepared
 from experiments.core.train import forkable as forkable_core
-from experiments.runtime import infra, interrupts, progress
+from experiments.runtime import infra, interrupts, outage, progress, workers
 from experiments.search import liveness as lv
 from experiments.search import parent as pr
 from experiments.search import story, trial_runs, warm_trials
@@ -29,11 +32,14 @@ from experiments.search.objective import TrialRunner
 from experiments.search.options import SweepOptions
 from experiments.search.storage import open_storage
 from experiments.search.sweepfile import SweepSpec
-from experiments.search.workers import EXIT_INFRA, FALLBACK_ENV, fork_workers, run_workers
 from experiments.tracking import store as tracking_store
 from experiments.tracking import ui
 from experiments.tracking.store import MLRUNS, client
 from experiments.tracking.tracked_fit import TrackContext
+
+# The command a worker process runs (forked workers need none).
+RUNNER = Path(__file__).resolve().parents[2] / "runner.py"
+FALLBACK_ENV = "RUNNER_DATA_FALLBACK"  # set for worker processes once the parent fell back
 
 
 @dataclass
@@ -78,6 +84,7 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
             os.sched_setaffinity(0, {options.pin_cpu})
         return "", _run_trials(session)
     _recover(session)
+    _resuming(session)
     if spec.warm_start is not None:
         warm_trials.enqueue(session.study, spec, store, progress.say)
     session.parent = pr.parent_run(session.client, spec, pr.sweep_text(options.path), changed)
@@ -86,24 +93,20 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
     try:
         end = _run_trials(session)
     except KeyboardInterrupt:
-        end = "interrupted"
-        raise
+        if not _met(session):
+            end = "interrupted"
+            raise
+        end = "budget"  # every trial counted before the signal: the sweep is done
     except infra.InfrastructureDown:
         end = "infrastructure"
         raise
     finally:
-        with interrupts.shielded():
-            try:
-                pr.finalize(session.client, session.parent, session.study, spec, end)
-            except Exception as exc:
-                # With the store or the storage down the parent run stays as it was (a
-                # rerun finalises it); what stopped the sweep is what gets told.
-                unclosed = infra.what_broke(exc)
-                if not unclosed:
-                    raise
+        unclosed = _finish(session, end)
     if unclosed:  # the trials are done, but the parent run still says RUNNING
         raise infra.InfrastructureDown(f"{unclosed}; the sweep's parent run could not be "
                                        "closed", 1)
+    if interrupts.requested() and end in ("budget", "target"):
+        progress.say("Ctrl-C came once every trial had counted: nothing was cut short")
     experiment_id = session.client.get_run(session.parent).info.experiment_id
     # Filtered to this sweep's runs where other sweeps are, or may come (a W&B project).
     shared = {r.data.tags.get("sweep") for r in pr.parents(session.client, experiment_id)}
@@ -111,6 +114,35 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, str]:
     link = ui.link(ui.base_url(), experiment_id, metric=spec.metric, goal=spec.goal,
                    sweep=None if alone else spec.name)
     return pr.summary(session.study, spec, session.parent, end, link), end
+
+
+def _met(s: Session) -> bool:
+    """Whether the budget is met, as far as the storage can say."""
+    try:
+        return len(tr.finished(s.study, s.spec)) >= tr.budget(s.spec)
+    except Exception:
+        return False
+
+
+def _finish(s: Session, end: str) -> str:
+    """Close what the store did not let close, and the parent run; '' or what broke. An
+    outage at the end is waited out as one mid-sweep, unless the user is stopping it; with
+    the store or the storage down for good the parent run stays as it was (a rerun
+    finalises it)."""
+    interrupts.waiting_for("the sweep's parent run to be brought up to date and closed")
+    with interrupts.shielded():
+        while True:
+            try:
+                trial_runs.close_orphans(s.client, s.study, s.spec.experiment)
+                pr.finalize(s.client, s.parent, s.study, s.spec, end)
+                return ""
+            except Exception as exc:
+                broke = infra.what_broke(exc)
+                if not broke:
+                    raise
+                if end == "interrupted" or not outage.passes(broke) or not outage.ride_out(
+                        broke, s.recovery.probe, progress.say):
+                    return broke
 
 
 def _recover(s: Session) -> None:
@@ -123,6 +155,20 @@ def _recover(s: Session) -> None:
     if orphans:
         progress.say(f"{orphans} MLflow run(s) of finished trials left RUNNING by a process "
                      "that is gone: closed as KILLED")
+
+
+def _resuming(s: Session) -> None:
+    """What a rerun finds: the budget counted so far, and the trials it will train again."""
+    trials = s.study.get_trials(deepcopy=False)
+    if not trials:
+        return
+    b = tr.Budget.of(s.spec)
+    counted = sum(b.counts(t) for t in trials)
+    again = [t.number for t in trials if t.state == TrialState.WAITING and "retry_of" in
+             t.user_attrs]
+    progress.say(f"resuming sweep '{s.spec.name}': {counted} of {b.limit} trials counted"
+                 + (f"; {len(again)} cut short, queued again" if again else "")
+                 + ("; the budget is met: nothing to train" if counted >= b.limit else ""))
 
 
 @contextmanager
@@ -165,9 +211,17 @@ def _worker(s: Session) -> int:
     return 1 if end == "failed" else 0
 
 
+def _probe(s: Session) -> None:
+    """Ask the tracking store and the study storage something small: raises while
+    either is down."""
+    s.client.search_experiments(max_results=1)
+    s.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
 def _run_trials(s: Session) -> str:
     """Trials here, or in worker processes; returns how the sweep ended."""
     spec, options = s.spec, s.options
+    s.recovery.probe = lambda: _probe(s)  # this process's store and study
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
     n, ids = options.worker_count, options.device_ids
     cpu = cfg.build(spec.fixed).device == "CPU"
@@ -176,7 +230,6 @@ def _run_trials(s: Session) -> str:
         # trials left to run (a worker without one would wait).
         n = max(1, min(n if cpu else 1, tr.budget(spec) - len(tr.finished(s.study, spec))))
     if n > 1 and options.parent_run is None:
-        each = [["--set", f"device_id={ids[i]}"] if ids else [] for i in range(n)]
         recover = lambda: tr.recover(s.study, s.recovery)  # noqa: E731
         forked = (tracking_store.forkable(s.client) and st.forkable(s.study) and not ids
                   and forkable_core() and lv.recognisable())
@@ -185,19 +238,28 @@ def _run_trials(s: Session) -> str:
             tracking_store.before_fork(s.client)
             st.before_fork(s.study)
 
+        interrupts.waiting_for(f"the {n} workers to stop their trials at the next step and "
+                               "close their runs as KILLED")
         with _watch(s) as tick:
             if forked:
-                died = fork_workers(n, lambda i: _worker(s), recover, tick, cpu, before_fork)
+                died = workers.fork_workers(n, lambda i: _worker(s), recover, tick,
+                                            progress.say, cpu, before_fork)
             else:
-                died = run_workers(options.worker_argv(), each, s.parent, s.store_url,
-                                   s.mnist.fallback_reason, recover, tick, cpu)
+                env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+                if s.mnist.fallback_reason:  # the workers use the sample at once
+                    env[FALLBACK_ENV] = s.mnist.fallback_reason
+                died = workers.run_workers(
+                    lambda i, core: options.worker_argv(RUNNER, s.store_url, s.parent,
+                                                        ids[i] if ids else None, core),
+                    n, env, recover, tick, progress.say, cpu)
         # Workers stop at the budget or the deadline; a shortfall without a deadline
         # means some died (the others may have made up for them).
         if len(tr.finished(s.study, spec)) >= tr.budget(spec):
             return "budget"
         if tr.reached(s.study.get_trials(deepcopy=False), spec):
             return "target"
-        broke = [said for code, said in died if code == EXIT_INFRA]
+        interrupts.check()  # short of the budget because of a Ctrl-C
+        broke = [said for code, said in died if code == workers.EXIT_INFRA]
         if broke:
             raise infra.InfrastructureDown(
                 next((b for b in broke if b), "the store, its disk or the network failed"),
@@ -212,6 +274,8 @@ def _run_trials(s: Session) -> str:
         progress.say(pr.trial_line(t, spec))
         story.update(s.client, s.parent, s.study, spec)
 
+    interrupts.waiting_for("the running trial to stop at its next step and close its run "
+                           "as KILLED")
     ctx = TrackContext(s.client, s.mnist, Prepared.from_mnist(s.mnist), spec.experiment,
                        s.parent)
     runner = TrialRunner(spec, ctx)

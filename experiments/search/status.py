@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections import Counter
 
+from experiments.runtime.progress import span
 from experiments.search import sweepfile
 from experiments.search.options import SweepOptions, masked
 
@@ -22,6 +22,7 @@ def status(options: SweepOptions) -> str:
     from experiments.search import study as st
     from experiments.search import trials as tr
     from experiments.search.objectives import pareto, values_text
+    from experiments.search.space import shown as show_value
     from experiments.search.space import values_of
     from experiments.search.storage import open_storage
     from experiments.tracking.store import MLRUNS
@@ -42,8 +43,7 @@ def status(options: SweepOptions) -> str:
     lines = [f"sweep '{spec.name}' ({shown}): {len(counted)} of {budget.limit} trials counted, "
              f"{max(0, budget.limit - len(counted))} left"
              + ("; a trial reached metric.target" if tr.reached(trials, spec) else "")]
-    states = Counter(tr.state_name(t) for t in trials)
-    lines.append("trials: " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "-"))
+    lines.append("trials: " + (tr.tally(trials, budget) if trials else "-"))
     running = [t for t in trials if t.state.name == "RUNNING"]
     beats = st.heartbeat_ages(study)
     for t in running:
@@ -64,7 +64,7 @@ def status(options: SweepOptions) -> str:
                                  for t in front))
     elif complete:
         best = study.best_trial
-        values = "  ".join(f"{k}={v}" for k, v in values_of(best).items())
+        values = "  ".join(f"{k}={show_value(v)}" for k, v in values_of(best).items())
         lines.append(f"best so far: trial {best.number}, {spec.metric}={best.value:.4f}  "
                      f"{values}")
     lines.append(_eta(counted, running, budget.limit))
@@ -80,7 +80,7 @@ def _eta(counted: list, running: list, limit: int) -> str:
         return "ETA: unknown until a trial is counted"
     workers = max(1, len(_workers(counted, running)))
     seconds = statistics.median(times) * left / workers
-    return (f"ETA: about {_span(seconds)} ({left} trials left x median "
+    return (f"ETA: about {span(seconds)} ({left} trials left x median "
             f"{statistics.median(times):.1f}s / {workers} worker{'s' * (workers > 1)})")
 
 
@@ -94,7 +94,3 @@ def _workers(counted: list, running: list) -> set[str]:
     return {w for w in named if w and lv.alive(w)}
 
 
-def _span(seconds: float) -> str:
-    minutes, s = divmod(int(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"

@@ -44,9 +44,17 @@ TOP = 5
 NOTE_MAX = 8000
 
 
+_held: set[str] = set()  # parent runs whose turn this process holds
+
+
 @contextmanager
-def _turn(parent_run_id: str) -> Iterator[None]:
-    """One writer at a time on this host (the lock file lives beside the local store)."""
+def turn(parent_run_id: str) -> Iterator[None]:
+    """One writer of the parent run at a time on this host (the lock file lives beside the
+    local store): its updates, and the end of the sweep, which two identical commands
+    reach together. Reentrant within a process."""
+    if parent_run_id in _held:
+        yield
+        return
     try:
         MLRUNS.mkdir(exist_ok=True)
         handle = open(MLRUNS / f".parent-{parent_run_id}.lock", "w")  # noqa: SIM115
@@ -55,9 +63,11 @@ def _turn(parent_run_id: str) -> Iterator[None]:
         return
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        _held.add(parent_run_id)
         try:
             yield
         finally:
+            _held.discard(parent_run_id)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -67,7 +77,7 @@ def update(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec
     Optuna's plots, which by default happens PLOTS_EVERY_S after the last drawing."""
     from mlflow.entities import Metric, RunTag
 
-    with _turn(parent_run_id):
+    with turn(parent_run_id):
         trials = study.get_trials(deepcopy=False)
         budget = tr.Budget.of(spec)
         counted = [t for t in trials if budget.counts(t)]

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.search import liveness as lv
 from experiments.search import trials as tr
+from experiments.tracking.mlflow_run import MlflowRun
 
 
 def run_ids(t: FrozenTrial) -> list[str]:
@@ -24,7 +25,7 @@ def run_ids(t: FrozenTrial) -> list[str]:
 def tag_trial_runs(client: Any, t: FrozenTrial) -> None:
     """Copy the Optuna state onto the trial's runs, where the MLflow UI shows it."""
     for run_id in run_ids(t):
-        client.set_tag(run_id, "state", t.state.name)
+        MlflowRun(client, run_id).set_tags({"state": t.state.name})
 
 
 def close_runs(client: Any, experiment: str
@@ -45,11 +46,12 @@ def close_runs(client: Any, experiment: str
                 "and attributes.status = 'RUNNING'")
             found |= {r.info.run_id for r in tagged}
         for run_id in sorted(found):
-            client.set_tag(run_id, "state", "FAIL")
-            client.set_tag(run_id, tr.FAIL_KIND, kind)
+            run = MlflowRun(client, run_id)
+            tags = {"state": "FAIL", tr.FAIL_KIND: kind}
             if client.get_run(run_id).info.status == "RUNNING":
-                client.set_tag(run_id, "failure_reason", REASONS[kind])
-                client.set_terminated(run_id, "KILLED")
+                run.end("KILLED", {**tags, "failure_reason": REASONS[kind]})
+            else:
+                run.set_tags(tags)
 
     return close
 
@@ -61,22 +63,30 @@ REASONS = {"crashed": "worker process died (crash or kill -9)",
 
 
 def close_orphans(client: Any, study: optuna.Study, experiment: str) -> int:
-    """Close the sweep's runs left RUNNING by a process that is gone although their trial
-    is over (a signal that cut the closing short); returns how many."""
+    """Close the sweep's runs left RUNNING although their trial is over (a signal that cut
+    the closing short, a store that refused it); returns how many. The runs are read
+    before the trials, so a run begun meanwhile has its trial among them, RUNNING. A run
+    of another live process is left to it; this process's own are closed (the store may
+    have refused to close them when their trial ended)."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return 0
-    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    runs = client.search_runs([exp.experiment_id], f"tags.sweep = '{study.study_name}' and "
+                                                   "attributes.status = 'RUNNING'")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     n = 0
-    for run in client.search_runs([exp.experiment_id],
-                                  f"tags.sweep = '{study.study_name}' and "
-                                  "attributes.status = 'RUNNING'"):
+    for run in runs:
         tags = run.data.tags
         if tags.get("sweep.parent") == "true" or not tags.get("trial", "").isdigit():
             continue
-        if states.get(int(tags["trial"])) == TrialState.RUNNING or lv.alive(tags.get("worker")):
+        t = trials.get(int(tags["trial"]))
+        worker = tags.get("worker")
+        if (t is not None and t.state == TrialState.RUNNING) or (
+                worker != lv.worker_id() and lv.alive(worker)):
             continue
-        client.set_tag(run.info.run_id, "failure_reason", REASONS["orphaned"])
-        client.set_terminated(run.info.run_id, "KILLED")
+        kind = t.user_attrs.get(tr.FAIL_KIND, "") if t is not None else ""
+        MlflowRun(client, run.info.run_id).end("KILLED", {
+            "failure_reason": REASONS.get(kind, REASONS["orphaned"]),
+            **({"state": "FAIL", tr.FAIL_KIND: kind} if kind else {})})
         n += 1
     return n

@@ -13,14 +13,16 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.runtime import faults, infra, interrupts
+from experiments.runtime import faults, infra, interrupts, outage, progress
 from experiments.search import liveness as lv
 from experiments.search import study as st
 from experiments.search.objectives import pareto
@@ -46,6 +48,9 @@ class Recovery:
     open) marks and closes its runs."""
 
     close_runs: Callable[[optuna.Study, FrozenTrial, str], None] = lambda study, t, kind: None
+    # Raises while the infrastructure is down (plugged in with the store): an outage is
+    # waited out by asking it (outage.py).
+    probe: Callable[[], None] = lambda: None
 
     def lost(self, study: optuna.Study, t: FrozenTrial, kind: str, how: str = "",
              set_state: bool = True) -> None:
@@ -68,10 +73,48 @@ def counts(t: FrozenTrial) -> bool:
     return t.state == TrialState.FAIL and "fail_reason" in t.user_attrs
 
 
+class Word(StrEnum):
+    """A trial's state in the runner's own words, in every line it prints (Optuna's
+    WAITING is a queued trial; its FAIL is a failure of the trial's own, which counts, or
+    a trial cut short or refused, which does not)."""
+
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    FAILED = "FAILED"  # its own failure (diverged, a config that cannot train): counted
+    CUT_SHORT = "CUT SHORT"  # crashed, interrupted, the infrastructure: queued again
+    REFUSED = "REFUSED"  # over the budget, a duplicate: never trained
+    RUNNING = "RUNNING"
+    QUEUED = "QUEUED"  # waiting to be trained: a retry, a warm start, a grid point
+
+
+def word(t: FrozenTrial) -> Word:
+    if t.state == TrialState.FAIL:
+        kind = t.user_attrs.get(FAIL_KIND)
+        return Word.REFUSED if kind in REFUSALS else Word.CUT_SHORT if kind else Word.FAILED
+    return {TrialState.WAITING: Word.QUEUED}.get(t.state) or Word(t.state.name)
+
+
 def state_name(t: FrozenTrial) -> str:
-    """A trial's state as the summary and `status` show it: FAIL with its kind, if any."""
-    kind = t.user_attrs.get(FAIL_KIND) if t.state == TrialState.FAIL else None
-    return f"{t.state.name} ({kind})" if kind else t.state.name
+    """A trial's state as the summary and `status` show it: its word, with why it was cut
+    short or refused ('CUT SHORT (interrupted)')."""
+    said = word(t)
+    kind = t.user_attrs.get(FAIL_KIND, "").replace("_", " ")
+    return f"{said} ({kind})" if said in (Word.CUT_SHORT, Word.REFUSED) and kind else said
+
+
+def tally(trials: list[FrozenTrial], b: Budget) -> str:
+    """Every trial once, counted ones apart: '5 COMPLETE, 5 PRUNED, 2 FAILED; not counted:
+    2 CUT SHORT (interrupted), 2 QUEUED'. The counted part adds up to the count shown."""
+    def listed(group: list[FrozenTrial]) -> str:
+        names = Counter(state_name(t) for t in group)
+        order = list(Word)
+        return ", ".join(f"{n} {name}" for name, n in sorted(
+            names.items(), key=lambda item: order.index(Word(item[0].split(" (")[0]))))
+
+    counted = [t for t in trials if b.counts(t)]
+    rest = [t for t in trials if not b.counts(t)]
+    text = listed(counted) or "none"
+    return text + (f"; not counted: {listed(rest)}" if rest else "")
 
 
 def ranked(trials: list[FrozenTrial], spec: SweepSpec) -> list[FrozenTrial]:
@@ -270,7 +313,6 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
 
     broke, in_a_row = "", 0  # what broke in this turn (set by `wrapped` too)
     while deadline is None or time.time() < deadline:
-        interrupts.check()
         broke = ""
         try:
             ended = _step(study, spec, wrapped, on_done, recovery, b, me, poll_s)
@@ -281,11 +323,16 @@ def work(study: optuna.Study, spec: SweepSpec, objective: Callable[[optuna.Trial
             ended = ""
         if ended:
             return ended
-        in_a_row = in_a_row + 1 if broke else 0
-        if in_a_row >= infra.MAX_IN_A_ROW:
+        if not broke:
+            in_a_row = 0
+            continue
+        in_a_row += 1
+        if outage.passes(broke) and outage.ride_out(broke, recovery.probe, progress.say):
+            in_a_row = 0  # an outage that came and went: the next failure starts afresh
+        elif in_a_row >= infra.MAX_IN_A_ROW:
             raise infra.InfrastructureDown(broke, in_a_row)
-        if in_a_row:
-            time.sleep(2.0 ** in_a_row)  # a restarting database or server: give it time
+        else:
+            time.sleep(2.0 ** in_a_row)  # a database or server that hiccups: give it time
     return "timeout"
 
 
@@ -299,6 +346,9 @@ def _step(study: optuna.Study, spec: SweepSpec, wrapped: Callable[[optuna.Trial]
         return "budget"
     if reached(trials, spec):  # running trials elsewhere finish; none starts
         return "target"
+    # After the budget: a Ctrl-C once the budget is met cuts nothing short, and the sweep
+    # ends as met (it used to end KILLED, "interrupted", all its trials counted).
+    interrupts.check()
     running = [t for t in trials if t.state == TrialState.RUNNING]
     if done + len(running) >= b.limit:
         # RDB storage knows dead workers on any machine by their heartbeat; the journal
@@ -316,4 +366,5 @@ def _step(study: optuna.Study, spec: SweepSpec, wrapped: Callable[[optuna.Trial]
     mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == me]
     if mine and mine[-1].user_attrs.get(FAIL_KIND) not in (*REFUSALS, INFRA):
         on_done(mine[-1])
+        faults.point("trial_counted")
     return ""

@@ -65,7 +65,7 @@ class MlflowRun:
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
-        faults.point("log_epoch")
+        faults.point("log_epoch", _injected)
         now = int(time.time() * 1000)
         self._pending += [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
         if time.monotonic() - self._written >= FLUSH_S:
@@ -105,8 +105,17 @@ class MlflowRun:
         plt.close(figure)
 
     def end(self, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
-        """Write what is held back and the last `tags`, then close the run with `status`."""
-        self.flush(tags)
+        """Write what is held back and the last `tags`, then close the run with `status`.
+        Epochs the store refused are given up, not the closing: the tags alone, then the
+        status, are tried still, and the store's error is raised after."""
+        try:
+            self.flush(tags)
+        except Exception:
+            self._pending = []
+            if tags:
+                self.set_tags(tags)
+            self.client.set_terminated(self.run_id, status)
+            raise
         faults.point("run_end")
         self.client.set_terminated(self.run_id, status)
 
@@ -125,3 +134,10 @@ def _dataset(data: Any) -> Any:
             data.train_images.reshape(len(data.train_images), -1), source=data.source,
             targets=data.train_labels, name=data.name, digest=data.digest)._to_mlflow_entity()
     return _datasets[key]
+
+
+def _injected() -> Exception:
+    """The tracking client's own error, for `RUNNER_FAULT=log_epoch:N:raise`."""
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException("injected fault: the tracking client failed a log-batch")

@@ -23,6 +23,7 @@ from experiments.core import config as cfg
 from experiments.core import devices
 from experiments.core.config import Config, UserError, one_line
 from experiments.runtime import interrupts
+from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.reuse import DIGEST_TAG, config_digest
 
 # Timings differ between any two runs of the same bits; they are never compared.
@@ -121,6 +122,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
     for message in said:
         say(message)
     interrupts.check()  # a Ctrl-C during the checks ends here, before any write
+    interrupts.waiting_for("the replay to stop at its next step and close its run as KILLED")
     tags = {"replay_of": run_id, "grad_mode": config.grad_mode,
             **{f"replay.diff.{d.name}": f"{d.recorded or '(not recorded)'} -> {d.here}"
                for d in differences}}
@@ -140,7 +142,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
             f"over {epochs} epoch{'s' * (epochs != 1)}")
     report = Report(run_id, outcome.run_id, experiment, span, checks,
                     _notes(original, config, epochs, differences))
-    c.set_tag(outcome.run_id, "replay.identical", str(report.identical).lower())
+    MlflowRun(c, outcome.run_id).set_tags({"replay.identical": str(report.identical).lower()})
     return report
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from experiments.core.config import Config, flatten
 from experiments.core.train import EpochResult
+from experiments.tracking.mlflow_run import MlflowRun
 
 DIGEST_TAG = "config_digest"
 _FIELDS = ("train_loss", "test_loss", "test_accuracy", "grad_cosine", "grad_norm_ratio",
@@ -48,8 +49,8 @@ def take_over(client: Any, experiment_id: str, sweep: str, lost_trial: int, conf
         if history is None:
             continue
         client.delete_tag(run.info.run_id, "fail_kind")
-        for key, value in {**tags, "taken_over_from_trial": str(lost_trial)}.items():
-            client.set_tag(run.info.run_id, key, value)
+        MlflowRun(client, run.info.run_id).set_tags(
+            {**tags, "taken_over_from_trial": str(lost_trial)})
         return run.info.run_id, history
     return None
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.core.config import UserError
+from experiments.runtime.paths import writable_ancestor
 from experiments.tracking import fresh_store
 
 MLRUNS = Path("mlruns")
@@ -116,6 +117,14 @@ def client(create: bool = True):
         if not _holds_mlflow(Path(named)):
             raise NoStore(f"no MLflow store at {uri} (MLFLOW_TRACKING_URI): the file is not "
                           "one (it has no MLflow tables)")
+    if local and create:
+        # Asked of the file system first: on a read-only mlruns/ MLflow retries opening the
+        # database for ~2 minutes (its engine's ten tries), then fails (measured). An
+        # OSError here says what is wrong in one line (a disk error: exit 1).
+        try:
+            writable_ancestor(MLRUNS / "mlflow.db")
+        except OSError as exc:  # named by the store's folder, not by the probe's
+            raise OSError(exc.errno, exc.strerror, str(MLRUNS.resolve())) from None
     if local:
         # Under the lock for readers too: a client on a store that another process is still
         # creating would run MLflow's migrations a second time, and corrupt it for good.

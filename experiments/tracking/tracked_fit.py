@@ -25,7 +25,7 @@ from experiments.core.train import (
     fit,
     trainer_for,
 )
-from experiments.runtime import faults, interrupts
+from experiments.runtime import faults, infra, interrupts
 from experiments.tracking import figures
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.reuse import DIGEST_TAG, config_digest
@@ -81,7 +81,7 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
         run.log_epoch(result.epoch, result.metrics())
         outcome.history.append(result)
 
-    status = "FAILED"
+    status, ending, raising = "FAILED", {}, False
     try:
         run.log_config(as_dict(config))
         run.log_data(ctx.data, {"train": len(ctx.prepared.train_y),
@@ -110,22 +110,54 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
                       "model": f"not logged: {exc.state.lower()}"})
         status = "FINISHED"
     except KeyboardInterrupt:
-        with interrupts.shielded():
-            run.set_tags({"failure_reason": "interrupted (Ctrl-C or SIGTERM)"})
-        status = "KILLED"
+        ending = {"failure_reason": "interrupted (Ctrl-C or SIGTERM)"}
+        status, raising = "KILLED", True
         raise
     except Exception as exc:
-        run.set_tags({"failure_reason": f"{type(exc).__name__}: {exc}"[:5000]})
+        broke = infra.what_broke(exc)
+        # Cut short by the store, its disk or the network: not the training's failure.
+        ending = {"failure_reason": f"cut short by the infrastructure: {broke}" if broke
+                  else f"{type(exc).__name__}: {exc}"[:5000]}
+        status, raising = "KILLED" if broke else "FAILED", True
         raise
     finally:
         # A second Ctrl-C must not leave the run RUNNING: it waits until the run is closed.
         with interrupts.shielded():
-            run.flush()  # the epochs first: a picture that cannot be written loses nothing
-            if outcome.history:
-                run.log_image(figures.learning_curves(outcome.history, run_name),
-                              "learning_curves.png")
-            run.end(status, {"init_weights_digest": trainer.init_digest})
+            try:
+                _close(run, status, {**ending, "init_weights_digest": trainer.init_digest},
+                       outcome.history, run_name)
+            except Exception:
+                if not raising:  # else what is already on its way says what happened
+                    raise
     return outcome
+
+
+def _close(run: MlflowRun, status: str, tags: dict[str, str], history: list[EpochResult],
+           run_name: str) -> None:
+    """The epochs first, then the curves, then the run closed with its last tags: each
+    step tried whatever the one before met, so a store that fails once (or comes back)
+    still gets the run closed. A run whose record could not be written whole is no result:
+    it is closed KILLED with the reason. What fails is raised once all was tried; a run the
+    store never let close is closed by recovery (trial_runs)."""
+    failed: Exception | None = None
+    steps = [run.flush]
+    if history:
+        steps.append(lambda: run.log_image(figures.learning_curves(history, run_name),
+                                           "learning_curves.png"))
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:
+            failed = failed or exc
+    if failed is not None and status != "KILLED":
+        status, tags = "KILLED", {**tags, "failure_reason": "cut short by the "
+                                  f"infrastructure: {infra.what_broke(failed) or failed}"}
+    try:
+        run.end(status, tags)
+    except Exception as exc:
+        failed = failed or exc
+    if failed is not None:
+        raise failed
 
 
 def train_once(config: Config, experiment: str, run_name: str, say: Callable[[str], None],
@@ -137,6 +169,7 @@ def train_once(config: Config, experiment: str, run_name: str, say: Callable[[st
 
     devices.check(config.device, [config.device_id])
     devices.use(config.device, config.device_id)
+    interrupts.waiting_for("the training to stop at its next step and close its run as KILLED")
     mnist = load(config.data.path, config.data.download, say)
     ctx = TrackContext(client(), mnist, Prepared.from_mnist(mnist), experiment)
     return tracked_fit(ctx, config, trainer_for(config.grad_mode), run_name,

@@ -86,6 +86,7 @@ def serve(host: str, port: int, verbose: bool, say: Callable[[str], None]) -> in
     if remote.startswith(("http://", "https://")):
         return _point_at(remote.rstrip("/"), say)
     _check_port(host, port)
+    interrupts.waiting_for("the MLflow server to stop")
     c = client()  # creates the store once, under the lock, before the server opens it
     MLRUNS.mkdir(exist_ok=True)  # the log's folder, also when the store is elsewhere
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -1,0 +1,152 @@
+"""What the tests share: running the CLI as a user does, reading the stores back, waiting,
+and real servers (an MLflow tracking server on a free port).
+
+Everything here is real: a command is `runner.py` in a subprocess, a study is read from
+the journal the sweep wrote, runs from the SQLite store or the server they went to.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "sweeps" / "tiny.yaml"
+# Trials long enough (about 2 s of training) that a signal sent while one trains lands in
+# its training, not between trials: the tiny sweep trains in a few tenths of a second.
+LONGER = ("--set", "epochs=4", "--set", "batch_size=16")
+
+
+def user_env(**extra: str | None) -> dict[str, str]:
+    """The environment a user's command gets: no tracking URI or fault unless given;
+    None removes a variable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
+                                                            "RUNNER_FAULT")}
+    env.update(extra)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def runner_argv(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "runner.py"), *args]
+
+
+def run(*args: str, cwd: Path, timeout: float = 600, **env: str | None
+        ) -> subprocess.CompletedProcess:
+    """`runner.py ARGS` to its end, stdout and stderr apart."""
+    return subprocess.run(runner_argv(*args), cwd=cwd, env=user_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start(*args: str, cwd: Path, group: bool = False, **env: str | None) -> subprocess.Popen:
+    """`runner.py ARGS` in the background, stdout and stderr apart; in its own process group
+    (as a shell's job) when `group`, so a test can signal the group as a terminal does."""
+    return subprocess.Popen(runner_argv(*args), cwd=cwd, env=user_env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=group)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 180.0, every: float = 0.2
+             ) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def journal_study(folder: Path, name: str):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    path = folder / "mlruns" / "optuna" / "journal.log"
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def trials_of(folder: Path, name: str) -> list:
+    """The study's trials, or [] while it does not exist yet."""
+    try:
+        return journal_study(folder, name).get_trials()
+    except (KeyError, FileNotFoundError, ValueError, OSError):
+        return []
+
+
+def store_client(folder: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+
+
+def sweep_runs(folder: Path, name: str, client=None):
+    """(client, parent runs, trial runs) of experiment `name`."""
+    client = client or store_client(folder)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+    parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
+    children = [r for r in runs if r.data.tags.get("sweep.parent") != "true"]
+    return client, parents, children
+
+
+def write_sweep(folder: Path, text: str, name: str = "sweep.yaml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def running_with_runs(folder: Path, name: str, n: int = 1) -> bool:
+    """n trials are training (their run exists), and one has finished."""
+    trials = trials_of(folder, name)
+    running = [t for t in trials if t.state.name == "RUNNING"
+               and any(k.startswith("run_id.") for k in t.user_attrs)]
+    return len(running) >= n and any(t.state.name == "COMPLETE" for t in trials)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on SQLite in `folder`, answering on 127.0.0.1:port."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
+         str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], env=user_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            assert time.time() < end and proc.poll() is None, "mlflow server did not start"
+            time.sleep(0.5)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def no_stray_processes(marker: str = "runner.py") -> list[int]:
+    """Pids of processes of this user still running `marker` other than this one."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "cmdline").read_bytes():
+                out.append(int(entry.name))
+        except OSError:
+            continue
+    return out

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from experiments.core.config import ConfigError, UserError, one_line
 from experiments.runtime import infra, interrupts, progress, streams, workers
-from experiments.search.options import SweepIncomplete
+from experiments.search.spec.options import SweepIncomplete
 
 # A sweep stopped short of its budget (workers died, the store or the network failed);
 # autodiff checks that fail.
@@ -25,7 +25,6 @@ EXIT_NOT_IDENTICAL = 1  # a replay whose metrics are not bit-identical to its ru
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = workers.EXIT_INTERRUPTED
-WORKERS_ENV = "RUNNER_WORKERS"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -46,48 +45,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from experiments.search.options import SweepOptions
+    from experiments.search.spec.options import SweepOptions, default_workers, parse_workers
     from experiments.search.sweep import run_sweep
 
     # A worker's terminal is its parent's: the parent alone prints lines and the bar.
     progress.be_quiet(args.quiet or args.parent_run is not None)
+    # The flag, or else RUNNER_WORKERS (a default for scripts); --devices decides alone.
+    workers = parse_workers(args.workers) if args.workers is not None else \
+        None if args.devices or args.parent_run else default_workers()
     text = run_sweep(SweepOptions(
-        args.sweep, tuple(args.set or ()), args.n_trials, _workers_of(args), args.storage,
-        args.dry_run, args.allow_change, args.parent_run, args.pin_cpu, args.quiet,
-        args.devices))
+        path=args.sweep, sets=tuple(args.set or ()), n_trials=args.n_trials, workers=workers,
+        storage=args.storage, dry_run=args.dry_run, allow_change=args.allow_change,
+        parent_run=args.parent_run, pin_cpu=args.pin_cpu, quiet=args.quiet,
+        devices=args.devices))
     if text:
         print(text)
     return 0
 
 
-def _workers(text: str) -> int | None:
-    """--workers N or auto (None: one per usable core)."""
-    if text.strip() == "auto":
-        return None
-    if text.strip().isascii() and text.strip().isdigit() and 1 <= int(text) <= 64:
-        return int(text)
-    raise argparse.ArgumentTypeError(f"expected an integer from 1 to 64, or auto, got {text!r}")
-
-
-def _workers_of(args: argparse.Namespace) -> int | None:
-    """The flag, or else RUNNER_WORKERS (a default for scripts; --devices decides alone)."""
-    if args.workers is not None or args.devices or args.parent_run:
-        return args.workers
-    default = os.environ.get(WORKERS_ENV)
-    if default is None:
-        return None
-    try:
-        return _workers(default)
-    except argparse.ArgumentTypeError as exc:
-        raise ConfigError(f"{WORKERS_ENV}: {exc}") from None
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    from experiments.search.options import SweepOptions
+    from experiments.search.spec.options import SweepOptions
     from experiments.search.status import status
 
-    print(status(SweepOptions(args.sweep, tuple(args.set or ()), args.n_trials,
-                              storage=args.storage)))
+    print(status(SweepOptions(path=args.sweep, sets=tuple(args.set or ()),
+                              n_trials=args.n_trials, storage=args.storage)))
     return 0
 
 
@@ -114,15 +95,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_storage_proxy(args: argparse.Namespace) -> int:
-    from experiments.search.options import check_storage
+    from experiments.search.spec.options import check_proxy
 
-    if args.storage.startswith("grpc://"):
-        raise ConfigError("storage-proxy --storage: give the database the proxy stands in "
-                          "front of (postgresql://...), not another proxy")
-    check_storage(args.storage)
-    if not 1 <= args.port <= 65535:
-        raise ConfigError(f"--port: expected an integer from 1 to 65535, got {args.port}")
-    from experiments.search.storage import serve_proxy
+    check_proxy(args.storage, args.port)
+    from experiments.search.study.storage import serve_proxy
 
     serve_proxy(args.storage, args.host, args.port, progress.say)
     return 0
@@ -175,10 +151,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run an Optuna study from a sweep file")
     s.add_argument("sweep", help="sweep YAML file, e.g. sweeps/lr.yaml")
     s.add_argument("--n-trials", type=int, default=None, help="override the global budget")
-    s.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
+    s.add_argument("--workers", default=None, metavar="N|auto",
                    help="worker processes on this machine: a number, or auto (the default: "
                         "one per usable core, pinned; one per device with --devices; "
-                        f"{WORKERS_ENV} sets another default)")
+                        "RUNNER_WORKERS sets another default)")
     s.add_argument("--devices", default=None, metavar="IDS",
                    help="device ids, e.g. 0,1,2,3: one worker per device (with --set "
                         "device=GPU or Ascend; recorded as device_id)")

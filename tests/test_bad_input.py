@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import runner
 from conftest import ROOT
 from experiments.core import config as cfg
-from experiments.search import sweepfile
+from experiments.search.spec import sweepfile
 
 KEYS = ["name", "method", "metric", "n_trials", "timeout_s", "seed", "pruner", "fixed",
         "parameters", "ablation", "distribution", "values", "value", "min", "max", "q", "goal",

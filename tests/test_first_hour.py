@@ -219,8 +219,8 @@ def test_a_long_description_and_space_fit_in_the_note(tmp_path):
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    from experiments.search import story
-    from experiments.search.sweepfile import load
+    from experiments.search.runs import story
+    from experiments.search.spec.sweepfile import load
 
     values = [round(0.001 * i, 3) for i in range(1, 1501)]
     (tmp_path / "big.yaml").write_text(
@@ -248,7 +248,7 @@ def test_a_long_description_and_space_fit_in_the_note(tmp_path):
      "postgresql://db/x?PASSWORD=***&sslmode=require"),
 ])
 def test_storage_passwords_are_masked(url, shown):
-    from experiments.search.options import masked
+    from experiments.search.spec.options import masked
 
     assert masked(f"--storage {url}: cannot open") == f"--storage {shown}: cannot open"
 

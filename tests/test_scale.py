@@ -134,7 +134,7 @@ def test_the_journal_takes_whole_lines_or_none(tmp_path, small_disk):
     """Optuna's own append left half a line on a full disk, and the journal unreadable."""
     import optuna
 
-    from experiments.search.storage import WholeLines
+    from experiments.search.study.storage import WholeLines
 
     path = small_disk / "journal.log"
     storage = optuna.storages.JournalStorage(WholeLines(str(path)))
@@ -474,8 +474,8 @@ def test_runs_cut_short_by_the_infrastructure_are_closed_with_a_reason(store):
     """Every kind a trial is lost by has a reason: a missing one left runs RUNNING."""
     import optuna
 
-    from experiments.search import trial_runs
-    from experiments.search.trials import INFRA
+    from experiments.search.runs import trial_runs
+    from experiments.search.trials.loop import INFRA
     from experiments.tracking.store import client
 
     c = client()

@@ -327,15 +327,13 @@ def test_no_template_when_the_cache_is_off(tmp_path, monkeypatch):
 
 def test_the_ordered_pruner_decides_at_once_only_when_nothing_running_can_change_it(
         monkeypatch):
-    from experiments.search import (
-        liveness,  # noqa: F401 - registers the liveness judge
-        ordered,
-    )
+    from experiments.search.study import liveness, ordered
 
     monkeypatch.setattr(ordered, "MAX_WAIT_S", 0.3)
     marked = []
-    pruner = ordered.OrderedPruner(optuna.pruners.MedianPruner(n_startup_trials=1),
-                                   lambda study, t: marked.append(t.number))
+    judge = ordered.Judge(alive=liveness.still_running, sweep=liveness.fail_stale,
+                          unordered=lambda study, t: marked.append(t.number))
+    pruner = ordered.OrderedPruner(optuna.pruners.MedianPruner(n_startup_trials=1), judge)
     study = optuna.create_study(direction="maximize", pruner=pruner)
     done = study.ask()
     done.report(0.9, 1)

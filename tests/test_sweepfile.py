@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import runner
-from experiments.search import sweepfile
+from experiments.search.spec import sweepfile
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,8 @@ import pytest
 from mindspore import Tensor
 
 from experiments.core import config as cfg
-from experiments.core.train import Diverged, fit
+from experiments.core.hooks import Diverged
+from experiments.core.train import fit
 
 
 def batch(prepared, n=64, start=0):

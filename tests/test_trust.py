@@ -263,7 +263,7 @@ def test_a_trade_off_tags_optunas_pareto_front(store, capsys):
 
 def test_the_pareto_front_is_optunas(store):
     """objectives.pareto (used while the sweep runs) equals Optuna's best_trials, ties too."""
-    from experiments.search.objectives import pareto
+    from experiments.search.spec.metrics import pareto
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     for values in ([0.9, 2.0], [0.9, 2.0], [0.8, 1.0], [0.7, 1.5], [0.95, 3.0], [0.95, 3.0],
@@ -392,7 +392,7 @@ def test_a_changed_repeats_is_another_question(store):
 def test_interrupted_trials_are_retried_as_often_as_it_takes_and_keep_their_origin():
     """A Ctrl-C is never the trial's fault: each interrupted retry is queued again (a
     crash is retried once), and a warm start's origin goes with the retry."""
-    from experiments.search import trials as tr
+    from experiments.search.trials import loop as tr
 
     study = optuna.create_study()
     study.enqueue_trial({"x": 0.5}, user_attrs={"warm_start_from": "early#3"})
@@ -409,10 +409,10 @@ def test_interrupted_trials_are_retried_as_often_as_it_takes_and_keep_their_orig
 
 
 def test_a_trade_offs_trial_line_shows_no_stray_std():
-    from experiments.search.parent import trial_line
-    from experiments.search.sweepfile import SweepSpec
+    from experiments.search.runs.parent import trial_line
+    from experiments.search.spec.sweepfile import SweepSpec
 
-    spec = SweepSpec("s.yaml", "s", objectives=(("test_loss", "minimize"),
+    spec = SweepSpec(path="s.yaml", name="s", objectives=(("test_loss", "minimize"),
                                                 ("train_time_s", "minimize")), repeats=3)
     t = optuna.trial.create_trial(values=[1.5, 0.1], user_attrs={
         "test_loss.std": 0.05, "seeds": [0, 1, 2]})

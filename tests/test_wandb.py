@@ -13,10 +13,10 @@ from test_sweep import journal_study, sweep_runs
 
 import runner
 from conftest import ROOT
-from experiments.search import study as st
-from experiments.search import sweepfile
-from experiments.search.space import suggest
-from experiments.search.sweepfile import SweepError
+from experiments.search.spec import sweepfile
+from experiments.search.spec.space import suggest
+from experiments.search.spec.sweepfile import SweepError
+from experiments.search.study import samplers
 
 DRAWS = 2000
 
@@ -252,7 +252,7 @@ def test_early_terminate_is_optunas_hyperband(tmp_path, terminate, rungs):
         """)
     p = spec.pruner
     assert (p.min_resource, p.max_resource, p.reduction_factor) == rungs
-    pruner = st.pruner(spec)
+    pruner = samplers.pruner(spec)
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
     assert pruner._min_resource == rungs[0]
     assert pruner._max_resource == (rungs[1] or 30)  # the trials' epochs by default
@@ -262,7 +262,7 @@ def test_early_terminate_is_optunas_hyperband(tmp_path, terminate, rungs):
 def test_bayes_is_model_based(tmp_path):
     spec = spec_of(tmp_path, "method: bayes\nmetric: {name: test_loss}\nparameters:\n"
                              "  learning_rate: {min: 0.01, max: 0.1}\n")
-    study = optuna.create_study(sampler=st.sampler(spec))
+    study = optuna.create_study(sampler=samplers.sampler(spec))
     study.ask()
     assert spec.sampler == "tpe"
     assert isinstance(study.sampler._inner, optuna.samplers.TPESampler)
@@ -504,8 +504,9 @@ def test_a_project_change_is_refused(store, capsys):
 def test_sweeps_sharing_a_project_keep_their_own_parent_best_and_runs(store, capsys):
     """Two sweeps with one W&B `project` share its experiment, not a parent run: each has
     its own parent, description, best run (what `predict --model best:` loads) and rows."""
-    from experiments.search import compare, parent
-    from experiments.search.sweepfile import load
+    from experiments.search import compare
+    from experiments.search.runs import parent
+    from experiments.search.spec.sweepfile import load
     from experiments.tracking.store import client as make_client
 
     body = """

@@ -17,9 +17,9 @@ import pandas as pd
 from experiments.core import config as cfg
 from experiments.runtime.paths import writable_ancestor
 from experiments.search import noise
-from experiments.search.parent import PARENT_TAG, parents
-from experiments.search.space import shown as show_value
-from experiments.search.sweepfile import load
+from experiments.search.runs.parent import PARENT_TAG, parents
+from experiments.search.spec.space import shown as show_value
+from experiments.search.spec.sweepfile import load
 from experiments.tracking.store import metric_history_bulk
 
 EPOCH_METRICS = ("train_loss", "test_loss", "test_accuracy", "grad_cosine", "grad_norm_ratio",

@@ -12,8 +12,8 @@ import dataclasses
 from typing import Any
 
 from experiments.core import config as cfg
-from experiments.search.pruners import Pruner
-from experiments.search.sweepfile import SweepSpec
+from experiments.search.spec.pruners import Pruner
+from experiments.search.spec.sweepfile import SweepSpec
 
 SAMPLES = 3
 # Trials drawn without looking at results, per method (Optuna's defaults): TPE and GP start
@@ -44,16 +44,19 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
     with (its running trials taken as ended, since their workers cannot be asked)."""
     import optuna
 
-    from experiments.search import objectives, space
-    from experiments.search import study as st
-    from experiments.search import trials as tr
+    from experiments.search.spec import space
+    from experiments.search.spec.metrics import describe as describe_metrics
+    from experiments.search.study import samplers
+    from experiments.search.trials.budget import Budget, reached
+    from experiments.search.trials.loop import Recovery, work
 
     modes = spec.all_grad_modes()
+    budget = Budget.of(spec)
     lines = [f"sweep '{spec.name}' from {spec.path}: method {spec.method} -> "
-             f"{SAMPLERS[spec.method]}; {objectives.describe(spec.metrics)}"
+             f"{SAMPLERS[spec.method]}; {describe_metrics(spec.metrics)}"
              + (f" (no trial starts once one reaches {spec.target:g})"
                 if spec.target is not None else "")
-             + f"; budget {tr.budget(spec)} trials; pruner {_pruner(spec)}"
+             + f"; budget {budget.limit} trials; pruner {_pruner(spec)}"
              + (f"; timeout {spec.timeout_s:g}s" if spec.timeout_s else "")]
     lines.append(f"MLflow experiment: '{spec.experiment}'"
                  + (" (W&B's project)" if spec.project else " (the sweep's name)"))
@@ -76,7 +79,7 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
         if spec.models.kind == "top_k" and spec.repeats == 1 and not spec.multi else ""))
     if spec.multi:
         lines.append("a trade-off: the answer is the Pareto front of "
-                     + objectives.describe(spec.metrics))
+                     + describe_metrics(spec.metrics))
     lines.append("fixed: " + (", ".join(f"{k}={v}" for k, v in spec.fixed.items()) or "-"))
     lines.append("search space:")
     lines += [f"  {p.key}: {p.describe()}" + (" (sampled as its quantile)" if p.mapped else "")
@@ -96,18 +99,17 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
         return (0.0,) * len(spec.metrics) if spec.multi else 0.0
 
     study = optuna.create_study(directions=spec.directions)
-    study.sampler = st.sampler(spec)
+    study.sampler = samplers.sampler(spec)
     past = existing.get_trials() if existing is not None else []
     study.add_trials([_ended(t) for t in past])
     if spec.warm_start is not None and store is not None:
-        from experiments.search import warm_trials
+        from experiments.search.trials import warm_queue
 
-        warm_trials.enqueue(study, spec, store, lambda line: lines.append(line))
-    done = len(tr.finished(study, spec))
-    n = 0 if tr.reached(past, spec) else min(SAMPLES, max(0, tr.budget(spec) - done))
-    tr.work(study, dataclasses.replace(spec, n_trials=done + n, pruner=Pruner("none"),
-                                       target=None), objective,
-            lambda t: None, tr.Recovery())
+        warm_queue.enqueue(study, spec, store, lambda line: lines.append(line))
+    done = len(budget.finished(study))
+    n = 0 if reached(past, spec) else min(SAMPLES, max(0, budget.limit - done))
+    ahead = dataclasses.replace(spec, n_trials=done + n, pruner=Pruner("none"), target=None)
+    work(study, ahead, Budget.of(ahead), objective, lambda t: None, Recovery())
     free = RESULT_FREE.get(spec.method)
     note = f"; from trial {free} on, draws depend on results" if free is not None and \
         free < len(past) + n else ""
@@ -117,7 +119,7 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
                                                 if changed else ""))
         lines.append(f"the next {len(configs)} configs it trains{note}:" if configs else
                      "a trial reached metric.target: a rerun trains nothing"
-                     if tr.reached(past, spec) else
+                     if reached(past, spec) else
                      "its budget is met: a rerun trains nothing (raise it with --n-trials)")
     else:
         lines.append(f"the first {len(configs)} configs a new study trains{note}:")

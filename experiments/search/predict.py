@@ -11,8 +11,8 @@ def predict_files(model: str, paths: list[str]) -> Any:
     """The model of run `model` (or `best:SWEEP.yaml`) on image files: a frame of digit,
     probability and p0..p9, one row per file, in order."""
     digits = as_digits(paths)  # unreadable files are refused before any heavy import
-    from experiments.search import parent
-    from experiments.search.sweepfile import load
+    from experiments.search.runs import parent
+    from experiments.search.spec.sweepfile import load
     from experiments.tracking import models
     from experiments.tracking.store import client as make_client
 

@@ -10,56 +10,55 @@ import statistics
 import time
 
 from experiments.runtime.progress import span
-from experiments.search import sweepfile
-from experiments.search.options import SweepOptions, masked
+from experiments.search.spec import sweepfile
+from experiments.search.spec.options import SweepOptions, masked
 
 
 def status(options: SweepOptions) -> str:
     """The report to print; SweepError for a sweep with no study in the storage."""
     spec = options.check()
-    from experiments.search import liveness as lv
-    from experiments.search import objectives
-    from experiments.search import study as st
-    from experiments.search import trials as tr
-    from experiments.search.objectives import pareto, values_text
-    from experiments.search.space import shown as show_value
-    from experiments.search.space import values_of
-    from experiments.search.storage import open_storage
+    from experiments.search.spec.metrics import describe, pareto, values_text
+    from experiments.search.spec.space import shown as show_value
+    from experiments.search.spec.space import values_of
+    from experiments.search.study import internals, liveness
+    from experiments.search.study import study as studies
+    from experiments.search.study.storage import open_storage
+    from experiments.search.trials.budget import Budget, ranked, reached, tally
     from experiments.tracking.store import MLRUNS
 
     url = options.storage_url()
     shown = masked(url)
     store = open_storage(url, MLRUNS, lambda study, t: None, create=False)
     if store is not None:  # a file that asks another question is refused, as `sweep` does
-        st.check(spec, store, url)
-    study = st.existing(spec, store) if store is not None else None
+        studies.check(spec, store, url)
+    study = studies.existing(spec, store) if store is not None else None
     if study is None:
         raise sweepfile.SweepError(f"{spec.path}: sweep '{spec.name}' has never run here "
                                    f"(no study of that name in {shown})")
-    spec = st.budget_of(spec, study, options.n_trials)
+    spec = studies.budget_of(spec, study, options.n_trials)
     trials = study.get_trials(deepcopy=False)
-    budget = tr.Budget.of(spec)
-    counted = [t for t in trials if budget.counts(t)]
+    budget = Budget.of(spec)
+    counted = budget.counted(trials)
     lines = [f"sweep '{spec.name}' ({shown}): {len(counted)} of {budget.limit} trials counted, "
              f"{max(0, budget.limit - len(counted))} left"
-             + ("; a trial reached metric.target" if tr.reached(trials, spec) else "")]
-    lines.append("trials: " + (tr.tally(trials, budget) if trials else "-"))
+             + ("; a trial reached metric.target" if reached(trials, spec) else "")]
+    lines.append("trials: " + (tally(trials, budget) if trials else "-"))
     running = [t for t in trials if t.state.name == "RUNNING"]
-    beats = st.heartbeat_ages(study)
+    beats = internals.heartbeat_ages(study)
     for t in running:
         host, _, pid = t.user_attrs.get("worker", "?:?").rpartition(":")
-        alive = "alive" if lv.alive(t.user_attrs.get("worker")) else "gone"
-        own = t.system_attrs.get(st.BEAT)  # the runner's beats (Optuna's gRPC proxy)
+        alive = "alive" if liveness.alive(t.user_attrs.get("worker")) else "gone"
+        own = t.system_attrs.get(internals.BEAT)  # the runner's beats (Optuna's gRPC proxy)
         beat = f", heartbeat {beats[t.number]:.0f}s ago" if t.number in beats else \
             f", beat {time.time() - own:.0f}s ago" if isinstance(own, float | int) else \
-            (", no heartbeat (journal storage)" if st.is_journal(study) else
+            (", no heartbeat (journal storage)" if internals.is_journal(study) else
              ", no heartbeat yet")
         lines.append(f"  running: trial {t.number} on {host or '?'} pid {pid or '?'} ({alive}), "
-                     f"started {lv.age_s(t):.0f}s ago{beat}")
+                     f"started {liveness.age_s(t):.0f}s ago{beat}")
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     if complete and spec.multi:
-        front = tr.ranked(pareto(trials, spec.metrics), spec)
-        lines.append(f"Pareto front so far ({objectives.describe(spec.metrics)}): "
+        front = ranked(pareto(trials, spec.metrics), spec)
+        lines.append(f"Pareto front so far ({describe(spec.metrics)}): "
                      + "; ".join(f"trial {t.number} {values_text(t.values, spec.metrics)}"
                                  for t in front))
     elif complete:
@@ -87,10 +86,10 @@ def _eta(counted: list, running: list, limit: int) -> str:
 def _workers(counted: list, running: list) -> set[str]:
     """Workers at work: those running a trial, and those of the latest trials whose process
     is still there (between two trials a worker runs none; other hosts' count as there)."""
-    from experiments.search import liveness as lv
+    from experiments.search.study import liveness
 
     recent = sorted(counted, key=lambda t: t.number)[-8:]
     named = [t.user_attrs.get("worker") for t in [*running, *recent]]
-    return {w for w in named if w and lv.alive(w)}
+    return {w for w in named if w and liveness.alive(w)}
 
 

@@ -4,8 +4,8 @@ so bad input costs nothing and writes nothing; the sweep itself runs in session.
 
 from __future__ import annotations
 
-from experiments.search import sweepfile
-from experiments.search.options import SweepIncomplete, SweepOptions
+from experiments.search.spec import sweepfile
+from experiments.search.spec.options import SweepIncomplete, SweepOptions
 
 
 def run_sweep(options: SweepOptions) -> str:
@@ -15,13 +15,14 @@ def run_sweep(options: SweepOptions) -> str:
     if options.dry_run:
         return _dry_run(options, spec)
     from experiments.search import session  # MindSpore, MLflow, Optuna: after the checks
+    from experiments.search.trials.loop import End
 
     summary, end = session.run(options, spec)
-    if end == "failed":
+    if end == End.FAILED:
         raise SweepIncomplete("the sweep ended short of its budget although no worker failed "
                               "(another process on the same storage?); rerun the same command "
                               "to resume")
-    if end == "workers died":
+    if end == End.WORKERS_DIED:
         raise SweepIncomplete("worker processes died before the budget was met; their trials "
                               "are marked FAIL and queued for a retry: rerun the same command "
                               "to resume")
@@ -34,10 +35,10 @@ def _dry_run(options: SweepOptions, spec: sweepfile.SweepSpec) -> str:
     from experiments.core import config as cfg
     from experiments.core import devices
     from experiments.core.data import check_path
-    from experiments.search import study as st
-    from experiments.search import warm_trials
     from experiments.search.dryrun import describe
-    from experiments.search.storage import open_storage
+    from experiments.search.study import study as studies
+    from experiments.search.study.storage import open_storage
+    from experiments.search.trials import warm_queue
     from experiments.tracking.store import MLRUNS
 
     config = cfg.build(spec.fixed)
@@ -45,7 +46,7 @@ def _dry_run(options: SweepOptions, spec: sweepfile.SweepSpec) -> str:
     devices.check(config.device, options.device_ids or (config.device_id,))
     url = options.storage_url()
     store = open_storage(url, MLRUNS, lambda study, t: None, create=False)
-    changed = st.check(spec, store, url, options.allow_change) if store else []
-    warm_trials.check(spec, store, url)
-    existing = st.existing(spec, store) if store else None
+    changed = studies.check(spec, store, url, options.allow_change) if store else []
+    warm_queue.check(spec, store, url)
+    existing = studies.existing(spec, store) if store else None
     return describe(spec, existing, changed, store)

@@ -12,10 +12,9 @@ back from the store, so both sides went through the same float round trip.
 from __future__ import annotations
 
 import dataclasses
-import math
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +22,19 @@ from experiments.core import config as cfg
 from experiments.core import devices
 from experiments.core.config import Config, UserError, one_line
 from experiments.runtime import interrupts
+from experiments.tracking.bits import (
+    AGGREGATE_SUFFIXES,
+    TIMING_SUFFIX,
+    Check,
+    compare,
+    history,
+    per_epoch,
+)
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.reuse import DIGEST_TAG, config_digest
 
-# Timings differ between any two runs of the same bits; they are never compared.
-TIMING_SUFFIX = "_time_s"
-# A sweep with `repeats` logs each configuration's mean and std over its seeds on every run
-# of it (step 0): results of several trainings, not of the one replayed.
-AGGREGATE_SUFFIXES = ("_mean", "_std")
 # What changes the bits without changing the config.
 CHECKED_VERSIONS = ("mindspore", "numpy")
-# Tags that are results of the training, so a replay must reproduce them.
-RESULT_TAGS = ("init_weights_digest", "diverged_epoch", "diverged_step")
-# Metrics logged per training step rather than per epoch (global step numbers).
-STEP_SERIES = ("diverging_step_loss",)
-# The order a person reads an epoch in; other metrics follow by name.
-EPOCH_ORDER = ("train_loss", "test_loss", "test_accuracy", "grad_cosine", "grad_norm_ratio")
-# Computed by NumPy through BLAS, whose float64 sums follow its thread count (measured: one
-# thread and two give different last bits), while MindSpore's losses do not here.
 
 
 class ReplayRefused(UserError):
@@ -58,17 +52,6 @@ class Difference:
     def __str__(self) -> str:
         was = "not recorded" if self.recorded is None else f"{self.recorded} (recorded)"
         return f"{self.name}: {was} -> {self.here} (here)"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One compared item: an epoch, a per-step series or the result tags."""
-
-    label: str
-    shown: dict[str, str]  # what agreed, name -> value, for the identical line
-    differs: list[str] = field(default_factory=list)  # "name: recorded vs replay"
-    values: int = 0  # metric values compared
-    names: tuple[str, ...] = ()  # the metrics or tags that differ
 
 
 @dataclass(frozen=True)
@@ -102,7 +85,8 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
     """Replay run `run_id` into a new run and compare the two; ReplayRefused (nothing
     written) when it cannot be replayed. `progress(epochs)` gives epoch callbacks."""
     from experiments.core.data import load
-    from experiments.core.train import Callbacks, Prepared, compose, trainer_for
+    from experiments.core.hooks import Callbacks, compose
+    from experiments.core.train import Prepared, trainer_for
     from experiments.tracking.tracked_fit import TrackContext, tracked_fit
 
     c = _client()
@@ -135,7 +119,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
         callbacks=compose(steps, progress(epochs) if progress else None),
         # A diverged run ends as its original did (a sweep's ablation variant FINISHED).
         diverged_status="FAILED" if original.info.status == "KILLED" else original.info.status)
-    checks = _compare(c, original, c.get_run(outcome.run_id))
+    checks = compare(c, original, c.get_run(outcome.run_id))
     recorded = original.data.tags
     span = (f"up to the divergence at epoch {recorded['diverged_epoch']}, step "
             f"{recorded.get('diverged_step', '?')}" if "diverged_epoch" in recorded else
@@ -231,8 +215,8 @@ def _epochs_to_train(c: Any, run: Any, config: Config) -> int:
     tags = run.data.tags
     if "diverged_epoch" in tags:
         return config.epochs  # it diverges again on the way, where the original did
-    recorded = {step for k in run.data.metrics if _per_epoch(k)
-                for step in _history(c, run.info.run_id, k)}
+    recorded = {step for k in run.data.metrics if per_epoch(k)
+                for step in history(c, run.info.run_id, k)}
     if not recorded:
         raise ReplayRefused(f"run {run.info.run_id} recorded no epoch: nothing to compare")
     stopped = "stop_reason" in tags or run.info.status != "FINISHED"
@@ -245,66 +229,6 @@ def _environment(tags: dict[str, str], digest: str) -> list[Difference]:
 
     here = {f"versions.{p}": versions()[p] for p in CHECKED_VERSIONS} | {"data.digest": digest}
     return [Difference(k, tags.get(k), v) for k, v in here.items() if tags.get(k) != v]
-
-
-def _compared(key: str) -> bool:
-    return not key.endswith((TIMING_SUFFIX, *AGGREGATE_SUFFIXES))
-
-
-def _per_epoch(key: str) -> bool:
-    return _compared(key) and key not in STEP_SERIES
-
-
-def _history(c: Any, run_id: str, key: str) -> dict[int, list[float]]:
-    """step -> every value logged at it, oldest first (the store's order)."""
-    out: dict[int, list[float]] = {}
-    for m in c.get_metric_history(run_id, key):
-        out.setdefault(m.step, []).append(m.value)
-    return out
-
-
-def _same(a: list[float], b: list[float]) -> bool:
-    """Bit for bit as the store gives them back (== on floats), NaN equal to NaN."""
-    return len(a) == len(b) and all(x == y or (math.isnan(x) and math.isnan(y))
-                                    for x, y in zip(a, b, strict=True))
-
-
-def _shown(values: list[float], precise: bool = True) -> str:
-    return ", ".join(repr(v) if precise else f"{v:.8g}" for v in values) or "(none)"
-
-
-def _compare(c: Any, original: Any, replayed: Any) -> list[Check]:
-    """Per epoch, per step series and the result tags: what the original recorded against
-    what the replay recorded, both as read back from the store."""
-    keys = [k for k in original.data.metrics if _compared(k)]
-    keys.sort(key=lambda k: (EPOCH_ORDER.index(k) if k in EPOCH_ORDER else len(EPOCH_ORDER), k))
-    old = {k: _history(c, original.info.run_id, k) for k in keys}
-    new = {k: _history(c, replayed.info.run_id, k) for k in keys}
-
-    def differs(k: str, step: int, label: str) -> str:
-        a, b = old[k].get(step, []), new[k].get(step, [])
-        return "" if _same(a, b) else f"{label}: {_shown(a)} (recorded) vs {_shown(b)} (replay)"
-
-    checks = []
-    per_epoch = [k for k in keys if _per_epoch(k)]
-    for epoch in sorted({s for k in per_epoch for s in old[k]}):
-        here = [k for k in per_epoch if epoch in old[k]]
-        bad = [k for k in here if differs(k, epoch, k)]
-        checks.append(Check(f"epoch {epoch}", {k: _shown(old[k][epoch], False) for k in here},
-                            [differs(k, epoch, k) for k in bad],
-                            sum(len(old[k][epoch]) for k in here), tuple(bad)))
-    for k in (k for k in keys if k in STEP_SERIES):
-        bad = [d for s in sorted(set(old[k]) | set(new[k])) if (d := differs(k, s, f"step {s}"))]
-        more = [f"and {len(bad) - 3} more steps"] if len(bad) > 3 else []
-        checks.append(Check(k, {"steps": f"{min(old[k])}-{max(old[k])}"}, bad[:3] + more,
-                            sum(map(len, old[k].values())), (k,) if bad else ()))
-    tags_old, tags_new = original.data.tags, replayed.data.tags
-    present = [t for t in RESULT_TAGS if t in tags_old or t in tags_new]
-    bad = [t for t in present if tags_old.get(t) != tags_new.get(t)]
-    checks.append(Check("tags", {t: tags_old[t] for t in present if t in tags_old}, [
-        f"{t}: {tags_old.get(t, '(none)')} (recorded) vs {tags_new.get(t, '(none)')} (replay)"
-        for t in bad], names=tuple(bad)))
-    return checks
 
 
 def _notes(original: Any, config: Config, epochs: int,

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from experiments.core.config import Config, flatten
-from experiments.core.train import EpochResult
+from experiments.core.hooks import EpochResult
 from experiments.tracking.mlflow_run import MlflowRun
 
 DIGEST_TAG = "config_digest"

@@ -14,17 +14,8 @@ from typing import Any
 
 from experiments.core.config import Config, as_dict, flatten
 from experiments.core.data import Mnist, n_batches
-from experiments.core.train import (
-    Callbacks,
-    Diverged,
-    EpochResult,
-    Prepared,
-    Stop,
-    Trainer,
-    compose,
-    fit,
-    trainer_for,
-)
+from experiments.core.hooks import Callbacks, Diverged, EpochResult, Stop, compose
+from experiments.core.train import Prepared, Trainer, fit, trainer_for
 from experiments.runtime import faults, infra, interrupts
 from experiments.tracking import figures
 from experiments.tracking.mlflow_run import MlflowRun

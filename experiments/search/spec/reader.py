@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from experiments.core import config as cfg
+from experiments.core import yamlfile
 
 
 class SweepError(cfg.UserError):
@@ -75,3 +79,24 @@ class Reader:
         if config_key not in cfg.KEYS:
             raise self.fail(key, f"unknown config key{cfg.did_you_mean(config_key, cfg.KEYS)}; "
                                  f"known: {', '.join(cfg.KEYS)}")
+
+
+def read(path: str) -> Any:
+    """The file's YAML, or SweepError naming the line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise SweepError(cfg.one_line(f"{path}: cannot read: {reason}")) from None
+    try:
+        return yamlfile.load(text)
+    except yamlfile.DuplicateKey as exc:
+        raise SweepError(cfg.one_line(f"{path}: line {exc.line}: {exc}; YAML forbids a key "
+                                      "given twice (and would keep only the last)")) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise SweepError(cfg.one_line(f"{path}: malformed YAML{where}: {problem}")) from None
+    except ValueError:  # PyYAML's int() of a number of over 4,300 digits
+        raise SweepError(f"{path}: malformed YAML: a number of over 4,300 digits") from None

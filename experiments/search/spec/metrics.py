@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from experiments.search.reader import Reader
+from experiments.search.spec.reader import Reader
 
 # Per-run metrics a sweep may optimise. train_time_s is the seconds spent training (the
 # steps of every epoch, not the evaluation): a cost to trade against accuracy.

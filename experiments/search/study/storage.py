@@ -19,15 +19,12 @@ from optuna.trial import FrozenTrial
 
 from experiments.core.config import ConfigError
 from experiments.runtime.retry import retry
-from experiments.search.options import masked, proxy_address
+from experiments.search.spec.options import masked, proxy_address
 
 PROXY_WAIT_S = float(os.environ.get("RUNNER_PROXY_WAIT_S", "20"))
 # A worker that stops beating for GRACE_S is taken for dead (RDB storage, the proxy).
 HEARTBEAT_S = int(os.environ.get("RUNNER_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("RUNNER_GRACE_S", "30"))
-
-optuna.logging.set_verbosity(optuna.logging.ERROR)
-
 
 def open_storage(url: str | None, root: Path,
                  on_stale: Callable[[optuna.Study, FrozenTrial], None],
@@ -37,6 +34,8 @@ def open_storage(url: str | None, root: Path,
     `on_stale` is called for each trial the heartbeat check failed. With `create` False,
     None where the journal file does not exist yet (no study can).
     """
+    # Optuna logs every trial at INFO; the runner says what happened in its own lines.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         if url and url.startswith("grpc://"):
             return _proxy(url)

@@ -28,6 +28,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -38,34 +39,19 @@ from experiments.runtime import interrupts
 POLL_S = 0.05
 MAX_WAIT_S = float(os.environ.get("RUNNER_ORDER_WAIT_S", "3600"))
 MAX_UNDECIDED = 3  # running earlier trials tried both ways (2**3 pruning decisions at most)
-ORDERED_ATTR = "ordered"
-Mark = Callable[[optuna.Study, FrozenTrial], None]  # sets ORDERED_ATTR False on a trial
-
-
 SWEEP_S = 10.0  # while waiting, how often trials of dead workers elsewhere are failed
 _gave_up: set[int] = set()  # trials that waited MAX_WAIT_S once: they wait no more
 
 
-def _any_alive(t: FrozenTrial) -> bool:
-    return True
+@dataclass(frozen=True)
+class Judge:
+    """What a wait needs to know of the workers (liveness.py, passed in by samplers.py):
+    whether a running trial's worker lives, how trials of dead workers elsewhere are
+    failed, and how a trial that gave up waiting is marked."""
 
-
-def _no_sweep(study: optuna.Study) -> None:
-    return None
-
-
-# Whether a running trial's worker lives is liveness.py's to judge, and how the trials of
-# dead workers on other hosts get failed. It registers both here when imported: it imports
-# study.py, which imports this module, so this module cannot import it. Every process that
-# runs trials imports it (trials.py).
-_alive: Callable[[FrozenTrial], bool] = _any_alive
-_sweep: Callable[[optuna.Study], None] = _no_sweep
-
-
-def judge_liveness_by(alive: Callable[[FrozenTrial], bool],
-                      sweep: Callable[[optuna.Study], None]) -> None:
-    global _alive, _sweep  # one judge per process, as there is one liveness module
-    _alive, _sweep = alive, sweep
+    alive: Callable[[FrozenTrial], bool]
+    sweep: Callable[[optuna.Study], None]
+    unordered: Callable[[optuna.Study, FrozenTrial], None]
 
 
 class Before:
@@ -100,47 +86,47 @@ class Before:
         return self.get_trials()
 
 
-def running_before(study: optuna.Study, number: int) -> list[FrozenTrial]:
+def running_before(study: optuna.Study, number: int, judge: Judge) -> list[FrozenTrial]:
     """Earlier trials still running in a live worker."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.number < number and _alive(t)]
+            if t.number < number and judge.alive(t)]
 
 
 def _wait(study: optuna.Study, trial: FrozenTrial, ready: Callable[[list[FrozenTrial]], Any],
-          unordered: Mark) -> Any:
+          judge: Judge) -> Any:
     """Poll until `ready(running earlier trials)` answers (not None). Past MAX_WAIT_S the
     trial is marked unordered, and it never waits again: None."""
     start = swept = time.monotonic()
     while True:
-        answer = ready(running_before(study, trial.number))
+        answer = ready(running_before(study, trial.number, judge))
         if answer is not None:
             return answer
         if trial.number in _gave_up or time.monotonic() - start > MAX_WAIT_S:
             if trial.number not in _gave_up:
                 _gave_up.add(trial.number)
-                unordered(study, trial)
+                judge.unordered(study, trial)
             return None
         interrupts.check()  # Ctrl-C ends a wait as it ends training: between steps
         if time.monotonic() - swept > SWEEP_S:
-            _sweep(study)  # workers on other hosts that died: their trials are failed
+            judge.sweep(study)  # workers on other hosts that died: their trials are failed
             swept = time.monotonic()
         time.sleep(POLL_S)
 
 
-def wait_for_earlier(study: optuna.Study, trial: FrozenTrial, unordered: Mark) -> None:
+def wait_for_earlier(study: optuna.Study, trial: FrozenTrial, judge: Judge) -> None:
     """Block until no trial numbered below `trial` is running (see the module's text)."""
-    _wait(study, trial, lambda running: True if not running else None, unordered)
+    _wait(study, trial, lambda running: True if not running else None, judge)
 
 
 class OrderedPruner(optuna.pruners.BasePruner):
     """`inner`, deciding for trial k on the trials below k (see the module's text)."""
 
-    def __init__(self, inner: optuna.pruners.BasePruner, unordered: Mark) -> None:
-        self._inner, self._unordered = inner, unordered
+    def __init__(self, inner: optuna.pruners.BasePruner, judge: Judge) -> None:
+        self._inner, self._judge = inner, judge
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         decided = _wait(study, trial, lambda running: self._decided(study, trial, running),
-                        self._unordered)
+                        self._judge)
         if decided is None:  # waited too long: on what is done
             return self._inner.prune(Before(study, trial.number), trial)
         return decided

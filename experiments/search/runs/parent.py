@@ -12,14 +12,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.runtime import faults
-from experiments.search import story
-from experiments.search import study as st
-from experiments.search import trials as tr
-from experiments.search.objectives import describe, pareto, values_text
-from experiments.search.space import shown, values_of
-from experiments.search.sweepfile import SweepSpec
-from experiments.search.trial_runs import run_ids
-from experiments.search.warmstart import FROM_ATTR
+from experiments.search.runs import story
+from experiments.search.runs.trial_runs import run_ids
+from experiments.search.spec.metrics import describe, pareto, values_text
+from experiments.search.spec.space import shown, values_of
+from experiments.search.spec.sweepfile import SweepSpec
+from experiments.search.spec.warm_start import FROM_ATTR
+from experiments.search.study.study import FINGERPRINT
+from experiments.search.trials.budget import Budget, ranked, tally, word
+from experiments.search.trials.loop import End
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.store import experiment_id
 
@@ -46,7 +47,7 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
                   **({"repeats": spec.repeats} if spec.repeats > 1 else {}),
                   "grad_modes": ",".join(spec.all_grad_modes()),
                   **{f"fixed.{k}": v for k, v in spec.fixed.items()}}
-        tags = {PARENT_TAG: "true", "sweep": spec.name, st.FINGERPRINT: spec.fingerprint(),
+        tags = {PARENT_TAG: "true", "sweep": spec.name, FINGERPRINT: spec.fingerprint(),
                 **{f"wandb.{k}": v for k, v in spec.recorded}}
         run = MlflowRun.start(client, spec.experiment, spec.name, params, tags)
         client.log_text(run.run_id, sweep_text, "sweep.yaml")
@@ -60,7 +61,7 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
         n = 1 + sum(k.startswith("sweep.change.") for k in chosen.data.tags)
         client.log_text(chosen.info.run_id, sweep_text, f"changes/{n}/sweep.yaml")
         MlflowRun(client, chosen.info.run_id).set_tags({
-            f"sweep.change.{n}": "; ".join(changed)[:5000], st.FINGERPRINT: spec.fingerprint()})
+            f"sweep.change.{n}": "; ".join(changed)[:5000], FINGERPRINT: spec.fingerprint()})
     MlflowRun(client, chosen.info.run_id).set_tags({
         "sweep.n_trials": spec.n_trials, "sweep.timeout_s": spec.timeout_s or "none",
         "sweep.seed": spec.seed, "sweep.pruner": str(spec.pruner),
@@ -70,23 +71,17 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
     return chosen.info.run_id
 
 
-# How a sweep ended -> the parent run's status. A timeout is a normal end, like the budget.
-END_STATUS = {"budget": "FINISHED", "timeout": "FINISHED", "target": "FINISHED",
-              "interrupted": "KILLED",
-              "workers died": "FAILED", "failed": "FAILED", "infrastructure": "FAILED"}
-
-
 def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
-             end: str) -> FrozenTrial | None:
+             budget: Budget, end: End) -> FrozenTrial | None:
     """The parent run's last word: its story brought up to date with Optuna's plots, the
     best trial's run tagged, the trials table; returns the best trial. One process at a
     time: two identical commands end together."""
     with story.turn(parent_run_id):
-        return _finalize(client, parent_run_id, study, spec, end)
+        return _finalize(client, parent_run_id, study, spec, budget, end)
 
 
 def _finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
-              end: str) -> FrozenTrial | None:
+              budget: Budget, end: End) -> FrozenTrial | None:
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     best = None
@@ -107,8 +102,8 @@ def _finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepS
     frame = study.trials_dataframe()
     client.log_text(parent_run_id, frame.to_csv(index=False), "trials.csv")
     faults.point("finalize")
-    story.update(client, parent_run_id, study, spec, plots=True)
-    MlflowRun(client, parent_run_id).end(END_STATUS.get(end, "FAILED"), {"end_reason": end})
+    story.update(client, parent_run_id, study, spec, budget, plots=True)
+    MlflowRun(client, parent_run_id).end(end.status, {"end_reason": end})
     return best
 
 
@@ -124,27 +119,18 @@ def trial_line(t: FrozenTrial, spec: SweepSpec) -> str:
     notes = [f"retry of trial {t.user_attrs['retry_of']}" if "retry_of" in t.user_attrs
              else "", f"warm start from {t.user_attrs[FROM_ATTR]}" if FROM_ATTR in t.user_attrs
              else "", t.user_attrs.get("fail_reason", "")]
-    return (f"trial {t.number:>3}  {tr.word(t):<8} {value}  {params}  {seconds:.1f}s"
+    return (f"trial {t.number:>3}  {word(t):<8} {value}  {params}  {seconds:.1f}s"
             + "".join(f"  ({note})" for note in notes if note))
 
 
-ENDINGS = {"budget": "budget met", "timeout": "stopped by timeout_s",
-           "target": "a trial reached metric.target",
-           "interrupted": "interrupted", "workers died": "worker processes died",
-           "infrastructure": "the store, its disk or the network failed",
-           "failed": "failed"}
-
-
-def summary(study: optuna.Study, spec: SweepSpec, parent_run_id: str, end: str, link: str,
-            top: int = 5) -> str:
+def summary(study: optuna.Study, spec: SweepSpec, budget: Budget, parent_run_id: str,
+            end: End, link: str, top: int = 5) -> str:
     trials = study.get_trials(deepcopy=False)
-    done = tr.ranked(trials, spec)
-    b = tr.Budget.of(spec)
-    counted = sum(b.counts(t) for t in trials)
-    lines = [f"sweep '{spec.name}' ({ENDINGS.get(end, end)}): {counted}/{b.limit} trials "
-             f"counted ({tr.tally(trials, b)})"]
+    done = ranked(trials, spec)
+    lines = [f"sweep '{spec.name}' ({end.text}): {len(budget.counted(trials))}/"
+             f"{budget.limit} trials counted ({tally(trials, budget)})"]
     if done and spec.multi:
-        front = tr.ranked(pareto(trials, spec.metrics), spec)
+        front = ranked(pareto(trials, spec.metrics), spec)
         lines.append(f"Pareto front ({describe(spec.metrics)}): {len(front)} trial(s)")
         lines += ["  " + trial_line(t, spec) for t in front]
     elif done:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.search.reader import Reader, SweepError
+from experiments.search.spec.reader import Reader, SweepError
 
 FROM_ATTR = "warm_start_from"  # trial user attr and run tag: "<study>#<trial number>"
 MAX_TOP = 1000
@@ -27,8 +27,8 @@ class WarmStart:
     given: str = ""  # as the file wrote it (a name, or a sweep file)
 
 
-def read(r: Reader, raw: Any, name: str, method: str, read_file: Callable[[str], Any]
-         ) -> WarmStart | None:
+def read_warm_start(r: Reader, raw: Any, name: str, method: str,
+                    read_file: Callable[[str], Any]) -> WarmStart | None:
     """The `warm_start` key; `read_file` reads a sweep file named by `from`."""
     if raw is None:
         return None

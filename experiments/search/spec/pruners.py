@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from experiments.core import config as cfg
-from experiments.search.reader import Reader
+from experiments.search.spec.reader import Reader
 
 PRUNERS = ("median", "hyperband", "none")
 

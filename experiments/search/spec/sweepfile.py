@@ -19,19 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from experiments.core import config as cfg
-from experiments.core import yamlfile
-from experiments.search import models_kept, warmstart
-from experiments.search import objectives as ob
-from experiments.search.parameters import parameters
-from experiments.search.pruners import Pruner, read_pruner
-from experiments.search.reader import Reader, SweepError
-from experiments.search.space import Param
+from experiments.search.spec import models_kept
+from experiments.search.spec.metrics import (
+    Objective,
+    check_multi,
+    describe,
+    read_metrics,
+    read_repeats,
+)
+from experiments.search.spec.parameters import parameters
+from experiments.search.spec.pruners import Pruner, read_pruner
+from experiments.search.spec.reader import Reader, SweepError, read
+from experiments.search.spec.space import Param
+from experiments.search.spec.warm_start import WarmStart, read_warm_start
 
 METHODS = ("tpe", "bayes", "random", "grid", "cmaes", "qmc", "gp")
-METRICS, GOALS = ob.METRICS, ob.GOALS
 WANDB_KEYS = ("program", "command", "entity", "project", "description", "name", "method",
               "metric", "parameters", "early_terminate", "run_cap")
 RUNNER_KEYS = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation", "repeats",
@@ -49,7 +52,7 @@ MAX_TRIALS = 100_000
 __all__ = ["MAX_TRIALS", "Param", "Pruner", "SweepError", "SweepSpec", "load"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepSpec:
     """A sweep file, parsed and checked: what to search, how, and for how long."""
 
@@ -70,13 +73,13 @@ class SweepSpec:
     recorded: tuple[tuple[str, str], ...] = ()  # W&B keys kept on the parent run as text
     notes: tuple[str, ...] = ()  # how the file's W&B keys were understood
     repeats: int = 1  # seeds per configuration; the objective is their mean
-    warm_start: warmstart.WarmStart | None = None
-    objectives: tuple[ob.Objective, ...] = ()  # (metric, goal) each; () is (metric, goal)
+    warm_start: WarmStart | None = None
+    objectives: tuple[Objective, ...] = ()  # (metric, goal) each; () is (metric, goal)
     models: models_kept.Models = field(default_factory=models_kept.Models)  # what is saved
     ordered: bool = True  # workers give the one-worker answer (ordered.py), or go faster
 
     @property
-    def metrics(self) -> tuple[ob.Objective, ...]:
+    def metrics(self) -> tuple[Objective, ...]:
         """Every (metric, goal) the sweep optimises; the first is `metric`, `goal`."""
         return self.objectives or ((self.metric, self.goal),)
 
@@ -145,7 +148,7 @@ class SweepSpec:
         config = cfg.flatten(cfg.build(self.fixed))
         fixed = {k: v for k, v in config.items() if k not in searched
                  and k != "data.eval_batch_size" and k not in cfg.PLACEMENT_KEYS}
-        out = {"method": self.method, "metric": ob.describe(self.metrics),
+        out = {"method": self.method, "metric": describe(self.metrics),
                "fixed": fixed, "parameters": {p.key: p.describe() for p in self.parameters},
                "ablation": list(self.ablation)}
         if self.experiment != self.name:
@@ -157,27 +160,6 @@ class SweepSpec:
     def fingerprint(self) -> str:
         text = json.dumps(self.meaning(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def read(path: str) -> Any:
-    """The file's YAML, or SweepError naming the line."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise SweepError(cfg.one_line(f"{path}: cannot read: {reason}")) from None
-    try:
-        return yamlfile.load(text)
-    except yamlfile.DuplicateKey as exc:
-        raise SweepError(cfg.one_line(f"{path}: line {exc.line}: {exc}; YAML forbids a key "
-                                      "given twice (and would keep only the last)")) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise SweepError(cfg.one_line(f"{path}: malformed YAML{where}: {problem}")) from None
-    except ValueError:  # PyYAML's int() of a number of over 4,300 digits
-        raise SweepError(f"{path}: malformed YAML: a number of over 4,300 digits") from None
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
@@ -197,8 +179,8 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
         raise r.fail("name", f"got {cfg.show(name)}{given}; allowed: {cfg.NAME_RULE}")
     method = r.choice(raw.get("method", "tpe"), "method", METHODS)
     notes: list[str] = []
-    metrics, target = ob.read_metrics(r, raw, notes)
-    ob.check_multi(r, raw, metrics, method)
+    metrics, target = read_metrics(r, raw, notes)
+    check_multi(r, raw, metrics, method)
     n_trials = _budget(r, raw, notes)
     timeout = raw.get("timeout_s")
     if timeout is not None and r.number(timeout, "timeout_s") <= 0:
@@ -218,8 +200,8 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
     pruner = read_pruner(r, raw, notes, wandb_form)  # checked whole in any case
     if len(metrics) > 1:  # a trade-off is never pruned (check_multi refused one)
         pruner = Pruner("none")
-    repeats = ob.read_repeats(r, raw, {p.key for p in params})
-    warm = warmstart.read(r, raw.get("warm_start"), name, method, read)
+    repeats = read_repeats(r, raw, {p.key for p in params})
+    warm = read_warm_start(r, raw.get("warm_start"), name, method, read)
     if method == "gp":
         import importlib.util
 
@@ -232,11 +214,13 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
         cfg.check_text(project, f"{path}: project")
     recorded = _recorded(r, raw, notes)
     (metric, goal) = metrics[0]
-    return SweepSpec(path, name, method, metric, goal, n_trials,
-                     None if timeout is None else float(timeout), seed, pruner, fixed, params,
-                     ablation, target, project, recorded, tuple(notes), repeats, warm,
-                     metrics if len(metrics) > 1 else (),
-                     models_kept.read(r, raw.get("models")), _ordered(r, raw))
+    return SweepSpec(path=path, name=name, method=method, metric=metric, goal=goal,
+                     n_trials=n_trials, timeout_s=None if timeout is None else float(timeout),
+                     seed=seed, pruner=pruner, fixed=fixed, parameters=params,
+                     ablation=ablation, target=target, project=project, recorded=recorded,
+                     notes=tuple(notes), repeats=repeats, warm_start=warm,
+                     objectives=metrics if len(metrics) > 1 else (),
+                     models=models_kept.read(r, raw.get("models")), ordered=_ordered(r, raw))
 
 
 def _ordered(r: Reader, raw: dict) -> bool:

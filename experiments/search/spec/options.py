@@ -13,17 +13,36 @@ from pathlib import Path
 from experiments.core import config as cfg
 from experiments.core.config import ConfigError
 from experiments.runtime.paths import writable_ancestor
-from experiments.search import sweepfile
+from experiments.search.spec import sweepfile
 
 STORAGE_PREFIXES = ("postgresql://", "postgresql+psycopg2://", "mysql://", "sqlite:///",
                     "journal:", "grpc://")
+MAX_WORKERS = 64
+WORKERS_ENV = "RUNNER_WORKERS"  # another default for --workers (the tests run one)
 
 
 class SweepIncomplete(RuntimeError):
     """The sweep stopped short of its budget for a reason other than the user's."""
 
 
-@dataclass(frozen=True)
+def parse_workers(text: str, source: str = "--workers") -> int | None:
+    """--workers N or auto (None: one per usable core); ConfigError naming `source`."""
+    text = str(text).strip()
+    if text == "auto":
+        return None
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_WORKERS:
+        return int(text)
+    raise ConfigError(f"{source}: expected an integer from 1 to {MAX_WORKERS}, or auto, got "
+                      f"{cfg.show(text)}")
+
+
+def default_workers() -> int | None:
+    """RUNNER_WORKERS, or auto."""
+    given = os.environ.get(WORKERS_ENV)
+    return None if given is None else parse_workers(given, WORKERS_ENV)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SweepOptions:
     """The sweep command's flags."""
 
@@ -58,8 +77,8 @@ class SweepOptions:
             notes = tuple(f"{n.split(' ->')[0]} -> replaced by --n-trials {self.n_trials}"
                           if n.startswith("run_cap:") else n for n in spec.notes)
             spec = dataclasses.replace(spec, n_trials=self.n_trials, notes=notes)
-        if self.workers is not None and not 1 <= self.workers <= 64:
-            raise ConfigError(f"--workers: expected an integer from 1 to 64, got {self.workers}")
+        if self.workers is not None:
+            parse_workers(str(self.workers))
         if self.devices is not None:
             spec = self._on_devices(spec)
         if self.storage:
@@ -78,8 +97,9 @@ class SweepOptions:
         if len(set(ids)) != len(ids):
             raise ConfigError(f"--devices {self.devices}: an id is given twice; one worker "
                               "per device")
-        if len(ids) > 64:
-            raise ConfigError(f"--devices: at most 64 devices (one worker each), got {len(ids)}")
+        if len(ids) > MAX_WORKERS:
+            raise ConfigError(f"--devices: at most {MAX_WORKERS} devices (one worker each), "
+                              f"got {len(ids)}")
         if self.workers is not None and self.workers != len(ids):
             raise ConfigError(f"--workers {self.workers} with --devices {self.devices}: one "
                               f"worker per device; give --workers {len(ids)} or leave it out")
@@ -137,6 +157,17 @@ def _is_mlflows(path: str) -> bool:
         mine.append(Path(tracking.removeprefix("sqlite:///")))
     target = Path(path).resolve()
     return bool(path) and any(target == m.resolve() for m in mine)
+
+
+def check_proxy(url: str, port: int) -> None:
+    """`storage-proxy --storage URL --port PORT`: a database to stand in front of (not
+    another proxy) and a port; ConfigError otherwise."""
+    if url.startswith("grpc://"):
+        raise ConfigError("storage-proxy --storage: give the database the proxy stands in "
+                          "front of (postgresql://...), not another proxy")
+    check_storage(url)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port: expected an integer from 1 to 65535, got {port}")
 
 
 def check_storage(url: str) -> None:

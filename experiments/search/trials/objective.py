@@ -21,12 +21,13 @@ import numpy as np
 import optuna
 
 from experiments.core import config as cfg
-from experiments.core.train import Callbacks, EpochResult, Stop, compose, trainer_for
+from experiments.core.hooks import Callbacks, EpochResult, Stop, compose
+from experiments.core.train import trainer_for
 from experiments.runtime.progress import EpochBars
-from experiments.search import liveness as lv
-from experiments.search import models_kept, space
-from experiments.search.sweepfile import SweepSpec
-from experiments.search.warmstart import FROM_ATTR
+from experiments.search.spec import models_kept, space
+from experiments.search.spec.sweepfile import SweepSpec
+from experiments.search.spec.warm_start import FROM_ATTR
+from experiments.search.study import liveness
 from experiments.tracking.reuse import take_over
 from experiments.tracking.tracked_fit import Outcome, TrackContext, tracked_fit
 
@@ -104,7 +105,7 @@ class TrialRunner:
                ) -> Outcome:
         spec, n, mode = self.spec, trial.number, config.grad_mode
         tags = {"sweep": spec.name, "trial": str(n), "grad_mode": mode,
-                "role": "objective" if first else "ablation", "worker": lv.worker_id()}
+                "role": "objective" if first else "ablation", "worker": liveness.worker_id()}
         if spec.repeats > 1:
             tags["repeat"] = str(repeat)
         if FROM_ATTR in trial.user_attrs:

@@ -25,11 +25,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.search import objectives
-from experiments.search import trials as tr
-from experiments.search.objectives import pareto
-from experiments.search.space import shown, values_of
-from experiments.search.sweepfile import SweepSpec
+from experiments.search.spec.metrics import describe as describe_metrics
+from experiments.search.spec.metrics import pareto
+from experiments.search.spec.space import shown, values_of
+from experiments.search.spec.sweepfile import SweepSpec
+from experiments.search.trials.budget import Budget, ranked
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.store import MLRUNS
 
@@ -72,20 +72,19 @@ def turn(parent_run_id: str) -> Iterator[None]:
 
 
 def update(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
-           plots: bool | None = None) -> None:
+           budget: Budget, plots: bool | None = None) -> None:
     """Bring the parent run up to date; `plots` forces (True) or skips (False) redrawing
     Optuna's plots, which by default happens PLOTS_EVERY_S after the last drawing."""
     from mlflow.entities import Metric, RunTag
 
     with turn(parent_run_id):
         trials = study.get_trials(deepcopy=False)
-        budget = tr.Budget.of(spec)
-        counted = [t for t in trials if budget.counts(t)]
+        counted = budget.counted(trials)
         step, now = len(counted), int(time.time() * 1000)
         counts = _counts(trials, counted)
         metrics = [Metric(f"trials_{k}", v, now, step) for k, v in counts.items()]
         tags = {}
-        ranking = tr.ranked(trials, spec)
+        ranking = ranked(trials, spec)
         if ranking and spec.multi:
             front = pareto(trials, spec.metrics)
             metrics.append(Metric("pareto_trials", len(front), now, step))
@@ -129,9 +128,9 @@ def describe(spec: SweepSpec, experiment_id: str, trials: list[FrozenTrial],
     lines, so those say the answer so far and the budget; the details follow."""
     space = _clip("; ".join(f"{p.key} {_clip(p.describe(), 200)}" for p in spec.parameters),
                   1500)
-    top = tr.ranked(trials, spec)[:TOP]
+    top = ranked(trials, spec)[:TOP]
     keys = [p.key for p in spec.parameters]
-    lines = [f"### Sweep `{spec.name}`: {objectives.describe(spec.metrics)}", ""]
+    lines = [f"### Sweep `{spec.name}`: {describe_metrics(spec.metrics)}", ""]
     front = {t.number for t in pareto(trials, spec.metrics)} if spec.multi else set()
     if top and spec.multi:
         lines += [f"**Pareto front so far: {len(front)} trial(s)** (no trial is better in "

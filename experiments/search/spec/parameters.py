@@ -12,8 +12,8 @@ import math
 from typing import Any
 
 from experiments.core import config as cfg
-from experiments.search.reader import Reader
-from experiments.search.space import (
+from experiments.search.spec.reader import Reader
+from experiments.search.spec.space import (
     BETA_FAMILY,
     BOUNDED,
     DISTRIBUTIONS,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from experiments.core import config as cfg
-from experiments.search.reader import Reader
+from experiments.search.spec.reader import Reader
 
 MAX_TOP = 1000
 DEFAULT_TOP = 3

@@ -13,8 +13,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.search import liveness as lv
-from experiments.search import trials as tr
+from experiments.search.study import liveness
+from experiments.search.trials.budget import FAIL_KIND
 from experiments.tracking.mlflow_run import MlflowRun
 
 
@@ -47,7 +47,7 @@ def close_runs(client: Any, experiment: str
             found |= {r.info.run_id for r in tagged}
         for run_id in sorted(found):
             run = MlflowRun(client, run_id)
-            tags = {"state": "FAIL", tr.FAIL_KIND: kind}
+            tags = {"state": "FAIL", FAIL_KIND: kind}
             if client.get_run(run_id).info.status == "RUNNING":
                 run.end("KILLED", {**tags, "failure_reason": REASONS[kind]})
             else:
@@ -82,11 +82,11 @@ def close_orphans(client: Any, study: optuna.Study, experiment: str) -> int:
         t = trials.get(int(tags["trial"]))
         worker = tags.get("worker")
         if (t is not None and t.state == TrialState.RUNNING) or (
-                worker != lv.worker_id() and lv.alive(worker)):
+                worker != liveness.worker_id() and liveness.alive(worker)):
             continue
-        kind = t.user_attrs.get(tr.FAIL_KIND, "") if t is not None else ""
+        kind = t.user_attrs.get(FAIL_KIND, "") if t is not None else ""
         MlflowRun(client, run.info.run_id).end("KILLED", {
             "failure_reason": REASONS.get(kind, REASONS["orphaned"]),
-            **({"state": "FAIL", tr.FAIL_KIND: kind} if kind else {})})
+            **({"state": "FAIL", FAIL_KIND: kind} if kind else {})})
         n += 1
     return n

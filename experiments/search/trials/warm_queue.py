@@ -13,11 +13,11 @@ import optuna
 from optuna.trial import TrialState
 
 from experiments.core import config as cfg
-from experiments.search import trials as tr
-from experiments.search.space import values_of
-from experiments.search.study import MEANING
-from experiments.search.sweepfile import SweepError, SweepSpec
-from experiments.search.warmstart import FROM_ATTR
+from experiments.search.spec.space import values_of
+from experiments.search.spec.sweepfile import SweepError, SweepSpec
+from experiments.search.spec.warm_start import FROM_ATTR
+from experiments.search.study.study import MEANING
+from experiments.search.trials.budget import CLAIM
 
 
 def check(spec: SweepSpec, store: Any, url: str) -> None:
@@ -54,7 +54,7 @@ def enqueue(study: optuna.Study, spec: SweepSpec, store: Any, say: Any) -> int:
         if why:
             say(f"warm start: trial {t.number} of '{ws.source}' skipped: {why}")
             continue
-        study.enqueue_trial(params, user_attrs={FROM_ATTR: origin, tr.CLAIM: f"warm:{origin}"},
+        study.enqueue_trial(params, user_attrs={FROM_ATTR: origin, CLAIM: f"warm:{origin}"},
                             skip_if_exists=False)
         n += 1
     if n:

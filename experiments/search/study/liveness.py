@@ -22,8 +22,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-from experiments.search import ordered, storage
-from experiments.search import study as st
+from experiments.search.study import internals, storage
 
 # A trial that names no worker after GRACE_S was left by a process killed as it created it.
 GRACE_S = storage.GRACE_S
@@ -65,7 +64,7 @@ def recognisable() -> bool:
 def silent(t: FrozenTrial) -> bool:
     """Whether a trial's worker beat (storages without Optuna's heartbeats) and stopped
     beating more than GRACE_S ago: dead, on whatever host."""
-    last = t.system_attrs.get(st.BEAT)
+    last = t.system_attrs.get(internals.BEAT)
     return isinstance(last, float | int) and time.time() - last > GRACE_S
 
 
@@ -77,7 +76,7 @@ def beating(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     def loop() -> None:
         while True:
             with contextlib.suppress(Exception):  # a hiccup: the next beat will do
-                st.beat(study, trial)
+                internals.beat(study, trial)
             if stop.wait(storage.HEARTBEAT_S):
                 return
 
@@ -100,7 +99,7 @@ def dead_here(t: FrozenTrial) -> bool:
     return not alive(worker)
 
 
-def _still_running(t: FrozenTrial) -> bool:
+def still_running(t: FrozenTrial) -> bool:
     """A RUNNING trial some live worker is running. A process runs one trial at a time, so
     a RUNNING trial that names this one (a failed write left it so) runs nowhere."""
     return t.user_attrs.get("worker") != worker_id() and not dead_here(t) and not silent(t)
@@ -110,10 +109,8 @@ def fail_stale(study: optuna.Study) -> None:
     """Trials of workers whose Optuna heartbeats stopped (RDB storage, any host): failed,
     and queued again by the storage's callback. (Workers through the gRPC proxy beat by
     themselves: `silent` judges them.)"""
-    if st.native_heartbeat(study):
+    if internals.native_heartbeat(study):
         with warnings.catch_warnings():  # "experimental" since Optuna 2.x
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
 
-
-ordered.judge_liveness_by(_still_running, fail_stale)

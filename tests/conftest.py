@@ -7,13 +7,19 @@ Trainers are shared per session because compiling costs seconds and `fit` resets
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+import runner
+from helpers import PROJECT_SWEEP, ROOT, database, env_without_tracking, free_port
 
 # In CI the property tests draw the same examples every run, so a landing never hinges on
 # luck; locally they draw new ones each run and keep exploring.
@@ -22,7 +28,6 @@ if os.environ.get("CI"):
 
     settings.register_profile("ci", derandomize=True)
     settings.load_profile("ci")
-ARTIFACTS = ROOT / "tests" / "artifacts"
 # The tests of one process's behaviour (faults, kills, output) run one worker, as they did
 # before `--workers auto` became the default; tests of the default remove this (None).
 os.environ["RUNNER_WORKERS"] = "1"
@@ -58,16 +63,78 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
-    """Run runner.py as a user would, in `cwd`; returns the CompletedProcess."""
-    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    full_env.update(env or {})
-    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset
-    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], cwd=cwd,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+# (was in tests/test_results.py)
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("project")
+    (folder / "look.yaml").write_text(PROJECT_SWEEP)
+    before, env = os.getcwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(folder)
+    try:
+        assert runner.main(["sweep", "look.yaml"]) == 0
+    finally:
+        os.chdir(before)
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+    return folder
 
 
-def mlflow_client(folder: Path):
-    from mlflow import MlflowClient
+# (was in tests/test_scale.py)
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL of this test's own, to restart under a running sweep."""
+    folder = Path(tempfile.mkdtemp(prefix="runner-pg-restart-"))
+    os.chmod(folder, 0o777)
+    script = str(ROOT / ".ci" / "postgres.sh")
+    try:
+        url = subprocess.run([script, "start", str(folder), str(free_port())], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.skip(f"no PostgreSQL here: {exc}")
+    yield url, lambda: subprocess.run([script, "restart", str(folder)], check=True)
+    subprocess.run([script, "stop", str(folder)], check=False)
+    shutil.rmtree(folder, ignore_errors=True)
 
-    return MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+
+# (was in tests/test_reliability.py)
+@pytest.fixture(scope="session")
+def postgres():
+    """TEST_POSTGRES_URL from .ci/run, or a server of our own for this module."""
+    if os.environ.get("TEST_POSTGRES_URL"):
+        yield os.environ["TEST_POSTGRES_URL"]
+        return
+    # Not under pytest's private tmp: the server runs as user postgres and must reach it.
+    folder = Path(tempfile.mkdtemp(prefix="runner-pg-"))
+    os.chmod(folder, 0o777)
+    script = str(ROOT / ".ci" / "postgres.sh")
+    url = subprocess.run([script, "start", str(folder), str(free_port())], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    yield url
+    subprocess.run([script, "stop", str(folder)], check=False)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# (was in tests/test_reliability.py)
+@pytest.fixture
+def mlflow_server(postgres, tmp_path):
+    port = free_port()
+    env = env_without_tracking(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         database(postgres, f"mlflow_{port}"), "--artifacts-destination",
+         str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    end = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            assert time.time() < end and proc.poll() is None, "mlflow server did not start"
+            time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+

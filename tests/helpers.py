@@ -7,17 +7,21 @@ the journal the sweep wrote, runs from the SQLite store or the server they went 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots and pictures the tests leave
 TINY = ROOT / "sweeps" / "tiny.yaml"
 # Trials long enough (about 2 s of training) that a signal sent while one trains lands in
 # its training, not between trials: the tiny sweep trains in a few tenths of a second.
@@ -150,3 +154,186 @@ def no_stray_processes(marker: str = "runner.py") -> list[int]:
         except OSError:
             continue
     return out
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
+    """Run runner.py as a user would, in `cwd`; returns the CompletedProcess."""
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env.update(env or {})
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset
+    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_client(folder: Path):
+    return store_client(folder)
+
+
+def database(base_url: str, name: str) -> str:
+    """A fresh database `name` on the PostgreSQL server of `base_url`; its URL."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return base_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+EPOCH_METRICS = ("train_loss", "test_loss", "test_accuracy", "grad_cosine", "grad_norm_ratio",
+                 "epoch_time_s", "train_time_s")
+
+
+# (was in tests/test_trust.py)
+REPEATS = """
+name: seeds
+method: random
+n_trials: 2
+seed: 3
+repeats: 3
+pruner: {type: none}
+fixed: {epochs: 1, batch_size: 256, data.download: false}
+parameters:
+  learning_rate: {distribution: log_uniform_values, min: 0.05, max: 0.3}
+"""
+
+
+# (was in tests/test_results.py)
+PROJECT_SWEEP = """
+name: look
+method: grid
+n_trials: 2
+seed: 0
+pruner: {type: none}
+fixed: {epochs: 3, batch_size: 128, data.download: false}
+parameters:
+  learning_rate: {values: [0.2, 0.01]}
+ablation: {grad_mode: [has_aux, no_aux]}
+"""
+
+
+# (was in tests/test_scale.py)
+def run_with_env(*args, cwd, env=None, timeout=600):
+    full = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
+                                                            "RUNNER_FAULT")}
+    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], cwd=cwd,
+                          env=full | (env or {}), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# (was in tests/test_sweep_truth.py)
+def sweep_file(folder, text: str, name: str = "s.yaml"):
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+# (was in tests/test_sweep_truth.py)
+FAST = "fixed: {epochs: 1, batch_size: 1000, data.download: false}"
+
+
+# (was in tests/test_sweep_truth.py)
+TINY_SPACE = f"""
+    name: question
+    method: random
+    n_trials: 1
+    pruner: {{type: none}}
+    {FAST}
+    parameters:
+      learning_rate: {{distribution: log_uniform_values, min: 0.01, max: 0.5}}
+    """
+
+
+# (was in tests/test_sweep.py)
+def start_merged(*args, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen([sys.executable, str(ROOT / "runner.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+# (was in tests/test_speed.py)
+SMALL_SWEEP = """name: m
+method: random
+metric: {name: test_accuracy, goal: maximize}
+n_trials: 5
+seed: 3
+pruner: {type: none}
+fixed: {epochs: 1, batch_size: 128, data.download: false}
+parameters:
+  learning_rate: {distribution: log_uniform_values, min: 1.0e-3, max: 0.3}
+"""
+
+
+# (was in tests/test_first_hour.py)
+# What MLflow and Optuna print when something is not handled: none may reach the user.
+NOISE = re.compile(r"warn|deprecat|View run|View experiment|cloudpickle|Traceback|"
+                   r"ExperimentalWarning|UserWarning|\[W \d", re.I)
+
+
+# (was in tests/test_first_hour.py)
+LIVE = """
+name: live
+method: random
+n_trials: 6
+seed: 3
+pruner: {type: none}
+fixed: {epochs: 2, batch_size: 500, data.download: false}
+parameters:
+  learning_rate: {distribution: uniform, min: 0.05, max: 0.3}
+"""
+
+
+# (was in tests/test_results.py)
+def get_json(url: str, payload: dict | None = None) -> dict:
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+# (was in tests/test_results.py)
+def wait_http(url: str, timeout: float = 90.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {timeout}s")
+
+
+# (was in tests/test_reliability.py)
+def sweep_cmd(*args) -> list[str]:
+    return [sys.executable, str(ROOT / "runner.py"), "sweep", *args]
+
+
+# (was in tests/test_reliability.py)
+def env_without_tracking(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "RUNNER_FAULT")}
+    return env | extra
+
+
+# (was in tests/test_reliability.py)
+def check_complete(trials, client, runs, budget, epochs):
+    """The invariants: exact budget, nothing RUNNING, every finished run fully recorded."""
+    from optuna.trial import TrialState
+
+    others = [(t.number, t.state.name, t.user_attrs.get("fail_kind"), t.user_attrs.get(
+        "fail_reason"), t.params) for t in trials
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED)]
+    counted = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert counted == budget, others
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for t in trials:
+        if t.state != TrialState.COMPLETE:
+            continue
+        run_id = t.user_attrs["mlflow_run_id"]
+        assert client.get_run(run_id).data.tags["trial"] == str(t.number)
+        for key in EPOCH_METRICS:
+            steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+            assert steps == list(range(1, epochs + 1)), (t.number, key, steps)
+

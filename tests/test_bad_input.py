@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import runner
-from conftest import ROOT
 from experiments.core import config as cfg
 from experiments.search.spec import sweepfile
+from helpers import ROOT
 
 KEYS = ["name", "method", "metric", "n_trials", "timeout_s", "seed", "pruner", "fixed",
         "parameters", "ablation", "distribution", "values", "value", "min", "max", "q", "goal",

@@ -1,3 +1,4 @@
+
 import pytest
 
 from experiments.core import config as cfg

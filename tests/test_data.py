@@ -1,3 +1,4 @@
+
 import numpy as np
 import pytest
 
@@ -156,7 +157,7 @@ def test_offline_fallback_leaves_no_empty_folders(tmp_path):
 @pytest.mark.parametrize("where", ["/proc/x/MNIST_Data", "file/MNIST_Data"])
 def test_a_data_path_that_cannot_be_made_is_exit_2(tmp_path, where):
     import runner
-    from conftest import run_cli
+    from helpers import run_cli
 
     (tmp_path / "file").write_text("not a folder")
     result = run_cli("train", "--set", f"data.path={where}", cwd=tmp_path)

@@ -3,6 +3,8 @@ tracking server that goes away and comes back. None of it is a trial's failure: 
 is not counted and is trained again, its run is closed KILLED with the reason, a passing
 outage is waited out, and the rest stops in one line."""
 
+import contextlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +16,9 @@ from helpers import (
     ROOT,
     TINY,
     free_port,
+    journal_study,
     run,
+    run_with_env,
     start,
     start_mlflow_server,
     stop_server,
@@ -161,3 +165,184 @@ def test_a_tracking_server_restart_is_waited_out(tmp_path):
     for r in children:  # every run cut short by the outage says so
         if r.info.status != "FINISHED":
             assert r.info.status == "KILLED" and r.data.tags.get("failure_reason"), r
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_full_disk_stops_in_one_line_and_costs_no_budget(tmp_path, small_disk, workers):
+    first = run_with_env("sweep", str(TINY), "--workers", workers, cwd=tmp_path)
+    assert first.returncode == 1, first.stderr
+    errors = [line for line in first.stderr.splitlines() if not line.startswith("data:")]
+    assert len(errors) == 1 and "Traceback" not in first.stderr, first.stderr[-3000:]
+    assert errors[0].startswith("error: disk full") and "rerun the same command" in errors[0]
+    study = journal_study(tmp_path, "tiny")  # the journal is whole: every line reads
+    counted = [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")
+               or "fail_reason" in t.user_attrs]
+    assert not [t for t in counted if "space" in str(t.user_attrs.get("fail_reason", ""))]
+    # Space freed: the same command completes the full budget.
+    subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
+    again = run_with_env("sweep", str(TINY), "--workers", workers, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = journal_study(tmp_path, "tiny").get_trials()
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4 and "4/4 trials counted" in again.stdout
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed and all(t.user_attrs.get("fail_kind") in ("infrastructure", "crashed")
+                          for t in failed)
+    assert all("fail_reason" not in t.user_attrs for t in failed)
+    _, parents, children = sweep_runs(tmp_path, "tiny")
+    assert parents[0].info.status == "FINISHED"
+    assert not [r for r in children if r.info.status == "RUNNING"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mlruns/ on a 3 MB tmpfs: the tracking store, its artifacts and the journal fill it
+    in the first trial (a logged model is 2.9 MB). Needs root (CI runs as root)."""
+    mlruns = tmp_path / "mlruns"
+    mlruns.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mlruns)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mlruns
+    subprocess.run(["umount", "-l", str(mlruns)], check=False)
+
+
+def test_the_journal_takes_whole_lines_or_none(tmp_path, small_disk):
+    """Optuna's own append left half a line on a full disk, and the journal unreadable."""
+    import optuna
+
+    from experiments.search.study.storage import WholeLines
+
+    path = small_disk / "journal.log"
+    storage = optuna.storages.JournalStorage(WholeLines(str(path)))
+    study = optuna.create_study(study_name="s", storage=storage)
+    filler = small_disk / "filler"  # fill the disk to its last byte
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"x" * 4096)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"x")
+    os.close(fd)
+    with pytest.raises(OSError):
+        study.set_user_attr("big", "y" * 200_000)
+    filler.unlink()
+    study.set_user_attr("after", 1)  # appends again once there is room
+    again = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(path))))
+    assert again.user_attrs == {"after": 1}
+
+
+@pytest.mark.slow
+def test_a_vanished_tracking_server_stops_in_one_line_and_costs_no_budget(tmp_path):
+
+    port = free_port()
+    server = start_mlflow_server(tmp_path, port)
+    # Gone for longer than the sweep waits for it (RUNNER_OUTAGE_WAIT_S, 10 minutes unless
+    # set): test_infrastructure.py shows the wait for a server that comes back.
+    env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+           "RUNNER_OUTAGE_WAIT_S": "5"}
+    full = {k: v for k, v in os.environ.items() if k != "RUNNER_FAULT"} | env
+    args = [sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY), "--n-trials", "6"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=full, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.time() + 300
+        while not any(t.state.name == "COMPLETE" for t in _trials(tmp_path)):
+            assert time.time() < end and proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        stop_server(server)  # gone mid-sweep
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    # Trial lines, the wait, then one line saying what broke.
+    errors = [line for line in err.splitlines()
+              if not line.startswith(("data:", "trial ", "waiting: "))]
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    assert "rerun the same command" in errors[0] and "server unreachable" in errors[0], errors
+    assert "waited 5s for it" in errors[0], errors
+    counted = [t for t in _trials(tmp_path) if t.state.name == "COMPLETE"]
+    server = start_mlflow_server(tmp_path, port)  # back
+    try:
+        again = subprocess.run(args, cwd=tmp_path, env=full, capture_output=True, text=True,
+                               timeout=600)
+    finally:
+        stop_server(server)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = _trials(tmp_path)
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 6 > len(counted)
+    assert not [t for t in trials if "fail_reason" in t.user_attrs]
+
+
+def _trials(folder):
+    try:
+        return journal_study(folder, "tiny").get_trials()
+    except (KeyError, FileNotFoundError, ValueError):
+        return []
+
+
+@pytest.mark.slow
+def test_a_postgresql_restart_costs_no_budget(tmp_path, own_postgres):
+    import optuna
+
+    url, restart = own_postgres
+    args = [sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY), "--n-trials", "6",
+            "--storage", url]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
+                                                            "RUNNER_FAULT")}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def trials():
+        try:
+            return optuna.load_study(study_name="tiny", storage=url).get_trials()
+        except KeyError:
+            return []
+
+    try:
+        end = time.time() + 300
+        while not any(t.state.name == "COMPLETE" for t in trials()):
+            assert time.time() < end and proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        restart()  # every connection of the sweep is cut
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # It rides the restart out (exit 0) or stops in one line; a rerun then finishes.
+    assert proc.returncode in (0, 1) and "Traceback" not in err, err[-3000:]
+    if proc.returncode == 1:
+        assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1, err
+        again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+    done = trials()
+    assert sum(t.state.name == "COMPLETE" for t in done) == 6
+    assert not [t for t in done if "fail_reason" in t.user_attrs]  # none counted as failed
+
+
+def test_runs_cut_short_by_the_infrastructure_are_closed_with_a_reason(store):
+    """Every kind a trial is lost by has a reason: a missing one left runs RUNNING."""
+    import optuna
+
+    from experiments.search.runs import trial_runs
+    from experiments.search.trials.loop import INFRA
+    from experiments.tracking.store import client
+
+    c = client()
+    exp = c.create_experiment("cut")
+    run = c.create_run(exp, tags={"sweep": "cut", "trial": "0"})
+    study = optuna.create_study(study_name="cut")
+    trial = study.ask()
+    study.set_user_attr("x", 1)
+    study._storage.set_trial_user_attr(trial._trial_id, "run_id.has_aux", run.info.run_id)
+    trial_runs.close_runs(c, "cut")(study, study.trials[0], INFRA)
+    closed = c.get_run(run.info.run_id)
+    assert closed.info.status == "KILLED" and closed.data.tags["fail_kind"] == INFRA
+    assert closed.data.tags["failure_reason"] == trial_runs.REASONS[INFRA]
+

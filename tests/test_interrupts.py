@@ -7,13 +7,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
+from optuna.trial import TrialState
 
 from helpers import (
     LONGER,
     ROOT,
     TINY,
+    journal_study,
     run,
     running_with_runs,
     start,
@@ -133,3 +136,81 @@ def test_an_interrupted_sweep_says_what_it_waits_for(tmp_path):
         assert said and said[0] < 1.5, lines
     assert lines[-1][1] == ("interrupted: finished work is saved; rerun the same command to "
                             "resume"), lines
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_workers_closes_every_run(tmp_path):
+    """A terminal's Ctrl-C reaches the whole foreground process group at once."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY),
+                             "--n-trials", "40", "--workers", "2", *LONGER], cwd=tmp_path,
+                            env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    assert wait_for(lambda: trials_running_with_runs(tmp_path, "tiny", 2)), \
+        proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output
+    trials = journal_study(tmp_path, "tiny").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    # Each worker was training when the signal came (a trial may just have finished its
+    # training and be logging its model: that one completes).
+    interrupted = [t for t in trials if t.user_attrs.get("fail_kind") == "interrupted"]
+    assert 1 <= len(interrupted) <= 2
+    for t in trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.WAITING) or t in interrupted, t
+        # The parent prints the lines: every trial counted before the signal has one.
+        if t.state == TrialState.COMPLETE:
+            assert f"trial {t.number:>3}  COMPLETE" in output, output
+    assert output.count("interrupted: finished work is saved") == 1, output
+    _client, parents, children = sweep_runs(tmp_path, "tiny")
+    assert not [r.info.run_id for r in parents + children if r.info.status == "RUNNING"]
+    assert parents[0].info.status == "KILLED"
+    assert parents[0].data.tags["end_reason"] == "interrupted"
+
+
+def trials_running_with_runs(folder: Path, name: str, n: int) -> bool:
+    try:
+        trials = journal_study(folder, name).get_trials()
+    except Exception:  # the journal may not exist yet
+        return False
+    running = [t for t in trials if t.state == TrialState.RUNNING
+               and "run_id.has_aux" in t.user_attrs]
+    return len(running) >= n and any(t.state == TrialState.COMPLETE for t in trials)
+
+
+@pytest.mark.slow
+def test_a_double_ctrl_c_with_workers_stops_them_too(tmp_path):
+    """The second signal used to end the parent before it told the workers, which trained
+    on, unseen, in their own process group."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY),
+                             "--n-trials", "40", "--workers", "2", *LONGER], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    assert wait_for(lambda: trials_running_with_runs(tmp_path, "tiny", 2))
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=180) == 130
+    trials = journal_study(tmp_path, "tiny").get_trials()
+    workers = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in trials
+               if "worker" in t.user_attrs}
+    assert len(workers) == 2
+
+    def alive(pid: int) -> bool:
+        try:
+            return b"runner.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    assert not [pid for pid in workers if alive(pid)], "workers outlived their parent"
+    time.sleep(3)  # nothing goes on training behind the user's back
+    after = journal_study(tmp_path, "tiny").get_trials()
+    assert len(after) == len(trials)
+    assert not [t for t in after if t.state == TrialState.RUNNING]
+    _client, parents, children = sweep_runs(tmp_path, "tiny")
+    assert not [r.info.run_id for r in parents + children if r.info.status == "RUNNING"]
+

@@ -189,7 +189,7 @@ def test_plain_inputs_still_work(digits, tmp_path):
     (lambda p: p.write_text("a note, not a picture"), "not a readable image"),
 ])
 def test_predict_cli_refuses_unreadable_images_in_one_line(tmp_path, make, message):
-    from conftest import run_cli
+    from helpers import run_cli
 
     make(tmp_path / "digit.png")
     result = run_cli("predict", "--model", "best:sweep.yaml", "digit.png", cwd=tmp_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import runner
-from conftest import mlflow_client, run_cli
+from helpers import mlflow_client, run_cli
 
 SWEEP = """
 name: abl

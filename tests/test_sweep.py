@@ -1,44 +1,11 @@
-"""Sweeps end to end on real Optuna storage, a real MLflow store and the offline digits."""
+"""Sweeps end to end on real Optuna storage, a real MLflow store and the offline digits:
+the runs, the pruning, the ablation, and how a sweep ends."""
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import optuna
 import pytest
 from optuna.trial import TrialState
 
 import runner
-from conftest import ROOT, mlflow_client
-
-TINY = ROOT / "sweeps" / "tiny.yaml"
-
-
-def journal_study(folder: Path, name: str) -> optuna.Study:
-    from optuna.storages.journal import JournalFileBackend
-
-    path = folder / "mlruns" / "optuna" / "journal.log"
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def sweep_runs(folder: Path, name: str):
-    client = mlflow_client(folder)
-    exp = client.get_experiment_by_name(name)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
-    children = [r for r in runs if r.data.tags.get("sweep.parent") != "true"]
-    return client, parents, children
-
-
-def write_sweep(folder: Path, text: str) -> Path:
-    path = folder / "sweep.yaml"
-    path.write_text(text)
-    return path
+from helpers import FAST, TINY, TINY_SPACE, journal_study, sweep_file, sweep_runs, write_sweep
 
 
 def test_tiny_sweep_end_to_end(store, capsys):
@@ -89,6 +56,7 @@ def test_tiny_sweep_end_to_end(store, capsys):
     assert len(journal_study(store, "tiny").get_trials()) == 4
 
 
+@pytest.mark.slow
 def test_pruning_prunes_a_space_built_for_it(store):
     path = write_sweep(store, """
 name: prune
@@ -118,6 +86,7 @@ parameters:
         assert len(epochs) < 3
 
 
+@pytest.mark.slow
 def test_paired_ablation_shares_start_and_differs_in_gradient(store):
     path = write_sweep(store, """
 name: pair
@@ -150,316 +119,124 @@ ablation: {grad_mode: [has_aux, stop_gradient, no_aux]}
     assert trial.state == TrialState.COMPLETE
 
 
-def cli(*args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.Popen([sys.executable, str(ROOT / "runner.py"), *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+@pytest.mark.slow
+def test_swept_grad_mode_is_the_mode_that_trains(store):
+    path = sweep_file(store, f"""
+        name: modes
+        method: grid
+        n_trials: 2
+        pruner: {{type: none}}
+        {FAST}
+        parameters:
+          grad_mode: {{values: [stop_gradient, no_aux]}}
+          learning_rate: {{value: 0.001}}
+        """)
+    assert runner.main(["sweep", path]) == 0
+    client, parents, children = sweep_runs(store, "modes")
+    assert sorted(r.data.tags["grad_mode"] for r in children) == ["no_aux", "stop_gradient"]
+    for run in children:
+        assert run.data.params["grad_mode"] == run.data.tags["grad_mode"]
+    for t in journal_study(store, "modes").get_trials():
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.tags["grad_mode"] == t.params["grad_mode"]
+    assert parents[0].data.params["grad_modes"] == "stop_gradient,no_aux"
 
 
-def wait_for(predicate, timeout=180.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.3)
-    return False
+def test_timeout_is_a_normal_end(store, capsys):
+    path = sweep_file(store, TINY_SPACE.replace("n_trials: 1", "n_trials: 500\n    "
+                                                "timeout_s: 0.5"))
+    assert runner.main(["sweep", path]) == 0
+    out = capsys.readouterr().out
+    assert "stopped by timeout_s" in out
+    trials = journal_study(store, "question").get_trials()
+    assert 1 <= len(trials) < 500
+    _, parents, _ = sweep_runs(store, "question")
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["end_reason"] == "timeout"
 
 
-# Trials long enough (about 2 s of training) that a signal sent while one trains lands in
-# its training, not between trials: the tiny sweep trains in a few tenths of a second.
-LONGER = ("--set", "epochs=4", "--set", "batch_size=16")
+def test_constants_are_params_of_the_best_trial(store):
+    path = sweep_file(store, """
+        name: const
+        method: tpe
+        n_trials: 2
+        pruner: {type: none}
+        fixed: {epochs: 1, data.download: false}
+        parameters:
+          batch_size: {value: 1000}
+          learning_rate: {distribution: log_uniform_values, min: 0.01, max: 0.5}
+        """)
+    assert runner.main(["sweep", path]) == 0
+    _, parents, children = sweep_runs(store, "const")
+    tags = parents[0].data.tags
+    assert tags["best.batch_size"] == "1000" and "best.learning_rate" in tags
+    assert float(tags["best_value"]) == max(r.data.metrics["test_accuracy"] for r in children)
+    assert {r.data.params["batch_size"] for r in children} == {"1000"}
 
 
-def one_done_one_running(folder: Path) -> bool:
-    """A trial has finished and the next one is training: a good moment for a fault."""
-    try:
-        trials = journal_study(folder, "tiny").get_trials()
-    except Exception:  # the journal may not exist yet
-        return False
-    states = [t.state for t in trials]
-    # The run id is recorded just before training starts; without it the kill could land
-    # before the run exists, and the test would not see a run closed as KILLED.
-    return (TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING
-            and "run_id.has_aux" in trials[-1].user_attrs)
+def test_n_trials_on_the_command_line_lowers_the_budget(store, capsys):
+    path = sweep_file(store, TINY_SPACE.replace("n_trials: 1", "n_trials: 4"))
+    assert runner.main(["sweep", path, "--n-trials", "2"]) == 0
+    assert "2/2 trials counted" in capsys.readouterr().out
+    assert len(journal_study(store, "question").get_trials()) == 2
 
 
 @pytest.mark.slow
-def test_kill_9_mid_sweep_then_resume(tmp_path):
-    args = ("sweep", str(TINY), "--n-trials", "4")
-    proc = cli(*args, cwd=tmp_path)
-    assert wait_for(lambda: one_done_one_running(tmp_path)), proc.communicate()[0]
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    again = cli(*args, cwd=tmp_path)
-    output = again.communicate(timeout=600)[0]
-    assert again.returncode == 0, output
-    assert "left RUNNING by a dead process" in output
-    trials = journal_study(tmp_path, "tiny").get_trials()
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 4
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    crashed = [t for t in trials if t.user_attrs.get("fail_kind") == "crashed"]
-    assert len(crashed) == 1
-    retries = [t for t in trials if t.user_attrs.get("retry_of") == crashed[0].number]
-    assert len(retries) == 1 and retries[0].params == crashed[0].params
-    client, parents, children = sweep_runs(tmp_path, "tiny")
-    assert not [r for r in children + parents if r.info.status == "RUNNING"]
-    killed = client.get_run(crashed[0].user_attrs["run_id.has_aux"])
-    assert killed.info.status == "KILLED"
+def test_a_diverging_objective_fails_and_the_sweep_goes_on(store, capsys):
+    path = sweep_file(store, f"""
+        name: nan
+        method: grid
+        n_trials: 2
+        pruner: {{type: none}}
+        {FAST.replace('batch_size: 1000', 'batch_size: 64')}
+        parameters:
+          grad_mode: {{values: [no_aux, has_aux]}}
+        """)
+    assert runner.main(["sweep", path]) == 0
+    assert "2/2 trials counted" in capsys.readouterr().out
+    trials = {t.params["grad_mode"]: t for t in journal_study(store, "nan").get_trials()}
+    assert trials["no_aux"].state == TrialState.FAIL
+    assert trials["no_aux"].user_attrs["fail_reason"].startswith("objective no_aux diverged")
+    assert trials["has_aux"].state == TrialState.COMPLETE
+    client, parents, _ = sweep_runs(store, "nan")
+    failed = client.get_run(trials["no_aux"].user_attrs["mlflow_run_id"])
+    assert failed.info.status == "FAILED" and failed.data.tags["state"] == "FAIL"
+    assert parents[0].data.tags["best_trial"] == str(trials["has_aux"].number)
 
 
 @pytest.mark.slow
-def test_workers_share_one_study_pinned_one_per_core(tmp_path):
-    proc = cli("sweep", str(TINY), "--n-trials", "6", "--workers", "2", cwd=tmp_path)
-    pinned = {}
-
-    def two_workers_running() -> bool:
-        try:
-            trials = journal_study(tmp_path, "tiny").get_trials()
-        except Exception:
-            return False
-        for t in trials:
-            pid = int(t.user_attrs.get("worker", ":0").rpartition(":")[2])
-            if t.state == TrialState.RUNNING and pid not in pinned:
-                with contextlib.suppress(OSError):  # it may just have ended
-                    pinned[pid] = os.sched_getaffinity(pid)
-        return len(pinned) == 2
-
-    assert wait_for(two_workers_running), proc.communicate()[0]
-    output = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 0, output
-    cores = sorted(os.sched_getaffinity(0))
-    assert sorted(pinned.values(), key=min) == [{cores[0]}, {cores[1]}]
-    trials = journal_study(tmp_path, "tiny").get_trials()
-    counted = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(counted) == 6
-    assert len({t.params["learning_rate"] for t in counted}) == 6
-    assert len({t.user_attrs["worker"] for t in counted}) == 2
-    _client, parents, children = sweep_runs(tmp_path, "tiny")
-    assert len(parents) == 1 and len(children) == 6
-    run_ids = {t.user_attrs["mlflow_run_id"] for t in counted}
-    assert run_ids == {r.info.run_id for r in children}
-    for r in children:
-        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_interrupt_marks_and_resumes(tmp_path, sig):
-    args = ("sweep", str(TINY), "--n-trials", "3", *LONGER)
-    proc = cli(*args, cwd=tmp_path)
-    assert wait_for(lambda: one_done_one_running(tmp_path)), proc.communicate()[0]
-    proc.send_signal(sig)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, output
-    assert "Traceback" not in output and "rerun the same command to resume" in output
-    trials = journal_study(tmp_path, "tiny").get_trials()
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    interrupted = [t for t in trials if t.user_attrs.get("fail_kind") == "interrupted"]
-    assert len(interrupted) == 1 and interrupted[0].state == TrialState.FAIL
-    client, parents, children = sweep_runs(tmp_path, "tiny")
-    assert client.get_run(interrupted[0].user_attrs["run_id.has_aux"]).info.status == "KILLED"
-    assert not [r for r in parents + children if r.info.status == "RUNNING"]
-    again = cli(*args, cwd=tmp_path)
-    assert again.wait(timeout=600) == 0
-    trials = journal_study(tmp_path, "tiny").get_trials()
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
-    retry = [t for t in trials if t.user_attrs.get("retry_of") == interrupted[0].number]
-    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
-
-
-def trials_running_with_runs(folder: Path, name: str, n: int) -> bool:
-    try:
-        trials = journal_study(folder, name).get_trials()
-    except Exception:  # the journal may not exist yet
-        return False
-    running = [t for t in trials if t.state == TrialState.RUNNING
-               and "run_id.has_aux" in t.user_attrs]
-    return len(running) >= n and any(t.state == TrialState.COMPLETE for t in trials)
-
-
-@pytest.mark.slow
-def test_ctrl_c_with_workers_closes_every_run(tmp_path):
-    """A terminal's Ctrl-C reaches the whole foreground process group at once."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY),
-                             "--n-trials", "40", "--workers", "2", *LONGER], cwd=tmp_path,
-                            env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    assert wait_for(lambda: trials_running_with_runs(tmp_path, "tiny", 2)), \
-        proc.communicate()[0]
-    os.killpg(proc.pid, signal.SIGINT)
-    output = proc.communicate(timeout=180)[0]
-    assert proc.returncode == 130, output
-    assert "Traceback" not in output
-    trials = journal_study(tmp_path, "tiny").get_trials()
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    # Each worker was training when the signal came (a trial may just have finished its
-    # training and be logging its model: that one completes).
-    interrupted = [t for t in trials if t.user_attrs.get("fail_kind") == "interrupted"]
-    assert 1 <= len(interrupted) <= 2
+def test_hyperband_prunes_and_counts(store):
+    path = sweep_file(store, """
+        name: hyper
+        method: random
+        n_trials: 8
+        seed: 1
+        pruner: {type: hyperband, warmup_epochs: 1}
+        fixed: {epochs: 4, batch_size: 500, data.download: false}
+        parameters:
+          learning_rate: {distribution: log_uniform_values, min: 1.0e-5, max: 0.5}
+        """)
+    assert runner.main(["sweep", path]) == 0
+    trials = journal_study(store, "hyper").get_trials()
+    assert len(trials) == 8
+    assert {t.state for t in trials} == {TrialState.COMPLETE, TrialState.PRUNED}
     for t in trials:
-        assert t.state in (TrialState.COMPLETE, TrialState.WAITING) or t in interrupted, t
-        # The parent prints the lines: every trial counted before the signal has one.
-        if t.state == TrialState.COMPLETE:
-            assert f"trial {t.number:>3}  COMPLETE" in output, output
-    assert output.count("interrupted: finished work is saved") == 1, output
-    _client, parents, children = sweep_runs(tmp_path, "tiny")
-    assert not [r.info.run_id for r in parents + children if r.info.status == "RUNNING"]
-    assert parents[0].info.status == "KILLED"
-    assert parents[0].data.tags["end_reason"] == "interrupted"
+        if t.state == TrialState.PRUNED:
+            assert len(t.intermediate_values) < 4
 
 
-@pytest.mark.slow
-def test_parent_notices_that_every_worker_died(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    args = [sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY), "--n-trials", "6",
-            "--workers", "2"]
-    result = subprocess.run(args, cwd=tmp_path, env={**env, "RUNNER_FAULT": "run_started:2"},
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert "worker processes died" in result.stderr and "Traceback" not in result.stderr
-    trials = journal_study(tmp_path, "tiny").get_trials()
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert len([t for t in trials if t.user_attrs.get("fail_kind") == "crashed"]) == 2
-    _client, parents, children = sweep_runs(tmp_path, "tiny")
-    assert not [r for r in parents + children if r.info.status == "RUNNING"]
-    assert parents[0].info.status == "FAILED"
-    assert parents[0].data.tags["end_reason"] == "workers died"
-    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
-    trials = journal_study(tmp_path, "tiny").get_trials()
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 6
+def test_gp_runs_with_pytorch_and_is_refused_without(store, capsys):
+    import importlib.util
 
+    path = sweep_file(store, TINY_SPACE.replace("method: random", "method: gp")
+                      .replace("n_trials: 1", "n_trials: 2"))
+    if importlib.util.find_spec("torch") is None:
+        assert runner.main(["sweep", path]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "method: gp needs PyTorch" in err[0]
+        assert sorted(p.name for p in store.iterdir()) == ["s.yaml"]
+    else:
+        assert runner.main(["sweep", path]) == 0
+        trials = journal_study(store, "question").get_trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
 
-ABLATION = """
-name: pairs
-method: random
-n_trials: 2
-pruner: {type: none}
-fixed: {epochs: 4, batch_size: 16, learning_rate: 0.01, data.download: false}
-parameters:
-  seed: {values: [1, 2, 3]}
-ablation: {grad_mode: [has_aux, stop_gradient]}
-"""
-
-
-def second_variant_training(folder: Path) -> bool:
-    try:
-        trials = journal_study(folder, "pairs").get_trials()
-    except Exception:
-        return False
-    return any(t.state == TrialState.RUNNING and "run_id.stop_gradient" in t.user_attrs
-               for t in trials)
-
-
-@pytest.mark.slow
-def test_interrupted_ablation_trial_is_not_a_result(tmp_path):
-    from experiments.search import compare
-
-    path = write_sweep(tmp_path, ABLATION)
-    proc = cli("sweep", str(path), cwd=tmp_path)
-    assert wait_for(lambda: second_variant_training(tmp_path)), proc.communicate()[0]
-    proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, output
-    client = mlflow_client(tmp_path)
-    (lost,) = [t for t in journal_study(tmp_path, "pairs").get_trials()
-               if t.user_attrs.get("fail_kind") == "interrupted"]
-    first = client.get_run(lost.user_attrs["run_id.has_aux"])
-    assert first.info.status == "FINISHED"  # it did train to the end...
-    assert first.data.tags["state"] == "FAIL"  # ...but is not a result of the sweep
-    assert first.data.tags["fail_kind"] == "interrupted"
-    second = client.get_run(lost.user_attrs["run_id.stop_gradient"])
-    assert second.info.status == "KILLED" and second.data.tags["state"] == "FAIL"
-    frame = compare.runs("pairs", client)
-    assert set(frame.loc[frame["trial"] == lost.number, "fail_kind"]) == {"interrupted"}
-    assert lost.number not in set(compare.paired(frame)["trial"])
-
-    again = cli("sweep", str(path), cwd=tmp_path)
-    assert again.wait(timeout=600) == 0
-    pairs = compare.paired(compare.runs("pairs", mlflow_client(tmp_path)))
-    assert len(pairs) == 2 and lost.number not in set(pairs["trial"])
-
-
-@pytest.mark.slow
-def test_a_trial_that_names_no_worker_is_recovered(tmp_path):
-    """A worker killed between creating its trial and recording itself on it."""
-    from optuna.storages.journal import JournalFileBackend
-
-    path = tmp_path / "mlruns" / "optuna" / "journal.log"
-    path.parent.mkdir(parents=True)
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    orphan = optuna.create_study(study_name="tiny", storage=storage,
-                                 direction="maximize").ask()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run([sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY),
-                             "--n-trials", "2"], cwd=tmp_path, env={**env, "RUNNER_GRACE_S": "2"},
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    trials = journal_study(tmp_path, "tiny").get_trials()
-    assert trials[orphan.number].state == TrialState.FAIL
-    assert trials[orphan.number].user_attrs["fail_kind"] == "crashed"
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
-
-
-@pytest.mark.slow
-def test_a_grid_with_two_workers_visits_every_point_once(tmp_path):
-    path = write_sweep(tmp_path, """
-name: grid2
-method: grid
-n_trials: 100
-pruner: {type: none}
-fixed: {epochs: 1, batch_size: 1000, data.download: false}
-parameters:
-  seed: {values: [0, 1, 2, 3, 4, 5, 6, 7]}
-""")
-    proc = cli("sweep", str(path), "--workers", "2", cwd=tmp_path)
-    output = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 0, output
-    assert "8/8 trials counted" in output
-    trials = journal_study(tmp_path, "grid2").get_trials()
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert sorted(t.params["seed"] for t in complete) == list(range(8))
-    assert len({t.user_attrs["worker"] for t in complete}) == 2
-    # Anything else is a queued duplicate that was turned away, never a second training.
-    for t in trials:
-        if t.state != TrialState.COMPLETE:
-            assert t.user_attrs["fail_kind"] in ("duplicate", "no_grid_point"), t
-    _client, _, children = sweep_runs(tmp_path, "grid2")
-    assert sorted(int(r.data.params["seed"]) for r in children) == list(range(8))
-
-
-@pytest.mark.slow
-def test_a_double_ctrl_c_with_workers_stops_them_too(tmp_path):
-    """The second signal used to end the parent before it told the workers, which trained
-    on, unseen, in their own process group."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "sweep", str(TINY),
-                             "--n-trials", "40", "--workers", "2", *LONGER], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    assert wait_for(lambda: trials_running_with_runs(tmp_path, "tiny", 2))
-    os.killpg(proc.pid, signal.SIGINT)
-    time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=180) == 130
-    trials = journal_study(tmp_path, "tiny").get_trials()
-    workers = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in trials
-               if "worker" in t.user_attrs}
-    assert len(workers) == 2
-
-    def alive(pid: int) -> bool:
-        try:
-            return b"runner.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-
-    assert not [pid for pid in workers if alive(pid)], "workers outlived their parent"
-    time.sleep(3)  # nothing goes on training behind the user's back
-    after = journal_study(tmp_path, "tiny").get_trials()
-    assert len(after) == len(trials)
-    assert not [t for t in after if t.state == TrialState.RUNNING]
-    _client, parents, children = sweep_runs(tmp_path, "tiny")
-    assert not [r.info.run_id for r in parents + children if r.info.status == "RUNNING"]

@@ -2,16 +2,24 @@
 early stops nothing; a rerun says what it resumes; every count adds up; the runner's own
 words for a trial's state, everywhere."""
 
+from __future__ import annotations
+
 import os
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 
 from helpers import (
+    LIVE,
     LONGER,
+    NOISE,
+    ROOT,
     TINY,
     run,
+    run_cli,
     runner_argv,
     running_with_runs,
     start,
@@ -79,3 +87,42 @@ def test_a_rerun_says_what_it_resumes_and_every_count_adds_up(tmp_path):
     assert sum(int(n) for n in re.findall(r"(\d+) [A-Z]", counted_part)) == 4, head
     assert rest == f"{k} CUT SHORT (interrupted)", head
     assert len(trials_of(tmp_path, "tiny")) == 4 + k
+
+
+@pytest.mark.slow
+def test_quiet_prints_only_the_summary_and_a_sweep_has_no_warnings(tmp_path):
+    (tmp_path / "one.yaml").write_text(LIVE.replace("name: live", "name: one")
+                                       .replace("n_trials: 6", "n_trials: 2"))
+    loud = run_cli("sweep", "one.yaml", "--n-trials", "1", cwd=tmp_path)
+    assert loud.returncode == 0, loud.stderr
+    output = (loud.stdout + loud.stderr).splitlines()
+    assert not [line for line in output if NOISE.search(line)], output
+    # status counts against the budget the sweep ran with, or the one it is given.
+    ran = run_cli("status", "one.yaml", cwd=tmp_path)
+    assert "1 of 1 trials counted, 0 left" in ran.stdout, ran
+    asked = run_cli("status", "one.yaml", "--n-trials", "4", cwd=tmp_path)
+    assert "1 of 4 trials counted, 3 left" in asked.stdout, asked
+    # A file that asks another question is refused, as `sweep` refuses it.
+    (tmp_path / "other.yaml").write_text((tmp_path / "one.yaml").read_text().replace(
+        "max: 0.3", "max: 0.5"))
+    other = run_cli("status", "other.yaml", cwd=tmp_path)
+    assert other.returncode == 2 and "was created for another sweep" in other.stderr, other
+    quiet = run_cli("sweep", "one.yaml", "--quiet", cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert not quiet.stderr.strip(), quiet.stderr
+    assert not any(line.startswith("trial ") for line in quiet.stdout.splitlines())
+    assert "top 2 by test_accuracy" in quiet.stdout and "workflowType=machine_learning" in \
+        quiet.stdout, quiet.stdout
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    (tmp_path / "s.yaml").write_text(LIVE)
+    # `runner.py sweep --dry-run | head -1`, as a shell runs it; `true` reads nothing and
+    # is gone long before Python has imported, so the write always meets a closed pipe.
+    result = subprocess.run(f"{sys.executable} {ROOT / 'runner.py'} sweep s.yaml --dry-run "
+                            "| true; echo ${PIPESTATUS[0]}", shell=True, cwd=tmp_path,
+                            capture_output=True, text=True, executable="/bin/bash",
+                            timeout=120)
+    assert result.stdout.splitlines()[-1] == "0", result
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+

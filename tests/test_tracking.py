@@ -1,5 +1,7 @@
 """Tracking under concurrency: workers racing on the same MLflow store lose nothing."""
 
+from __future__ import annotations
+
 import multiprocessing as mp
 
 import numpy as np
@@ -9,8 +11,6 @@ from experiments.core.data import Mnist
 from experiments.tracking import mlflow_run, store
 
 EXPERIMENTS = 12
-
-pytestmark = pytest.mark.slow  # processes, kills, servers, PostgreSQL
 
 
 def _tiny_mnist() -> Mnist:
@@ -34,6 +34,7 @@ def _log_same_dataset(uri: str, experiments: list[str], barrier, results) -> Non
     results.put(errors)
 
 
+@pytest.mark.slow
 def test_two_workers_log_the_same_new_dataset_at_once(tmp_path):
     """MLflow inserts a dataset after looking it up; without a retry one worker's run fails."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -58,3 +59,23 @@ def test_two_workers_log_the_same_new_dataset_at_once(tmp_path):
         assert len(runs) == 2
         assert all(len(r.inputs.dataset_inputs) == 1 for r in runs)
         assert {r.inputs.dataset_inputs[0].dataset.digest for r in runs} == {_tiny_mnist().digest}
+
+
+def test_epoch_metrics_are_held_back_only_while_epochs_come_fast(store, monkeypatch):
+    from experiments.tracking import mlflow_run
+    from experiments.tracking.store import client
+
+    c = client()
+    run = mlflow_run.MlflowRun.start(c, "e", "r", {"x": 1})
+    run.log_epoch(1, {"loss": 2.0})  # within FLUSH_S of the start: held back
+    assert c.get_metric_history(run.run_id, "loss") == []
+    monkeypatch.setattr(mlflow_run, "FLUSH_S", 0.0)  # an epoch slower than FLUSH_S
+    run.log_epoch(2, {"loss": 1.0})
+    assert [m.step for m in c.get_metric_history(run.run_id, "loss")] == [1, 2]
+    monkeypatch.setattr(mlflow_run, "FLUSH_S", 60.0)
+    run.log_epoch(3, {"loss": 0.5})
+    run.end("FINISHED", {"done": "yes"})
+    finished = c.get_run(run.run_id)
+    assert [m.step for m in c.get_metric_history(run.run_id, "loss")] == [1, 2, 3]
+    assert finished.info.status == "FINISHED" and finished.data.tags["done"] == "yes"
+

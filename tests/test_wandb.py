@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from test_sweep import journal_study, sweep_runs
 
 import runner
-from conftest import ROOT
 from experiments.search.spec import sweepfile
 from experiments.search.spec.space import suggest
 from experiments.search.spec.sweepfile import SweepError
 from experiments.search.study import samplers
+from helpers import ROOT, journal_study, sweep_runs
 
 DRAWS = 2000
 
@@ -268,6 +267,7 @@ def test_bayes_is_model_based(tmp_path):
     assert isinstance(study.sampler._inner, optuna.samplers.TPESampler)
 
 
+@pytest.mark.slow
 def test_a_pure_wandb_file_runs_end_to_end(store, capsys):
     shipped = ROOT / "sweeps" / "wandb_bayes_hyperband.yaml"
     assert runner.main(["sweep", str(shipped), "--n-trials", "3"]) == 0
@@ -322,6 +322,7 @@ def test_wandb_files_written_from_the_documentation_load(tmp_path, monkeypatch, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_grid_over_int_uniform_and_q_uniform_trains_its_points(store):
     path = store / "g.yaml"
     path.write_text(textwrap.dedent("""
@@ -501,6 +502,7 @@ def test_a_project_change_is_refused(store, capsys):
         assert "project: projA -> projB" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sweeps_sharing_a_project_keep_their_own_parent_best_and_runs(store, capsys):
     """Two sweeps with one W&B `project` share its experiment, not a parent run: each has
     its own parent, description, best run (what `predict --model best:` loads) and rows."""

@@ -95,6 +95,12 @@ def set_failed(study: optuna.Study, t: FrozenTrial) -> None:
     study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
 
+def pop_waiting(study: optuna.Study) -> FrozenTrial | None:
+    """Take the next queued trial (RUNNING now, and no one else's), or None."""
+    trial_id = study._pop_waiting_trial_id()
+    return None if trial_id is None else study._storage.get_trial(trial_id)
+
+
 def mark_unordered(study: optuna.Study, t: FrozenTrial) -> None:
     """Say on a trial that it decided without waiting for the earlier ones (ordered.py)."""
     study._storage.set_trial_user_attr(t._trial_id, ORDERED_ATTR, False)

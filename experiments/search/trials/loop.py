@@ -107,6 +107,18 @@ def _top_up_grid(study: optuna.Study, spec: SweepSpec, trials: list[FrozenTrial]
                             skip_if_exists=False)
 
 
+def _turn_away_queue(study: optuna.Study, b: Budget) -> None:
+    """Once the sweep has ended, refuse what is still queued (a grid point two workers
+    queued at once, a retry no longer needed), on the record: a finished sweep shows no
+    trial QUEUED for ever, and a rerun has nothing to pop."""
+    while (t := internals.pop_waiting(study)) is not None:
+        trials = [u for u in study.get_trials(deepcopy=False) if u.number != t.number]
+        kind = b.refusal(trials, t.number, t.user_attrs) or "over_budget"
+        internals.set_attr(study, t, FAIL_KIND, kind)
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            internals.set_failed(study, t)
+
+
 # --- workers, crashes, retries ----------------------------------------------------------
 
 
@@ -234,8 +246,10 @@ def _step(study: optuna.Study, spec: SweepSpec, wrapped: Callable[[optuna.Trial]
     trials = study.get_trials(deepcopy=False)
     done = sum(b.counts(t) for t in trials)
     if done >= b.limit:
+        _turn_away_queue(study, b)
         return End.BUDGET
     if reached(trials, spec):  # running trials elsewhere finish; none starts
+        _turn_away_queue(study, b)
         return End.TARGET
     # After the budget: a Ctrl-C once the budget is met cuts nothing short, and the sweep
     # ends as met (it used to end KILLED, "interrupted", all its trials counted).

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mlflow_client, run_cli
+from helpers import mlflow_client, run_cli
 
 OFFLINE = ("--set", "data.download=false")
 

@@ -1,13 +1,77 @@
-"""Sweep files: the shipped ones are valid; each kind of mistake is exit 2 naming the key."""
+"""Sweep files: every shipped one is valid, and every mistake is one line naming the file
+and the key, exit 2, nothing written."""
 
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 
 import runner
 from experiments.search.spec import sweepfile
+from helpers import FAST, ROOT, sweep_file
 
-ROOT = Path(__file__).resolve().parent.parent
+
+@pytest.mark.parametrize("key, values", [("data.path", "[a, b]"),
+                                         ("data.download", "[true, false]")])
+def test_data_source_cannot_be_swept(store, capsys, key, values):
+    path = sweep_file(store, f"""
+        name: data
+        {FAST.replace(', data.download: false', '')}
+        parameters:
+          {key}: {{values: {values}}}
+        """)
+    assert runner.main(["sweep", path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"parameters.{key}" in err[0] and "fixed" in err[0]
+    assert sorted(p.name for p in store.iterdir()) == ["s.yaml"]
+
+
+@pytest.mark.parametrize("text,where", [
+    ("repeats: 0\n", "repeats: expected an integer from 1 to 100, got 0"),
+    ("repeats: '3'\n", "repeats: expected an integer"),
+    ("repeats: 2\nparameters:\n  seed: {values: [1, 2]}\n", "repeats: picks each trial's seeds"),
+    ("metric: [{name: test_accuracy, goal: maximize}, {name: test_accuracy, goal: minimize}]\n",
+     "metric[1].name: test_accuracy is given twice"),
+    ("metric: [{name: test_accuracy, goal: maximize}]\n", "metric: a list of metrics needs two"),
+    ("metric: [{name: test_accuracy, goal: maximize, target: 0.9}, {name: train_time_s}]\n",
+     "metric[0].target: a stopping target needs one metric"),
+    ("metric: [{name: test_accuracy, goal: maximize}, {name: train_time_s}]\n"
+     "pruner: {type: median}\n", "pruner: Optuna cannot prune a study of several objectives"),
+    ("method: cmaes\nmetric: [{name: test_accuracy, goal: maximize}, {name: train_time_s}]\n",
+     "method: cmaes searches one objective"),
+    ("metric: [{name: accuracy, goal: maximize}, {name: train_time_s}]\n",
+     "metric[0].name: got 'accuracy'"),
+    ("warm_start: {top: 2}\n", "warm_start.from: missing"),
+    ("warm_start: {from: bad, top: 0}\n", "warm_start.top: expected an integer from 1"),
+    ("warm_start: {from: bad, topp: 2}\n", "warm_start.topp: unknown key"),
+    ("warm_start: {from: bad}\nmethod: grid\n", "warm_start: a grid visits every point"),
+    ("warm_start: {from: base}\n", "warm_start.from: names this sweep itself"),
+    ("warm_start: {from: missing.yaml}\n", "warm_start.from: no sweep file missing.yaml"),
+    ("metric: [{name: test_accuracy, goal: maximize}, {name: train_time_s}]\n"
+     "pruner: {type: none, foo: bar}\n", "pruner.foo: unknown key"),
+    ("metric: [{name: test_accuracy, goal: maximize}, {name: train_time_s}]\n"
+     "early_terminate: {type: none}\n", "early_terminate: Optuna cannot prune"),
+    ("warm_start: {from: listy.yaml}\n", "listy.yaml is not a sweep file"),
+])
+def test_bad_trust_keys_are_one_line_exit_2(tmp_path, text, where):
+    given = {line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")}
+    base = "".join(line for line in ("name: base\n", "method: random\n", "n_trials: 2\n",
+                                     "fixed: {epochs: 1, data.download: false}\n")
+                   if line.split(":")[0] not in given)
+    body = text if "parameters:" in text else text + \
+        "parameters:\n  learning_rate: {values: [0.1]}\n"
+    if "parameters:" in text:
+        body = text.replace("parameters:\n", "parameters:\n  learning_rate: {values: [0.1]}\n")
+    (tmp_path / "base.yaml").write_text(base + body)
+    (tmp_path / "listy.yaml").write_text("- a\n- b\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "runner.py"), "sweep", "base.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "base.yaml" in lines[0] and where in lines[0], lines[0]
+    assert not (tmp_path / "mlruns").exists()
+
 
 GOOD = """
 name: t

@@ -1,0 +1,149 @@
+"""`runner.py ui`: MLflow's UI on the project's store, its links landing on the sweep in
+a real (headless) Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers import ARTIFACTS, ROOT, free_port, get_json, run_cli, wait_http
+
+
+def test_ui_on_a_taken_port_is_exit_2_and_writes_nothing(tmp_path):
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("ui", "--port", str(port), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result
+    assert result.stderr.strip() == f"error: --port {port}: 127.0.0.1:{port} is in use " \
+        "(another server?); choose another --port", result.stderr
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_ui_lands_on_the_sweep(ui, project):
+    base, out, proc = ui
+    api = f"{base}/api/2.0/mlflow"
+    exp = get_json(f"{api}/experiments/get-by-name?experiment_name=look")["experiment"]
+    found = get_json(f"{api}/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in found]
+    parent_id = next(r["info"]["run_id"] for r, t in zip(found, tags, strict=True)
+                     if t.get("sweep.parent") == "true")
+    names = sorted(t["mlflow.runName"] for t in tags if t.get("sweep.parent") != "true")
+    assert names == ["trial-0-has_aux", "trial-0-no_aux", "trial-1-has_aux", "trial-1-no_aux"]
+
+    # First the link, then nothing else: MLflow's request log goes to mlruns/ui.log.
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith(f"MLflow UI at {base}"), lines
+    (link,) = [line.split(": ", 1)[1] for line in lines if "(sweep 'look')" in line]
+    assert "workflowType=machine_learning" in link and len(lines) == 2, lines
+    # Only what the UI needs: no job runner and task consumers (2.4 GB with them).
+    assert tree_rss_mb(proc.pid) < 1024
+
+    # The printed link opens the Model training view with every trial run as a row.
+    text = chromium_page(link, project, "ui_runs_view.png")
+    assert "Run Name" in text and "5 matching runs" in text, text[:2000]
+    assert all(name in text for name in names), text[:2000]
+    assert "Token Usage" not in text and "Latency" not in text  # not GenAI's overview
+
+    # The parent run's page: its description tells the sweep, top trials linked by name.
+    page = f"{base}/#/experiments/{exp['experiment_id']}/runs/{parent_id}"
+    text = chromium_page(page + "?workflowType=machine_learning", project,
+                         "ui_parent_run.png")
+    assert "Sweep look : maximize test_accuracy Best so far: test_accuracy 0." in text, \
+        text[:3000]
+    assert "2 of 2 trials counted" in text and "rank trial test_accuracy" in text, text[:3000]
+    best = get_json(f"{api}/runs/get?run_id={parent_id}")["run"]["data"]["tags"]
+    best_id = next(t["value"] for t in best if t["key"] == "best_run_id")
+    best_name = next(t["mlflow.runName"] for r, t in zip(found, tags, strict=True)
+                     if r["info"]["run_id"] == best_id)
+    assert "rank trial test_accuracy learning_rate run 1 " in text
+    assert text.split("rank trial test_accuracy learning_rate run 1 ")[1].split()[3] == \
+        best_name
+    assert "Paired ablation" in text
+
+    # However runner.py ui dies, its server goes with it (kill -9 cannot be handled).
+    os.kill(proc.pid, 9)
+    end = time.time() + 30
+    while time.time() < end:
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=2)
+            time.sleep(0.5)
+        except OSError:
+            break
+    else:
+        raise AssertionError("the MLflow server outlived a killed `runner.py ui`")
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of a process and all its descendants (the server runs in a session
+    of its own, so a process group would miss it)."""
+    procs = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        # After the name: state, ppid, ..., rss (in pages) is the 22nd field.
+        procs[int(stat.parent.name)] = (int(fields[1]), int(fields[21]))
+    tree, grew = {root}, True
+    while grew:
+        children = {pid for pid, (ppid, _) in procs.items() if ppid in tree} - tree
+        tree |= children
+        grew = bool(children)
+    assert len(tree) >= 3, "runner.py ui, the mlflow server and its uvicorn should all run"
+    return sum(procs[p][1] for p in tree if p in procs) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def chromium_page(url: str, folder: Path, name: str) -> str:
+    """The page's text as headless Chromium renders it; a screenshot lands in ARTIFACTS."""
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed for the UI test (.ci/run installs it)"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--window-size=1400,1000", "--virtual-time-budget=20000"]
+    dom = ""
+    for extra in (["--dump-dom"], [f"--screenshot={ARTIFACTS / name}"]):
+        profile = folder / f"chromium-{name}-{extra[0][2:8]}"  # a newcomer's fresh browser
+        result = subprocess.run([chromium, *flags, f"--user-data-dir={profile}", *extra, url],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        dom = dom or result.stdout
+    assert (ARTIFACTS / name).stat().st_size > 10_000
+    return " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)[^>]*>.*?</\1>", "", dom,
+                                                   flags=re.S)).split())
+
+
+@pytest.fixture
+def ui(project):
+    """`runner.py ui` as a user starts it: its address and what it printed."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = project / f"ui-{port}.out"
+    with open(out, "w") as sink:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "ui", "--port",
+                                 str(port)], cwd=project, env=env, start_new_session=True,
+                                stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        end = time.time() + 60
+        while "(sweep 'look')" not in out.read_text() and time.time() < end:
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", out, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+

@@ -209,7 +209,7 @@ pruner: {type: none}
 fixed: {epochs: 3, batch_size: 128, data.download: false}
 parameters:
   learning_rate: {values: [0.2, 0.01]}
-ablation: {grad_mode: [has_aux, no_aux]}
+ablation: {grad_mode: [has_aux, no_aux, stop_gradient]}
 """
 
 

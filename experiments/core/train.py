@@ -150,6 +150,10 @@ class Trainer:
             out = self.train_step(Tensor.from_numpy(x), Tensor.from_numpy(y)).asnumpy()
             return [(float(out), len(idx))]
 
+    def compiled(self, data: Prepared, batch_size: int) -> bool:
+        """Whether every step call of an epoch of `data` in batches of `batch_size` is."""
+        return (len(data.train_y), batch_size) in self._epochs
+
     def compile_for(self, data: Prepared, batch_size: int) -> None:
         """Compile each step call of an epoch (one call per new shape) before the timed
         epochs: train_time_s then counts training, not MindSpore's one-time graph compile
@@ -222,6 +226,8 @@ def fit(config: Config, data: Prepared, trainer: Trainer,
         raise ValueError(f"trainer is for {trainer.grad_mode}, config wants {config.grad_mode}")
     devices.use(config.device, config.device_id)  # the device recorded is the one that trains
     callbacks = callbacks or Callbacks()
+    if not trainer.compiled(data, config.batch_size):
+        callbacks.on_compile(config.batch_size, config.grad_mode)
     trainer.compile_for(data, config.batch_size)
     trainer.reset(config.seed, config.learning_rate)
     # The data order depends on the seed only, so paired grad modes see the same batches.

@@ -28,6 +28,11 @@ def show(value: Any) -> str:
     return _Short().repr(value)
 
 
+def number(v: Any) -> str:
+    """A trained value as the terminal and the parent's description show it."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def one_line(message: str) -> str:
     """User text (keys, values, paths) may hold newlines or control characters: escape them
     so that an error is always exactly one line."""

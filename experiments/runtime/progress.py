@@ -62,10 +62,19 @@ class EpochBars:
         if self.enabled:
             say(epoch_line(result, self.epochs, self.prefix))
 
+    def on_compile(self, batch_size: int, grad_mode: str) -> None:
+        if self.enabled:
+            say(compile_line(batch_size, grad_mode, self.prefix))
+
     def _close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def compile_line(batch_size: int, grad_mode: str, prefix: str = "") -> str:
+    return (f"{prefix}compiling the graphs for batch {batch_size} ({grad_mode}): a few "
+            "seconds, once per batch size and grad mode in a process ...")
 
 
 def trial_bar(total: int, done: int, enabled: bool = True) -> tqdm:

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from experiments.core import config as cfg
+from experiments.core import verdict
 from experiments.runtime.paths import writable_ancestor
 from experiments.search import noise
 from experiments.search.runs.parent import PARENT_TAG, parents
-from experiments.search.spec.space import shown as show_value
 from experiments.search.spec.sweepfile import load
 from experiments.tracking.store import metric_history_bulk
 
@@ -128,6 +128,9 @@ def runs(target: str, client: Any) -> pd.DataFrame:
                # Runs of a trial that crashed or was interrupted: not a result of the sweep.
                "fail_kind": tags.get("fail_kind", ""),
                "diverged": tags.get("outcome") == "diverged",
+               "diverged_at": (f"epoch {tags['diverged_epoch']}, step {tags['diverged_step']}"
+                               if "diverged_epoch" in tags else ""),
+               "same_bits_as": tags.get("same_bits_as", ""),
                "repeat": int(tags.get("repeat", "0")), "pareto": tags.get("pareto") == "true"}
         row |= {k: _typed(k, v) for k, v in sorted(r.data.params.items())}
         row["grad_mode"] = _grad_mode(r)
@@ -190,7 +193,37 @@ def paired(frame: pd.DataFrame, metrics: tuple[str, ...] = ("final_test_accuracy
     for mode in diverged.columns:
         # A mode that did not run in a trial has no answer, not False (and not NaN -> True).
         out[f"diverged[{mode}]"] = diverged[mode].astype("boolean")
-    return out.reset_index()
+    out = out.reset_index()
+    out.attrs["verdict"] = "\n".join(ablation(frame, metrics[0].removeprefix("final_")))
+    return out
+
+
+def modes_of(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The grad modes of an ablation, the objective's first; () without one."""
+    if frame.empty or "grad_mode" not in frame or frame["grad_mode"].nunique() < 2:
+        return ()
+    objective = frame.loc[frame["role"] == "objective", "grad_mode"]
+    base = objective.iloc[0] if len(objective) else frame["grad_mode"].iloc[0]
+    return (base, *sorted(m for m in frame["grad_mode"].unique() if m != base))
+
+
+def ablation(frame: pd.DataFrame, metric: str = "test_accuracy") -> list[str]:
+    """The ablation's verdict (core/verdict.py) from `runs()`: per grad mode, trials,
+    diverged k of n and where, mean metric, the paired difference to the objective's mode
+    and its noise verdict, or "identical to the bit". The first seed of each trial; runs
+    cut short by a crash or Ctrl-C are no result."""
+    modes = modes_of(frame)
+    if not modes or f"final_{metric}" not in frame:
+        return []
+    ok = frame[frame["trial"].notna() & (frame["fail_kind"] == "")
+               & (frame.get("repeat", 0) == 0) & (frame["role"] != "")]
+    results = [verdict.ModeResult(
+        trial=int(row["trial"]), mode=row["grad_mode"], diverged=row.get("diverged_at") or (
+            "a non-finite loss" if row.get("diverged") else ""),
+        value=None if row.get("diverged") or pd.isna(row[f"final_{metric}"])
+        else float(row[f"final_{metric}"]),
+        identical=row.get("same_bits_as") == modes[0]) for _, row in ok.iterrows()]
+    return verdict.lines(results, modes, metric)
 
 
 def _check_output(option: str, path: str) -> None:
@@ -233,14 +266,18 @@ def report(target: str, client: Any, top: int, csv: str | None = None,
     if "pareto" in frame and frame["pareto"].any():
         shown.append("pareto")
     shown += [c for c in frame.columns if c in ("epochs", "batch_size", "learning_rate")]
-    shown += [c for c in (f"final_{metric}", "best_epoch", f"best_{metric}", "duration_s",
-                          "run_id") if c in frame]
+    shown += [c for c in (f"final_{metric}", "best_epoch", f"best_{metric}") if c in frame]
+    if "diverged" in frame and frame["diverged"].any():
+        shown.append("diverged")
+    shown += [c for c in ("duration_s", "run_id") if c in frame]
+    # The ablation's answer first: its diverged runs sort last and may be off the table.
+    lines = ablation(frame, metric)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        lines = [frame[shown].head(top).to_string(index=False) if len(frame) else
-                 f"no runs in experiment '{name}'"]
+        lines += [frame[shown].head(top).to_string(index=False) if len(frame) else
+                  f"no runs in experiment '{name}'"]
     configs = noise.per_config(frame, metric, ascending) if len(frame) else None
     if configs is not None and len(configs) and configs["seeds"].max() > 1:
-        lines.append(_configs_text(configs, frame, metric, top))
+        lines.append(noise.configs_text(configs, frame, metric, top))
     multi = any("metrics" in p.data.params for p in parents(client, _experiment(client, name),
                                                                  sweep))
     if configs is not None and len(configs) > 1 and not multi:
@@ -256,20 +293,3 @@ def report(target: str, client: Any, top: int, csv: str | None = None,
         write(hist, history_path)
         lines.append(f"wrote {len(hist)} points to {history_path}")
     return "\n".join(lines)
-
-
-def _configs_text(configs: pd.DataFrame, frame: pd.DataFrame, metric: str, top: int) -> str:
-    """Per configuration (trial): its searched values and mean ± std over its seeds."""
-    keys = [c for c in frame.columns if c in cfg.KEYS and c != "seed"
-            and frame[c].nunique(dropna=True) > 1]
-    first = frame.drop_duplicates(["sweep", "trial"]).set_index(["sweep", "trial"])
-    several = configs["sweep"].nunique() > 1
-    rows = []
-    for _, c in configs.head(top).iterrows():
-        where = (c["sweep"], c["trial"])
-        values = "  ".join(f"{k}={show_value(first.loc[where, k])}" for k in keys)
-        std = "-" if pd.isna(c[f"std_{metric}"]) else f"{c[f'std_{metric}']:.4f}"
-        name = f"trial {c['trial']:>3}" + (f" of {c['sweep']}" if several else "")
-        rows.append(f"  {name}  {metric} {c[f'mean_{metric}']:.4f} ± {std}  "
-                    f"({c['seeds']} seeds)  {values}")
-    return "\n".join(["per configuration, mean ± std over seeds (best first):", *rows])

@@ -57,7 +57,7 @@ def run_trials(s: Session) -> End:
     def done(t: FrozenTrial) -> None:
         trial_runs.tag_trial_runs(s.client, t)
         bar.update(1)
-        progress.say(parent.trial_line(t, spec))
+        progress.say(parent.counted_line(t, s.study.get_trials(deepcopy=False), spec))
         story.update(s.client, s.parent, s.study, spec, s.budget)
 
     interrupts.waiting_for("the running trial to stop at its next step and close its run "
@@ -85,6 +85,8 @@ def _with_workers(s: Session, n: int, cpu: bool, deadline: float | None) -> End:
 
     interrupts.waiting_for(f"the {n} workers to stop their trials at the next step and "
                            "close their runs as KILLED")
+    progress.say(f"{n} workers: each compiles its graphs (a few seconds per batch size and "
+                 "grad mode), then trains; a line per trial as it is counted")
     with _watch(s) as tick:
         if forked:
             died = workers.fork_workers(n, lambda i: _worker(s), recovered, tick,
@@ -120,11 +122,14 @@ def _watch(s: Session) -> Iterator[Callable[[], None]]:
     bar = progress.trial_bar(s.budget.limit, len(seen))
 
     def tick() -> None:
-        for t in s.budget.finished(s.study):
+        trials = s.study.get_trials(deepcopy=False)
+        for t in s.budget.counted(trials):
             if t.number not in seen:
                 seen.add(t.number)
                 bar.update(1)
-                progress.say(parent.trial_line(t, s.spec))
+                # The best of the trials shown so far, so the lines read in order.
+                progress.say(parent.counted_line(
+                    t, [u for u in trials if u.number in seen], s.spec))
 
     try:
         yield tick

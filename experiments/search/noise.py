@@ -12,6 +12,9 @@ import math
 
 import pandas as pd
 
+from experiments.core import config as cfg
+from experiments.core.words import number as show_value
+
 ALPHA = 0.05
 
 
@@ -70,3 +73,20 @@ def verdict(frame: pd.DataFrame, table: pd.DataFrame, metric: str, ascending: bo
     if not math.isnan(p) and p < ALPHA:
         return head + f"the best beats the runner-up beyond the noise (p < {ALPHA})"
     return head + f"within the noise (p >= {ALPHA}): the ranking of these two may be luck"
+
+
+def configs_text(configs: pd.DataFrame, frame: pd.DataFrame, metric: str, top: int) -> str:
+    """Per configuration (trial): its searched values and mean ± std over its seeds."""
+    keys = [c for c in frame.columns if c in cfg.KEYS and c != "seed"
+            and frame[c].nunique(dropna=True) > 1]
+    first = frame.drop_duplicates(["sweep", "trial"]).set_index(["sweep", "trial"])
+    several = configs["sweep"].nunique() > 1
+    rows = []
+    for _, c in configs.head(top).iterrows():
+        where = (c["sweep"], c["trial"])
+        values = "  ".join(f"{k}={show_value(first.loc[where, k])}" for k in keys)
+        std = "-" if pd.isna(c[f"std_{metric}"]) else f"{c[f'std_{metric}']:.4f}"
+        name = f"trial {c['trial']:>3}" + (f" of {c['sweep']}" if several else "")
+        rows.append(f"  {name}  {metric} {c[f'mean_{metric}']:.4f} ± {std}  "
+                    f"({c['seeds']} seeds)  {values}")
+    return "\n".join(["per configuration, mean ± std over seeds (best first):", *rows])

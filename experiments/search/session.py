@@ -27,7 +27,7 @@ from experiments.search.study.storage import open_storage
 from experiments.search.trials import warm_queue
 from experiments.search.trials.budget import Budget
 from experiments.search.trials.loop import End, Recovery, recover
-from experiments.tracking import ui
+from experiments.tracking import ui, views
 from experiments.tracking.store import MLRUNS, client
 
 if TYPE_CHECKING:
@@ -114,17 +114,14 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, End]:
     if interrupts.requested() and end.complete:
         progress.say("Ctrl-C came once every trial had counted: nothing was cut short")
     return parent.summary(session.study, spec, session.budget, session.parent, end,
-                          _link(session)), end
+                          _links(session)), end
 
 
-def _link(s: Session) -> str:
-    """The UI's page of the sweep's runs: filtered to them where other sweeps are, or may
-    come (a W&B project)."""
+def _links(s: Session) -> list[str]:
+    """The UI's pages of the sweep: its runs with their numbers, and with an ablation, the
+    runs grouped by grad mode (views kept on the experiment by parent.parent_run)."""
     experiment_id = s.client.get_run(s.parent).info.experiment_id
-    shared = {r.data.tags.get("sweep") for r in parent.parents(s.client, experiment_id)}
-    alone = shared == {s.spec.name} and s.spec.experiment == s.spec.name
-    return ui.link(ui.base_url(), experiment_id, metric=s.spec.metric, goal=s.spec.goal,
-                   sweep=None if alone else s.spec.name)
+    return [views.link(ui.base_url(), experiment_id, key) for key in parent.ui_views(s.spec)]
 
 
 def _met(s: Session) -> bool:

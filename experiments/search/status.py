@@ -23,6 +23,7 @@ def status(options: SweepOptions) -> str:
     from experiments.search.study import internals, liveness
     from experiments.search.study import study as studies
     from experiments.search.study.storage import open_storage
+    from experiments.search.trials import ablation
     from experiments.search.trials.budget import Budget, ranked, reached, tally
     from experiments.tracking.store import MLRUNS
 
@@ -66,6 +67,7 @@ def status(options: SweepOptions) -> str:
         values = "  ".join(f"{k}={show_value(v)}" for k, v in values_of(best).items())
         lines.append(f"best so far: trial {best.number}, {spec.metric}={best.value:.4f}  "
                      f"{values}")
+    lines += ablation.lines(trials, spec)
     lines.append(_eta(counted, running, budget.limit))
     return "\n".join(lines)
 

@@ -39,6 +39,15 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
+def store_name() -> str:
+    """The store as a user finds it: the database file's path, or the URI (a password
+    in it masked)."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return uri.removeprefix("sqlite:///").split("?")[0]
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", uri)
+
+
 def _artifact_root() -> str | None:
     """Artifacts go under mlruns/ for the default store; a server or custom URI decides itself."""
     if os.environ.get("MLFLOW_TRACKING_URI"):

@@ -24,7 +24,8 @@ from typing import Any
 
 from experiments.core.config import UserError
 from experiments.runtime import interrupts
-from experiments.tracking.store import MLRUNS, client, server_args
+from experiments.tracking import views
+from experiments.tracking.store import MLRUNS, client, server_args, store_name
 
 LOG = MLRUNS / "ui.log"
 
@@ -73,10 +74,16 @@ def experiment_lines(c: Any, base: str) -> list[str]:
                 continue
             shown.add(name)
             params = run.data.params
-            url = link(base, exp.experiment_id, metric=params.get("metric"),
-                       goal=params.get("goal", "maximize"),
-                       sweep=name if len(names) > 1 or name != exp.name else None)
+            if views.PREFIX + views.key(name, "runs") in exp.tags:  # the sweep's own view
+                url = views.link(base, exp.experiment_id, views.key(name, "runs"))
+            else:
+                url = link(base, exp.experiment_id, metric=params.get("metric"),
+                           goal=params.get("goal", "maximize"),
+                           sweep=name if len(names) > 1 or name != exp.name else None)
             lines.append(f"{exp.name} (sweep '{name}'): {url}")
+            if views.PREFIX + views.key(name, "ablation") in exp.tags:
+                lines.append(f"{exp.name} (sweep '{name}', the ablation by grad mode): "
+                             + views.link(base, exp.experiment_id, views.key(name, "ablation")))
     return lines
 
 
@@ -86,8 +93,15 @@ def serve(host: str, port: int, verbose: bool, say: Callable[[str], None]) -> in
     if remote.startswith(("http://", "https://")):
         return _point_at(remote.rstrip("/"), say)
     _check_port(host, port)
+    # A UI on no runs is a UI started in the wrong folder: said at once, nothing created
+    # (it used to create an empty store and say "no runs yet", naming no path).
+    c = client(create=False)
+    store = store_name()
+    lines = experiment_lines(c, "")
+    if not lines:
+        raise UserError(f"no runs in the MLflow store {store}: start `runner.py ui` in the "
+                        "folder you ran `sweep` or `train` from, or run one here first")
     interrupts.waiting_for("the MLflow server to stop")
-    c = client()  # creates the store once, under the lock, before the server opens it
     MLRUNS.mkdir(exist_ok=True)  # the log's folder, also when the store is elsewhere
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     out = None if verbose else open(LOG, "a")  # noqa: SIM115 - open while the server runs
@@ -106,9 +120,9 @@ def serve(host: str, port: int, verbose: bool, say: Callable[[str], None]) -> in
                                                        str(LOG)))
             return proc.returncode or 1
         lines = experiment_lines(c, base)
-        say(f"MLflow UI at {base} (Ctrl-C stops it)" + ("" if verbose else
-                                                       f"; its log: {LOG}"))
-        for line in lines or ["no runs yet: run `python runner.py sweep sweeps/lr.yaml`"]:
+        say(f"MLflow UI at {base} on the store {store} (Ctrl-C stops it)"
+            + ("" if verbose else f"; its log: {LOG}"))
+        for line in lines:
             say(f"  {line}")
         while proc.poll() is None and not interrupts.requested():
             time.sleep(0.3)

@@ -19,8 +19,10 @@ from experiments.search.spec.space import shown, values_of
 from experiments.search.spec.sweepfile import SweepSpec
 from experiments.search.spec.warm_start import FROM_ATTR
 from experiments.search.study.study import FINGERPRINT
+from experiments.search.trials import ablation
 from experiments.search.trials.budget import Budget, ranked, tally, word
 from experiments.search.trials.loop import End
+from experiments.tracking import views
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.store import experiment_id
 
@@ -68,7 +70,25 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
         "sweep.target": "none" if spec.target is None else spec.target})
     if chosen.info.status != "RUNNING":
         client.update_run(chosen.info.run_id, status="RUNNING")
+    shared = {r.data.tags.get("sweep") for r in parents(client, exp)}
+    for view_key, state in ui_views(spec, alone=shared == {spec.name}
+                                    and spec.experiment == spec.name).items():
+        views.share(client, exp, view_key, state)
     return chosen.info.run_id
+
+
+def ui_views(spec: SweepSpec, alone: bool = True) -> dict[str, dict]:
+    """The sweep's views in the MLflow UI (tracking/views.py), by key: its runs with the
+    metric, the searched params and each run's result; with an ablation, the runs grouped
+    by grad mode too. Filtered to the sweep where others share its experiment."""
+    params = [p.key for p in spec.parameters][:4]  # the columns that fit a window
+    sweep = None if alone else spec.name
+    out = {views.key(spec.name, "runs"): views.runs_view(spec.metric, spec.goal, params,
+                                                          sweep)}
+    if len(spec.ablation) > 1:
+        out[views.key(spec.name, "ablation")] = views.runs_view(
+            spec.metric, spec.goal, params, sweep, group_by="grad_mode")
+    return out
 
 
 def finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
@@ -123,12 +143,20 @@ def trial_line(t: FrozenTrial, spec: SweepSpec) -> str:
             + "".join(f"  ({note})" for note in notes if note))
 
 
+def counted_line(t: FrozenTrial, trials: list[FrozenTrial], spec: SweepSpec) -> str:
+    """A counted trial's line, with the best so far (one metric) after it."""
+    best = [] if spec.multi else ranked(trials, spec)[:1]
+    return trial_line(t, spec) + "".join(
+        f"  | best so far: trial {b.number}, {spec.metric} {b.value:.4f}" for b in best)
+
+
 def summary(study: optuna.Study, spec: SweepSpec, budget: Budget, parent_run_id: str,
-            end: End, link: str, top: int = 5) -> str:
+            end: End, links: list[str], top: int = 5) -> str:
     trials = study.get_trials(deepcopy=False)
     done = ranked(trials, spec)
     lines = [f"sweep '{spec.name}' ({end.text}): {len(budget.counted(trials))}/"
              f"{budget.limit} trials counted ({tally(trials, budget)})"]
+    lines += ablation.lines(trials, spec)
     if done and spec.multi:
         front = ranked(pareto(trials, spec.metrics), spec)
         lines.append(f"Pareto front ({describe(spec.metrics)}): {len(front)} trial(s)")
@@ -137,8 +165,9 @@ def summary(study: optuna.Study, spec: SweepSpec, budget: Budget, parent_run_id:
         lines.append(f"top {min(top, len(done))} by {spec.metric} ({spec.goal}):")
         lines += ["  " + trial_line(t, spec) for t in done[:top]]
     local = not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http")
-    lines.append(f"MLflow: {link}" + ("  (after `python runner.py ui`)" if local else "")
+    lines.append(f"MLflow: {links[0]}" + ("  (after `python runner.py ui`)" if local else "")
                  + f"  (experiment '{spec.experiment}', parent run {parent_run_id})")
+    lines += [f"MLflow, the ablation by grad mode: {extra}" for extra in links[1:]]
     return "\n".join(lines)
 
 

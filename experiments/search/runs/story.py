@@ -16,7 +16,6 @@ lock file; on several hosts the last writer wins, with a state as current as its
 from __future__ import annotations
 
 import fcntl
-import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from experiments.search.spec.metrics import describe as describe_metrics
 from experiments.search.spec.metrics import pareto
 from experiments.search.spec.space import shown, values_of
 from experiments.search.spec.sweepfile import SweepSpec
+from experiments.search.trials import ablation
 from experiments.search.trials.budget import Budget, ranked
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.store import MLRUNS
@@ -131,6 +131,10 @@ def describe(spec: SweepSpec, experiment_id: str, trials: list[FrozenTrial],
     top = ranked(trials, spec)[:TOP]
     keys = [p.key for p in spec.parameters]
     lines = [f"### Sweep `{spec.name}`: {describe_metrics(spec.metrics)}", ""]
+    verdict = ablation.lines(trials, spec)
+    if verdict:  # the ablation's answer first: the UI folds all but the first lines
+        lines += [f"**{verdict[0].rstrip(':')}:**  ", *(f"{v.strip()}  " for v in verdict[1:]),
+                  ""]
     front = {t.number for t in pareto(trials, spec.metrics)} if spec.multi else set()
     if top and spec.multi:
         lines += [f"**Pareto front so far: {len(front)} trial(s)** (no trial is better in "
@@ -163,7 +167,6 @@ def describe(spec: SweepSpec, experiment_id: str, trials: list[FrozenTrial],
             lines.append(f"| {rank} | {t.number}{mark} | {scores} | {cells} | "
                          f"{_run_link(t, experiment_id)} |")
         lines.append("")
-    lines += _ablation(spec, trials)
     return _clip("\n".join(lines), NOTE_MAX)
 
 
@@ -175,29 +178,6 @@ def _run_link(t: FrozenTrial, experiment_id: str) -> str:
     mode = next((k.removeprefix("run_id.") for k, v in t.user_attrs.items()
                  if k.startswith("run_id.") and v == run_id), "run")
     return f"[trial-{t.number}-{mode}](#/experiments/{experiment_id}/runs/{run_id})"
-
-
-def _ablation(spec: SweepSpec, trials: list[FrozenTrial]) -> list[str]:
-    """Per grad mode of the ablation: trials, mean final metric, difference to the
-    objective's mode over the same trials, divergences."""
-    if len(spec.ablation) < 2:
-        return []
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    base = spec.ablation[0]
-    lines = [f"Paired ablation over {len(done)} complete trials (same seed, weights and "
-             f"batches; `{base}` is the objective):", "",
-             f"| grad mode | mean {spec.metric} | mean difference to {base} | diverged |",
-             "|---|---|---|---|"]
-    for mode in spec.ablation:
-        key = f"{spec.metric}.{mode}"
-        values = [t.user_attrs[key] for t in done if key in t.user_attrs]
-        pairs = [t.user_attrs[key] - t.user_attrs[f"{spec.metric}.{base}"] for t in done
-                 if key in t.user_attrs and f"{spec.metric}.{base}" in t.user_attrs]
-        diverged = sum(f"diverged.{mode}" in t.user_attrs for t in done)
-        mean = f"{statistics.mean(values):.4f}" if values else "-"
-        diff = f"{statistics.mean(pairs):+.4f}" if pairs and mode != base else "-"
-        lines.append(f"| {mode} | {mean} | {diff} | {diverged} of {len(done)} |")
-    return [*lines, ""]
 
 
 def _clip(text: str, limit: int) -> str:

@@ -23,9 +23,27 @@ def run_ids(t: FrozenTrial) -> list[str]:
 
 
 def tag_trial_runs(client: Any, t: FrozenTrial) -> None:
-    """Copy the Optuna state onto the trial's runs, where the MLflow UI shows it."""
-    for run_id in run_ids(t):
-        MlflowRun(client, run_id).set_tags({"state": t.state.name})
+    """Copy the Optuna state onto the trial's runs, where the MLflow UI shows it, with each
+    run's `result` in words: a pruned trial's last value is told from a final one."""
+    for name, run_id in t.user_attrs.items():
+        if name.startswith("run_id."):
+            mode = name.removeprefix("run_id.").split(".")[0]
+            MlflowRun(client, run_id).set_tags({"state": t.state.name,
+                                                "result": result(t, mode)})
+
+
+def result(t: FrozenTrial, mode: str) -> str:
+    """How one grad mode's training of a counted trial ended, in a few words."""
+    if f"diverged_at.{mode}" in t.user_attrs or f"diverged.{mode}" in t.user_attrs:
+        where = t.user_attrs.get(f"diverged_at.{mode}", "")
+        return f"diverged at {where}" if where else "diverged"
+    if t.state == TrialState.PRUNED:
+        return f"pruned after epoch {t.last_step}" if t.last_step is not None else "pruned"
+    if t.state == TrialState.FAIL:
+        return "failed"
+    if t.user_attrs.get(f"identical.{mode}"):
+        return "complete, same bits as the objective"
+    return "complete"
 
 
 def close_runs(client: Any, experiment: str

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments.core import words
+
 DISTRIBUTIONS = (
     "constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform",
     "log_uniform_values", "q_log_uniform", "q_log_uniform_values", "inv_log_uniform",
@@ -215,9 +217,7 @@ def suggest(trial: Any, params: tuple[Param, ...], grid: bool = False) -> dict[s
     return out
 
 
-def shown(v: Any) -> str:
-    """A trained value as the terminal and the parent's description show it."""
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+shown = words.number  # a trained value as the terminal and the parent's description show it
 
 
 def values_of(t: Any) -> dict[str, Any]:

@@ -23,11 +23,12 @@ import optuna
 from experiments.core import config as cfg
 from experiments.core.hooks import Callbacks, EpochResult, Stop, compose
 from experiments.core.train import trainer_for
-from experiments.runtime.progress import EpochBars
+from experiments.runtime.progress import EpochBars, compile_line, say
 from experiments.search.spec import models_kept, space
 from experiments.search.spec.sweepfile import SweepSpec
 from experiments.search.spec.warm_start import FROM_ATTR
 from experiments.search.study import liveness
+from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.reuse import take_over
 from experiments.tracking.tracked_fit import Outcome, TrackContext, tracked_fit
 
@@ -47,6 +48,10 @@ def repeat_seeds(config_seed: int, sweep_seed: int, repeats: int) -> list[int]:
             seeds.append(seed)
         r += 1
     return seeds
+
+
+def _compiling(batch_size: int, grad_mode: str) -> None:
+    say(compile_line(batch_size, grad_mode))  # a worker is quiet: its parent says it
 
 
 def mean(values: list[float]) -> float:
@@ -72,12 +77,15 @@ class TrialRunner:
         finals: dict[str, list[EpochResult]] = {mode: [] for mode in modes}
         runs: dict[str, list[str]] = {mode: [] for mode in modes}
         epochs_run, pruned, failure = config.epochs, False, ""
+        curves: dict[str, list[tuple[float, ...]]] = {}  # the first seed's, per mode
         for r, seed in enumerate(seeds):
             for i, mode in enumerate(modes):
                 run_config = dataclasses.replace(config, grad_mode=mode, epochs=epochs_run,
                                                  seed=seed)
                 outcome = self._train(trial, run_config, r, i == 0)
                 runs[mode].append(outcome.run_id)
+                if r == 0:
+                    self._note_outcome(trial, mode, outcome, curves)
                 if i == 0 and r == 0:
                     trial.set_user_attr("mlflow_run_id", outcome.run_id)
                     pruned = outcome.stopped is not None
@@ -128,11 +136,29 @@ class TrialRunner:
         bars = EpochBars(config.epochs, enabled=False)
         return tracked_fit(
             self.ctx, config, trainer_for(mode), name, tags=tags,
-            callbacks=compose(bars, self._reporter(trial, config.epochs) if pruned_on else None),
+            callbacks=compose(bars, Callbacks(on_compile=_compiling),
+                              self._reporter(trial, config.epochs) if pruned_on else None),
             diverged_status="FAILED" if first else "FINISHED",
             save_model=lambda final: self._keeps_model(trial, first and repeat == 0, final),
             # Recorded before training, so a crash recovery can find and close the run.
             on_run_start=lambda run_id: trial.set_user_attr(key, run_id))
+
+    def _note_outcome(self, trial: optuna.Trial, mode: str, outcome: Outcome,
+                       curves: dict[str, list[tuple[float, ...]]]) -> None:
+        """For the ablation's verdict (core/verdict.py) and the runs' `result`: where a mode
+        diverged, and (in an ablation) whether its every epoch's losses and accuracy equal
+        the objective mode's to the bit (then its run says so too, `same_bits_as`)."""
+        if outcome.diverged is not None:  # every sweep's: the run's `result` says where
+            trial.set_user_attr(f"diverged_at.{mode}", f"epoch {outcome.diverged.epoch}, "
+                                                       f"step {outcome.diverged.step}")
+            return
+        if len(self.spec.ablation) < 2:
+            return
+        curves[mode] = [(e.train_loss, e.test_loss, e.test_accuracy) for e in outcome.history]
+        base = next(iter(curves))
+        if mode != base and curves[mode] and curves[mode] == curves[base]:
+            trial.set_user_attr(f"identical.{mode}", True)
+            MlflowRun(self.ctx.client, outcome.run_id).set_tags({"same_bits_as": base})
 
     def _record(self, trial: optuna.Trial, finals: dict[str, list[EpochResult]],
                 runs: dict[str, list[str]]) -> None:

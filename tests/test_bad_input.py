@@ -50,8 +50,9 @@ def run_main(argv, folder):
 def assert_clean_failure(code, err, folder, expected_files):
     assert code == 2, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
+    # One line per mistake (a sweep file's every mistake is told at once), each an error.
+    assert lines and all(line.startswith("error: ") for line in lines), err
+    assert len(set(lines)) == len(lines) and "Traceback" not in err
     assert sorted(p.name for p in Path(folder).iterdir()) == expected_files
 
 

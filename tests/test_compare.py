@@ -1,6 +1,10 @@
 """A sweep's runs in pandas and `runner.py compare`: one typed row per run, the
 history in long form, the paired ablation; replays and other sweeps left out."""
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +12,7 @@ import pandas as pd
 import pytest
 
 import runner
-from experiments.search import compare
+from experiments.search import compare, report
 from helpers import REPEATS, mlflow_client, run_cli
 
 
@@ -36,7 +40,7 @@ def test_sweeps_sharing_a_project_are_compared_apart(store):
     client = mlflow_client(store)
     frame = compare.runs("shared", client)
     assert set(frame["sweep"]) == {"pa", "pb"} and (frame["seeds"] == 2).all()
-    text = compare.report("shared", client, 10)
+    text = report.report("shared", client, 10)
     assert "(4 seeds)" not in text and " of pa" in text and " of pb" in text
 
 
@@ -65,7 +69,10 @@ def test_runs_frame_has_typed_rows(project):
 def test_history_is_long_and_complete(project):
     client = mlflow_client(project)
     hist = compare.history("look", client)
-    assert list(hist.columns) == ["run_id", "trial", "grad_mode", "epoch", "metric", "value"]
+    # The swept params ride along: the top curves plot without a merge.
+    assert list(hist.columns) == ["run_id", "trial", "grad_mode", "learning_rate", "epoch",
+                                  "metric", "value"]
+    assert set(hist["learning_rate"]) == {0.2, 0.01}
     assert hist["epoch"].dtype == np.int64 and hist["value"].dtype == np.float64
     has_aux = hist[hist["grad_mode"] == "has_aux"]
     # 2 trials x 3 epochs x 7 metrics, each point once.
@@ -171,3 +178,39 @@ def test_compare_refuses_outputs_it_cannot_write(project, option, path, monkeypa
     assert len(err) == 1 and option in err[0] and "cannot write" in err[0]
     assert sorted(p.name for p in project.iterdir()) == before  # not even ok.csv
 
+
+
+def test_pandas_from_a_folder_outside_the_repository(project, tmp_path):
+    """The README's set-up installs the package: a notebook anywhere reads any store."""
+    script = f"""
+from experiments.search import compare
+frame = compare.runs("look", store={str(project)!r})
+hist = compare.history("look", store={str(project / "mlruns")!r})
+print(len(frame), "|".join(sorted(set(frame["result"].str.split(",").str[0]))))
+print(list(hist.columns))
+print(compare.paired(frame).attrs["verdict"].splitlines()[0])
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",
+                                                            "MLFLOW_TRACKING_URI")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts, columns, verdict = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"6 complete\|diverged at epoch \d+(\|diverged at epoch \d+)?",
+                        counts), counts
+    assert columns == "['run_id', 'trial', 'grad_mode', 'learning_rate', 'epoch', 'metric', " \
+        "'value']"
+    assert verdict.startswith("ablation (same seed")
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_an_unknown_experiment_is_refused_before_mlflow_and_pandas_load(project):
+    """It took 22 s to say no on a loaded machine: the store is asked with sqlite3 first."""
+    script = ("import sys, runner; code = runner.main(['compare', '--experiment', 'nope']); "
+              "print(code, 'mlflow' in sys.modules, 'pandas' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["2", "False", "False"], result
+    assert result.stderr.strip() == "error: no MLflow experiment named 'nope' in " \
+        f"{project / 'mlruns' / 'mlflow.db'}"

@@ -2,6 +2,7 @@
 import pytest
 
 from experiments.core import config as cfg
+from helpers import ROOT, run_cli
 
 
 def test_defaults_are_the_seed():
@@ -62,3 +63,13 @@ def test_learning_rate_at_the_float32_limits_trains_as_given():
 ])
 def test_one_spelling_rule_for_every_key(item, key, value):
     assert cfg.parse_overrides([item]) == {key: value}
+
+
+@pytest.mark.parametrize("command", [["train"], ["sweep", "SWEEP"]])
+def test_a_misspelt_set_key_gets_a_did_you_mean(command, tmp_path):
+    args = [str(ROOT / "sweeps" / "lr.yaml") if a == "SWEEP" else a for a in command]
+    result = run_cli(*args, "--set", "learnign_rate=0.1", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and not list(tmp_path.iterdir()), result
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: unknown config key 'learnign_rate' (did you mean "
+                           "learning_rate?); known keys: epochs, "), line

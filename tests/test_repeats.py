@@ -47,11 +47,11 @@ def test_repeats_train_k_seeds_and_the_objective_is_their_mean(store, capsys):
 
     from scipy import stats
 
-    from experiments.search import compare
+    from experiments.search import compare, report
     frame = compare.runs(str(store / "sweep.yaml"), client)
     assert {"mean_test_accuracy", "std_test_accuracy", "seeds"} <= set(frame.columns)
     assert (frame["seeds"] == 3).all()
-    text = compare.report(str(store / "sweep.yaml"), client, 10)
+    text = report.report(str(store / "sweep.yaml"), client, 10)
     assert "per configuration, mean ± std over seeds" in text
     ranked = sorted(study.get_trials(), key=lambda t: t.value, reverse=True)
     best, second = ([r.data.metrics["test_accuracy"] for r in objective_runs(children, t.number)]

@@ -8,7 +8,7 @@ import pytest
 
 import runner
 from experiments.search.spec import sweepfile
-from helpers import FAST, ROOT, sweep_file
+from helpers import FAST, ROOT, run_cli, sweep_file
 
 
 @pytest.mark.parametrize("key, values", [("data.path", "[a, b]"),
@@ -175,3 +175,20 @@ def test_set_overrides_merge_into_fixed(tmp_path):
     assert spec.fixed["epochs"] == 1
     with pytest.raises(sweepfile.SweepError, match=r"parameters\.learning_rate"):
         sweepfile.load(ROOT / "sweeps" / "lr.yaml", {"learning_rate": 0.1})
+
+
+def test_every_mistake_of_a_sweep_file_is_told_in_one_go(tmp_path):
+    """A W&B file with three mistakes took three runs, one error each."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nmethod: bayes\nmetric: {name: test_accuracy, goal: maximise}\n"
+                    "parameters:\n"
+                    "  learning_rate: {distribution: log_uniform_values, min: 0.1, max: 0.01}\n"
+                    "  epocs: {value: 2}\n")
+    result = run_cli("sweep", str(path), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(": ")[2] for line in lines] == [
+        "metric.goal", "parameters.learning_rate.min", "parameters.epocs"], lines
+    assert all(line.startswith(f"error: {path}: ") for line in lines)
+    assert "did you mean maximize?" in lines[0] and "did you mean epochs?" in lines[2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]

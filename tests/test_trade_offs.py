@@ -29,10 +29,10 @@ def test_a_trade_off_tags_optunas_pareto_front(store, capsys):
     assert parent.data.tags["pareto_trials"] == ",".join(str(n) for n in sorted(front))
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert "plots/pareto_front.png" in artifacts
-    from experiments.search import compare
+    from experiments.search import compare, report
     frame = compare.runs(str(store / "sweep.yaml"), client)
     assert set(frame.loc[frame["pareto"], "trial"]) == front
-    assert "pareto" in compare.report(str(store / "sweep.yaml"), client, 10)
+    assert "pareto" in report.report(str(store / "sweep.yaml"), client, 10)
 
 
 TRADEOFF = """

@@ -146,7 +146,8 @@ def _scalar(text: str) -> Any:
 def coerce(key: str, value: Any) -> Any:
     """Convert a raw value (a CLI string or a YAML scalar) for `key`, or raise ConfigError."""
     if key not in _RULES:
-        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
+        raise ConfigError(f"unknown config key {show(key)}{did_you_mean(key, KEYS)}; known "
+                          f"keys: {', '.join(KEYS)}")
     rule = _RULES[key]
     bad = ConfigError(f"config key '{key}': expected {rule.text}, got {show(value)}")
     if rule.kind == "str":

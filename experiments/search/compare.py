@@ -1,9 +1,11 @@
-"""Runs of a sweep (or any experiment) as pandas DataFrames.
+"""Runs of a sweep (or any experiment) as pandas DataFrames, from any folder.
 
-`runs()` is one row per trial run with typed params and final and best-epoch metrics;
-`history()` is every per-epoch point in long form, fetched in bulk (one request per
-metric per 100 runs, not one per run per metric); `paired()` puts the grad modes of one
-trial side by side with their differences; `report()` is `runner.py compare`.
+`runs()` is one row per trial run with typed params, each run's result in words, and
+final and best-epoch metrics; `history()` is every per-epoch point in long form with the
+swept params, fetched in bulk (one request per metric per 100 runs, not one per run per
+metric); `paired()` puts the grad modes of one trial side by side with their differences
+and `ablation()` says the verdict. Each takes a client or `store=` (a project folder, its
+mlruns/, an mlflow.db or a URI). `runner.py compare` is report.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import pandas as pd
 
 from experiments.core import config as cfg
 from experiments.core import verdict
-from experiments.runtime.paths import writable_ancestor
 from experiments.search import noise
 from experiments.search.runs.parent import PARENT_TAG, parents
 from experiments.search.spec.sweepfile import load
@@ -45,14 +46,14 @@ def sweep_of(target: str) -> str | None:
 
 def sweep_metric(name: str, client: Any, sweep: str | None = None) -> tuple[str, bool]:
     """(metric, ascending) from the sweep's parent run, test_accuracy descending otherwise."""
-    found = parents(client, _experiment(client, name), sweep)
+    found = parents(client, experiment_id_of(client, name), sweep)
     if found:
         params = found[0].data.params
         return params.get("metric", "test_accuracy"), params.get("goal") == "minimize"
     return "test_accuracy", False
 
 
-def _experiment(client: Any, name: str) -> str:
+def experiment_id_of(client: Any, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         raise CompareError(f"no MLflow experiment named '{name}' in {client.tracking_uri}")
@@ -68,10 +69,10 @@ def _typed(key: str, value: str) -> Any:
     return value
 
 
-def _search(client: Any, name: str, sweep: str | None = None) -> list:
+def trial_runs_of(client: Any, name: str, sweep: str | None = None) -> list:
     out, token = [], None
     while True:
-        page = client.search_runs([_experiment(client, name)], max_results=1000,
+        page = client.search_runs([experiment_id_of(client, name)], max_results=1000,
                                   page_token=token)
         # A tag filter with != skips runs without the tag, so parents are dropped here; and
         # replays, which check a run's bits and are no result of their own (a replay in a
@@ -84,11 +85,25 @@ def _search(client: Any, name: str, sweep: str | None = None) -> list:
             return out
 
 
-def history(target: str, client: Any, found: list | None = None) -> pd.DataFrame:
-    """Long form: run_id, trial, grad_mode, epoch, metric, value."""
-    found = found if found is not None else _search(client, experiment_name(target),
+def _client(client: Any, store: str | Path | None) -> Any:
+    """The client given, or one on `store` (a project folder, mlruns/, mlflow.db or a
+    URI), or on the store of the folder this runs in."""
+    from experiments.tracking.store import client as local
+    from experiments.tracking.store import client_for
+
+    return client if client is not None else client_for(store) if store is not None \
+        else local(create=False)
+
+
+def history(target: str, client: Any = None, found: list | None = None, *,
+            store: str | Path | None = None) -> pd.DataFrame:
+    """Long form: run_id, trial, grad_mode, the swept params, epoch, metric, value; ready
+    to plot the top trials' curves without a merge."""
+    client = _client(client, store)
+    found = found if found is not None else trial_runs_of(client, experiment_name(target),
                                                     sweep_of(target))
     meta = {r.info.run_id: {**r.data.tags, "grad_mode": _grad_mode(r)} for r in found}
+    swept = _swept(found)
     ids = list(meta)
     rows = [(m.run_id, m.step, key, m.value) for key in EPOCH_METRICS
             for m in metric_history_bulk(client, ids, key, MAX_STEPS)]
@@ -96,8 +111,22 @@ def history(target: str, client: Any, found: list | None = None) -> pd.DataFrame
         {"epoch": "int64", "value": "float64"})
     frame["trial"] = frame["run_id"].map(lambda i: _trial(meta[i])).astype("Int64")
     frame["grad_mode"] = frame["run_id"].map(lambda i: meta[i]["grad_mode"])
-    frame = frame[["run_id", "trial", "grad_mode", "epoch", "metric", "value"]]
+    params = {r.info.run_id: r.data.params for r in found}
+    for key in swept:
+        frame[key] = frame["run_id"].map(lambda i, k=key: _typed(k, params[i].get(k, "")))
+    frame = frame[["run_id", "trial", "grad_mode", *swept, "epoch", "metric", "value"]]
     return frame.sort_values(["trial", "grad_mode", "metric", "epoch"]).reset_index(drop=True)
+
+
+def _swept(found: list) -> list[str]:
+    """The config keys whose value differs between the runs (those the sweep searched),
+    grad_mode aside (a column of its own)."""
+    values: dict[str, set] = {}
+    for r in found:
+        for k, v in r.data.params.items():
+            if k in cfg.KEYS and k != "grad_mode":
+                values.setdefault(k, set()).add(v)
+    return sorted(k for k, seen in values.items() if len(seen) > 1)
 
 
 def _grad_mode(run: Any) -> str:
@@ -110,11 +139,14 @@ def _trial(tags: dict) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def runs(target: str, client: Any) -> pd.DataFrame:
-    """One row per run: trial, state, grad_mode, params (typed), final and best-epoch metrics."""
+def runs(target: str, client: Any = None, *, store: str | Path | None = None) -> pd.DataFrame:
+    """One row per run: trial, state, result, grad_mode, params (typed), final and
+    best-epoch metrics. `final_*` is the last epoch's: a pruned trial's `result` says
+    "pruned after epoch k", a complete one's "complete"."""
+    client = _client(client, store)
     name, sweep = experiment_name(target), sweep_of(target)
     metric, ascending = sweep_metric(name, client, sweep)
-    found = _search(client, name, sweep)
+    found = trial_runs_of(client, name, sweep)
     if not found:
         return pd.DataFrame(columns=["trial", "state", "grad_mode", "fail_kind", "run_id"])
     hist = history(name, client, found)
@@ -123,7 +155,7 @@ def runs(target: str, client: Any) -> pd.DataFrame:
     for r in found:
         tags, info = r.data.tags, r.info
         row = {"sweep": tags.get("sweep", ""), "trial": _trial(tags),
-               "state": tags.get("state", info.status),
+               "state": tags.get("state", info.status), "result": tags.get("result", ""),
                "status": info.status, "role": tags.get("role", ""),
                # Runs of a trial that crashed or was interrupted: not a result of the sweep.
                "fail_kind": tags.get("fail_kind", ""),
@@ -224,72 +256,3 @@ def ablation(frame: pd.DataFrame, metric: str = "test_accuracy") -> list[str]:
         else float(row[f"final_{metric}"]),
         identical=row.get("same_bits_as") == modes[0]) for _, row in ok.iterrows()]
     return verdict.lines(results, modes, metric)
-
-
-def _check_output(option: str, path: str) -> None:
-    """Before any work: a path ending .csv/.parquet that is not a folder and can be made."""
-    if not path.endswith((".csv", ".parquet")):
-        raise CompareError(f"{option}: expected a path ending in .csv or .parquet, got {path}")
-    try:
-        if Path(path).is_dir():
-            raise IsADirectoryError(21, "is a folder")
-        writable_ancestor(Path(path))
-    except OSError as exc:
-        raise CompareError(f"{option}: cannot write {path} ({exc.strerror or exc})") from None
-
-
-def write(frame: pd.DataFrame, path: str) -> None:
-    """CSV, or Parquet when the name ends in .parquet; written whole or not at all."""
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        if target.suffix == ".parquet":
-            frame.to_parquet(partial, index=False)
-        else:
-            frame.to_csv(partial, index=False)
-        partial.replace(target)
-    except OSError as exc:
-        raise CompareError(f"cannot write {path} ({exc.strerror or exc})") from None
-
-
-def report(target: str, client: Any, top: int, csv: str | None = None,
-           history_path: str | None = None) -> str:
-    """`runner.py compare`: the top runs as a table, and the CSV/Parquet files asked for."""
-    for option, path in (("--csv", csv), ("--history", history_path)):
-        if path:
-            _check_output(option, path)
-    frame = runs(target, client)
-    name, sweep = experiment_name(target), sweep_of(target)
-    metric, ascending = sweep_metric(name, client, sweep)
-    shown = [c for c in ("trial", "state", "grad_mode", "repeat") if c in frame]
-    if "pareto" in frame and frame["pareto"].any():
-        shown.append("pareto")
-    shown += [c for c in frame.columns if c in ("epochs", "batch_size", "learning_rate")]
-    shown += [c for c in (f"final_{metric}", "best_epoch", f"best_{metric}") if c in frame]
-    if "diverged" in frame and frame["diverged"].any():
-        shown.append("diverged")
-    shown += [c for c in ("duration_s", "run_id") if c in frame]
-    # The ablation's answer first: its diverged runs sort last and may be off the table.
-    lines = ablation(frame, metric)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        lines += [frame[shown].head(top).to_string(index=False) if len(frame) else
-                  f"no runs in experiment '{name}'"]
-    configs = noise.per_config(frame, metric, ascending) if len(frame) else None
-    if configs is not None and len(configs) and configs["seeds"].max() > 1:
-        lines.append(noise.configs_text(configs, frame, metric, top))
-    multi = any("metrics" in p.data.params for p in parents(client, _experiment(client, name),
-                                                                 sweep))
-    if configs is not None and len(configs) > 1 and not multi:
-        lines.append(noise.verdict(frame, configs, metric, ascending))
-    elif configs is not None and len(configs) > 1:
-        lines.append("noise: a trade-off has no one best configuration to test; its answer "
-                     "is the Pareto front (the pareto column)")
-    if csv:
-        write(frame, csv)
-        lines.append(f"wrote {len(frame)} runs to {csv}")
-    if history_path:
-        hist = history(name, client, _search(client, name, sweep))
-        write(hist, history_path)
-        lines.append(f"wrote {len(hist)} points to {history_path}")
-    return "\n".join(lines)

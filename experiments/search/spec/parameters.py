@@ -45,14 +45,18 @@ def parameters(r: Reader, raw: dict, fixed: dict, method: str) -> tuple[Param, .
         raise r.fail("parameters", "empty; give at least one config key to search")
     out, seen = [], {}
     for where, key, spec in _flatten(r, raw, "parameters", ""):
-        if key in seen:
-            raise r.fail(where, f"{key} is given twice (also at {seen[key]}): a key has one law")
-        seen[key] = where
-        out.append(_param(r, where, key, spec, fixed, method))
+        with r.each():  # each parameter's mistake is told, with the others'
+            if key in seen:
+                raise r.fail(where, f"{key} is given twice (also at {seen[key]}): a key has "
+                                    "one law")
+            seen[key] = where
+            out.append(_param(r, where, key, spec, fixed, method))
     if method == "grid":
         for p in out:
-            for i, value in enumerate(p.grid_values()):
-                r.config_value(f"{seen[p.key]} (grid value {i})", p.key, value)
+            with r.each():
+                for i, value in enumerate(p.grid_values()):
+                    r.config_value(f"{seen[p.key]} (grid value {i})", p.key, value)
+    r.check()
     return tuple(out)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,34 @@ from experiments.core import yamlfile
 
 
 class SweepError(cfg.UserError):
-    """A bad sweep file; the message is one line."""
+    """A bad sweep file; the message is one line, one per mistake (`lines`)."""
+
+    def __init__(self, message: str, lines: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.lines = lines or (message,)
 
 
 class Reader:
-    """Checks for the values of one sweep file, whose path every message names."""
+    """Checks for the values of one sweep file, whose path every message names. Parts of
+    the file checked on their own (`each`) note their mistake and the reading goes on, so
+    a file with three mistakes is told all three at once (`check`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.found: list[str] = []
+
+    @contextlib.contextmanager
+    def each(self) -> Iterator[None]:
+        """One part of the file: its mistake is noted, and the next part is read."""
+        try:
+            yield
+        except SweepError as exc:
+            self.found += [line for line in exc.lines if line not in self.found]
+
+    def check(self) -> None:
+        """Every mistake noted so far, in one SweepError (a line each)."""
+        if self.found:
+            raise SweepError("; ".join(self.found), tuple(self.found))
 
     def fail(self, key: str, problem: str) -> SweepError:
         return SweepError(cfg.one_line(f"{self.path}: {key}: {problem}"))
@@ -36,11 +57,12 @@ class Reader:
         return value
 
     def known(self, value: dict, key: str, allowed: tuple[str, ...]) -> None:
-        for k in value:
-            if k not in allowed:
-                where = f"{key}.{k}" if key else k
-                raise self.fail(where, f"unknown key{cfg.did_you_mean(k, allowed)}; allowed: "
-                                       f"{', '.join(allowed)}")
+        """Every unknown key of the mapping, told together."""
+        lines = tuple(cfg.one_line(f"{self.path}: {f'{key}.{k}' if key else k}: unknown key"
+                                   f"{cfg.did_you_mean(k, allowed)}; allowed: "
+                                   f"{', '.join(allowed)}") for k in value if k not in allowed)
+        if lines:
+            raise SweepError("; ".join(lines), lines)
 
     def choice(self, value: Any, key: str, allowed: tuple[str, ...]) -> Any:
         if not isinstance(value, str | int | float | bool) or value not in allowed:

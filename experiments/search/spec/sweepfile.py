@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.core import config as cfg
-from experiments.search.spec import models_kept
+from experiments.search.spec import models_kept, settings
 from experiments.search.spec.metrics import (
     Objective,
     check_multi,
@@ -31,6 +31,7 @@ from experiments.search.spec.metrics import (
 from experiments.search.spec.parameters import parameters
 from experiments.search.spec.pruners import Pruner, read_pruner
 from experiments.search.spec.reader import Reader, SweepError, read
+from experiments.search.spec.settings import MAX_TRIALS, RECORDED_ONLY
 from experiments.search.spec.space import Param
 from experiments.search.spec.warm_start import WarmStart, read_warm_start
 
@@ -40,15 +41,11 @@ WANDB_KEYS = ("program", "command", "entity", "project", "description", "name", 
 RUNNER_KEYS = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation", "repeats",
                "warm_start", "models", "ordered")
 WANDB_ONLY = ("program", "command", "entity", "project", "run_cap", "early_terminate")
-# W&B keys about its own service: kept on the parent run, nothing to do here.
-RECORDED_ONLY = ("apiVersion", "kind", "controller", "job", "image_uri")
 TOP_KEYS = WANDB_KEYS + RUNNER_KEYS + RECORDED_ONLY
 REFUSED = {"scheduler": "W&B's custom schedulers (Optuna or Ax engines) are not run here; "
                         "use method and early_terminate",
            "metrics": "a multi-objective sweep lists its metrics under `metric`: "
                       "metric: [{name: ..., goal: ...}, {name: ..., goal: ...}]"}
-MAX_TRIALS = 100_000
-
 __all__ = ["MAX_TRIALS", "Param", "Pruner", "SweepError", "SweepSpec", "load"]
 
 
@@ -167,52 +164,89 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
     path = str(path)
     r = Reader(path)
     raw = r.mapping(read(path), "(top level)")
+    # Each part is checked on its own, with a stand-in when it is wrong, so that every
+    # mistake of the file is told in one go (three mistakes took three runs).
     for key, why in REFUSED.items():
         if key in raw:
-            raise r.fail(key, why)
-    r.known(raw, "", TOP_KEYS)
+            with r.each():
+                raise r.fail(key, why)
+    with r.each():  # a refused key is told why above, not as unknown
+        r.known({k: v for k, v in raw.items() if k not in REFUSED}, "", TOP_KEYS)
     if "parameters" not in raw:
-        raise r.fail("parameters", "missing; a sweep needs parameters to search")
+        with r.each():
+            raise r.fail("parameters", "missing; a sweep needs parameters to search")
     name = raw.get("name", Path(path).stem)
     if not cfg.valid_name(name):
         given = "" if "name" in raw else " (the file's name: the file gives no `name`)"
-        raise r.fail("name", f"got {cfg.show(name)}{given}; allowed: {cfg.NAME_RULE}")
-    method = r.choice(raw.get("method", "tpe"), "method", METHODS)
-    notes: list[str] = []
-    metrics, target = read_metrics(r, raw, notes)
-    check_multi(r, raw, metrics, method)
-    n_trials = _budget(r, raw, notes)
+        with r.each():
+            raise r.fail("name", f"got {cfg.show(name)}{given}; allowed: {cfg.NAME_RULE}")
+        name = "sweep"
+    method, notes = "tpe", []
+    with r.each():
+        method = r.choice(raw.get("method", "tpe"), "method", METHODS)
+    metrics, target = (("test_accuracy", "maximize"),), None
+    with r.each():
+        metrics, target = read_metrics(r, raw, notes)
+        check_multi(r, raw, metrics, method)
+    n_trials = 10
+    with r.each():
+        n_trials = settings.budget(r, raw, notes)
     timeout = raw.get("timeout_s")
-    if timeout is not None and r.number(timeout, "timeout_s") <= 0:
-        raise r.fail("timeout_s", f"expected a number of seconds > 0, got {cfg.show(timeout)}")
-    seed = r.integer(raw.get("seed", 0), "seed", 0, 2**32 - 1)
+    with r.each():
+        if timeout is not None and r.number(timeout, "timeout_s") <= 0:
+            raise r.fail("timeout_s", f"expected a number of seconds > 0, got "
+                                      f"{cfg.show(timeout)}")
+    seed = 0
+    with r.each():
+        seed = r.integer(raw.get("seed", 0), "seed", 0, 2**32 - 1)
     fixed = {}
-    for key, value in r.mapping(raw.get("fixed") or {}, "fixed").items():
-        r.config_key(f"fixed.{key}", key)
-        fixed[key] = r.config_value(f"fixed.{key}", key, value)
+    with r.each():
+        for key, value in r.mapping(raw.get("fixed") or {}, "fixed").items():
+            with r.each():
+                r.config_key(f"fixed.{key}", key)
+                fixed[key] = r.config_value(f"fixed.{key}", key, value)
     for key, value in (overrides or {}).items():
         fixed[key] = cfg.coerce(key, value)
-    params = parameters(r, r.mapping(raw["parameters"], "parameters"), fixed, method)
-    ablation = _ablation(r, raw.get("ablation"), fixed, params)
+    params: tuple[Param, ...] = ()
+    with r.each():
+        if "parameters" in raw:  # missing: said above
+            params = parameters(r, r.mapping(raw["parameters"], "parameters"), fixed, method)
+    r.check()  # what follows reads the parameters and the fixed keys
+    ablation: tuple[str, ...] = ()
+    with r.each():
+        ablation = settings.ablation(r, raw.get("ablation"), fixed, params)
     # A file with a key only W&B has and none of this runner's is in W&B's form.
     wandb_form = (any(k in raw for k in WANDB_ONLY) or method == "bayes") \
         and not any(k in raw for k in RUNNER_KEYS)
-    pruner = read_pruner(r, raw, notes, wandb_form)  # checked whole in any case
+    pruner = Pruner("none")
+    with r.each():
+        pruner = read_pruner(r, raw, notes, wandb_form)  # checked whole in any case
     if len(metrics) > 1:  # a trade-off is never pruned (check_multi refused one)
         pruner = Pruner("none")
-    repeats = read_repeats(r, raw, {p.key for p in params})
-    warm = read_warm_start(r, raw.get("warm_start"), name, method, read)
+    repeats, warm, project, recorded = 1, None, None, ()
+    with r.each():
+        repeats = read_repeats(r, raw, {p.key for p in params})
+    with r.each():
+        warm = read_warm_start(r, raw.get("warm_start"), name, method, read)
     if method == "gp":
         import importlib.util
 
         if importlib.util.find_spec("torch") is None:
-            raise r.fail("method", "gp needs PyTorch (pip install torch==2.13.0); "
-                                   "allowed without it: tpe, bayes, random, grid, cmaes, qmc")
-    project = None
+            with r.each():
+                raise r.fail("method", "gp needs PyTorch (pip install torch==2.13.0); "
+                                       "allowed without it: tpe, bayes, random, grid, cmaes, qmc")
     if "project" in raw:
-        project = r.text(raw["project"], "project")
-        cfg.check_text(project, f"{path}: project")
-    recorded = _recorded(r, raw, notes)
+        with r.each():
+            project = r.text(raw["project"], "project")
+            cfg.check_text(project, f"{path}: project")
+    with r.each():
+        recorded = settings.recorded(r, raw, notes)
+    models, ordered = None, True
+    with r.each():
+        models = models_kept.read(r, raw.get("models"))
+    with r.each():
+        ordered = settings.ordered(r, raw)
+    r.check()
     (metric, goal) = metrics[0]
     return SweepSpec(path=path, name=name, method=method, metric=metric, goal=goal,
                      n_trials=n_trials, timeout_s=None if timeout is None else float(timeout),
@@ -220,68 +254,4 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
                      ablation=ablation, target=target, project=project, recorded=recorded,
                      notes=tuple(notes), repeats=repeats, warm_start=warm,
                      objectives=metrics if len(metrics) > 1 else (),
-                     models=models_kept.read(r, raw.get("models")), ordered=_ordered(r, raw))
-
-
-def _ordered(r: Reader, raw: dict) -> bool:
-    value = raw.get("ordered", True)
-    if not isinstance(value, bool):
-        raise r.fail("ordered", f"expected true or false, got {cfg.show(value)}")
-    return value
-
-
-def _budget(r: Reader, raw: dict, notes: list[str]) -> int:
-    n_trials = r.integer(raw.get("n_trials", 10), "n_trials", 1, MAX_TRIALS)
-    if "run_cap" not in raw:
-        return n_trials
-    cap = r.integer(raw["run_cap"], "run_cap", 1, MAX_TRIALS)
-    if "n_trials" in raw and cap != n_trials:
-        raise r.fail("run_cap", f"{cap}, but n_trials is {n_trials}: both are the budget; "
-                                "give one of them")
-    notes.append(f"run_cap: {cap} -> the global budget, {cap} trials")
-    return cap
-
-
-def _recorded(r: Reader, raw: dict, notes: list[str]) -> tuple[tuple[str, str], ...]:
-    """W&B keys kept on the parent run as text; program and command are not run."""
-    out = []
-    for key in ("program", "command", "entity", "description", *RECORDED_ONLY):
-        if key not in raw:
-            continue
-        value = raw[key]
-        if key == "command":
-            if not isinstance(value, list | str):
-                raise r.fail(key, f"expected a list (W&B's form) or text, got {cfg.show(value)}")
-            text = json.dumps(value) if isinstance(value, list) else value
-        elif isinstance(value, dict | list):
-            text = json.dumps(value, default=str)
-        else:
-            text = str(value)
-        out.append((key, cfg.show(text) if len(text) > 5000 else text))
-    ran = [k for k, _ in out if k in ("program", "command")]
-    if ran:
-        notes.append(f"{' and '.join(ran)}: recorded on the parent run, not run: this runner "
-                     "trains the MindSpore tutorial's model itself")
-    others = [k for k, _ in out if k not in ("program", "command")]
-    if others:
-        notes.append(f"{', '.join(others)}: recorded on the parent run")
-    return tuple(out)
-
-
-def _ablation(r: Reader, raw: Any, fixed: dict, params: tuple[Param, ...]) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    raw = r.mapping(raw, "ablation")
-    r.known(raw, "ablation", ("grad_mode",))
-    modes = raw.get("grad_mode")
-    if not isinstance(modes, list) or not modes:
-        raise r.fail("ablation.grad_mode",
-                     f"expected a non-empty list of {', '.join(cfg.GRAD_MODES)}")
-    for i, mode in enumerate(modes):
-        r.choice(mode, f"ablation.grad_mode[{i}]", cfg.GRAD_MODES)
-    if len(set(modes)) != len(modes):
-        raise r.fail("ablation.grad_mode", "has duplicates")
-    if "grad_mode" in fixed or any(p.key == "grad_mode" for p in params):
-        raise r.fail("ablation.grad_mode", "grad_mode is ablated, so it cannot also be fixed "
-                                           "or searched")
-    return tuple(modes)
+                     models=models, ordered=ordered)

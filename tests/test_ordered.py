@@ -3,6 +3,7 @@ is done at the moment (`ordered: false`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -22,6 +23,8 @@ def test_two_workers_give_the_one_worker_answer(tmp_path):
         done = run_cli("sweep", str(LR), "--workers", workers, "--set", "data.download=false",
                        cwd=tmp_path / workers, env=env)
         assert done.returncode == 0, done.stderr
+        if workers == "2":  # the main job as a user runs it: the README shows its answer
+            assert untimed(summary_of(done.stdout)) == untimed(summary_of(readme_output()))
     one, two = answer(tmp_path / "1", "lr"), answer(tmp_path / "2", "lr")
     assert one == two
     trials = journal_study(tmp_path / "2", "lr").trials
@@ -39,6 +42,23 @@ def test_two_workers_give_the_one_worker_answer(tmp_path):
 
 
 LR = ROOT / "sweeps" / "lr.yaml"
+
+
+def readme_output() -> str:
+    """The main job's terminal output as README.md shows it."""
+    text = (ROOT / "README.md").read_text().split("## What you see", 1)[1]
+    return text.split("```\n", 2)[1]
+
+
+def summary_of(output: str) -> list[str]:
+    """The summary's count line and its top-5 lines."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("sweep 'lr' ("))
+    return lines[start:start + 7]
+
+
+def untimed(lines: list[str]) -> list[str]:
+    return [re.sub(r"  \d+\.\ds$", "", line) for line in lines]
 
 
 def answer(folder: Path, name: str) -> list:

@@ -137,8 +137,8 @@ def test_heartbeat_retries_a_killed_workers_trial(postgres, mlflow_server, tmp_p
     assert client.get_run(crashed[0].user_attrs["run_id.has_aux"]).info.status == "KILLED"
 
 
-def test_scale_out_recipe_is_in_the_readme():
-    readme = (Path(ROOT) / "README.md").read_text()
+def test_scale_out_recipe_is_in_the_docs():
+    readme = (Path(ROOT) / "docs" / "scale-out.md").read_text()
     assert "--storage postgresql://" in readme and "mlflow server --backend-store-uri" in readme
 
 

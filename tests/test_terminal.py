@@ -97,6 +97,11 @@ def test_quiet_prints_only_the_summary_and_a_sweep_has_no_warnings(tmp_path):
     assert loud.returncode == 0, loud.stderr
     output = (loud.stdout + loud.stderr).splitlines()
     assert not [line for line in output if NOISE.search(line)], output
+    # Never silent while it works: the compile said, the best so far after each trial.
+    assert re.search(r"^compiling the graphs for batch \d+ \(has_aux\): ", loud.stderr,
+                     re.MULTILINE), loud.stderr
+    (line,) = [line for line in loud.stderr.splitlines() if line.startswith("trial ")]
+    assert re.search(r"  \| best so far: trial 0, test_accuracy 0\.\d{4}$", line), line
     # status counts against the budget the sweep ran with, or the one it is given.
     ran = run_cli("status", "one.yaml", cwd=tmp_path)
     assert "1 of 1 trials counted, 0 left" in ran.stdout, ran

@@ -79,7 +79,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ConfigError(f"--top: expected an integer >= 1, got {args.top}")
     from experiments.search.spec.sweepfile import load
-    from experiments.tracking.store import local_experiments, store_name
+    from experiments.tracking.lookup import local_experiments, store_name
 
     # An unknown experiment is told before MLflow and pandas are imported (22 s before).
     name = load(target).experiment if target.endswith((".yaml", ".yml", ".json")) else target

@@ -88,8 +88,8 @@ def trial_runs_of(client: Any, name: str, sweep: str | None = None) -> list:
 def _client(client: Any, store: str | Path | None) -> Any:
     """The client given, or one on `store` (a project folder, mlruns/, mlflow.db or a
     URI), or on the store of the folder this runs in."""
+    from experiments.tracking.lookup import client_for
     from experiments.tracking.store import client as local
-    from experiments.tracking.store import client_for
 
     return client if client is not None else client_for(store) if store is not None \
         else local(create=False)

@@ -25,7 +25,8 @@ from typing import Any
 from experiments.core.config import UserError
 from experiments.runtime import interrupts
 from experiments.tracking import views
-from experiments.tracking.store import MLRUNS, client, server_args, store_name
+from experiments.tracking.lookup import store_name
+from experiments.tracking.store import MLRUNS, client, server_args
 
 LOG = MLRUNS / "ui.log"
 

@@ -214,3 +214,34 @@ def test_an_unknown_experiment_is_refused_before_mlflow_and_pandas_load(project)
     assert result.stdout.split() == ["2", "False", "False"], result
     assert result.stderr.strip() == "error: no MLflow experiment named 'nope' in " \
         f"{project / 'mlruns' / 'mlflow.db'}"
+
+
+@pytest.mark.parametrize("damage", ["not a database", "cut short"])
+def test_a_damaged_store_is_one_line_and_nothing_is_written(project, tmp_path, damage):
+    """A 75-line SQLAlchemy traceback and a new mlruns/.lock, before."""
+    store = tmp_path / "mlruns" / "mlflow.db"
+    store.parent.mkdir()
+    good = (project / "mlruns" / "mlflow.db").read_bytes()
+    store.write_bytes(b"garbage, not SQLite" if damage == "not a database" else good[:20000])
+    for args in (["compare", "--experiment", "look"], ["ui", "--port", "1"]):
+        result = run_cli(*args, cwd=tmp_path, timeout=60)
+        assert result.returncode == 2, result
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: the MLflow store {store} cannot be read ("), line
+    assert [p.name for p in store.parent.iterdir()] == ["mlflow.db"]
+
+
+def test_a_store_uri_that_is_not_mlflows_is_refused_and_left_alone(tmp_path):
+    import sqlite3
+
+    from experiments.tracking.store import NoStore
+
+    plain = tmp_path / "plain.db"
+    with sqlite3.connect(plain) as db:
+        db.execute("create table t (x)")
+    before = plain.read_bytes()
+    for uri in (f"sqlite:///{plain}", f"sqlite:///{tmp_path / 'new.db'}"):
+        with pytest.raises(NoStore, match="no MLflow store at"):
+            compare.runs("x", store=uri)
+    assert plain.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "plain.db"]

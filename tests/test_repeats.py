@@ -83,10 +83,18 @@ def test_one_repeat_is_the_plain_sweep_bit_for_bit(store):
 
 
 @pytest.mark.slow
-def test_repeats_with_the_ablation_pair_by_seed(store):
+def test_repeats_with_the_ablation_pair_by_seed(store, capsys):
     text = REPEATS.replace("n_trials: 2", "n_trials: 1").replace(
         "repeats: 3", "repeats: 2\nablation: {grad_mode: [has_aux, stop_gradient]}")
-    assert runner.main(["sweep", str(write_sweep(store, text))]) == 0
+    path = str(write_sweep(store, text))
+    assert runner.main(["sweep", path]) == 0
+    # The verdict pairs the first seed's trainings, the same in the summary and compare
+    # (the summary used the mean over the seeds, compare the first seed).
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  has_aux")]
+    assert runner.main(["compare", path]) == 0
+    compared = [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("  has_aux")]
+    assert said == compared and len(said) == 1, (said, compared)
     _, _, children = sweep_runs(store, "seeds")
     assert len(children) == 4
     by_seed = {}

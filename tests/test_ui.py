@@ -179,3 +179,20 @@ def ui(project):
             os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
 
+
+
+def test_every_view_of_a_sweep_shows_its_own_runs_only():
+    """A view written while a sweep was alone in its experiment showed another sweep's runs
+    once that one joined (a shared W&B project)."""
+    from experiments.search.runs.parent import ui_views
+    from experiments.search.spec import sweepfile
+
+    spec = sweepfile.load(ROOT / "sweeps" / "has_aux_ablation.yaml")
+    found = ui_views(spec)
+    assert len(found) == 2 and all(key.startswith("runner-") for key in found)
+    for state in found.values():
+        assert state["searchFilter"] == "tags.role LIKE '%' and tags.sweep = 'has_aux_ablation'"
+        assert state["orderByKey"] == "metrics.`test_accuracy`" and not state["orderByAsc"]
+        assert state["selectedColumns"] == ["metrics.`test_accuracy`", "params.`learning_rate`",
+                                            "tags.`result`"]
+    assert [s.get("groupBy") is not None for s in found.values()] == [False, True]

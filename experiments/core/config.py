@@ -207,15 +207,25 @@ def _number(rule: Rule, value: Any, bad: ConfigError) -> int | float:
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """Turn `KEY=VALUE` strings into a checked {key: value} dict."""
+    """Turn `KEY=VALUE` strings into a checked {key: value} dict; every bad item is told
+    at once (a line each, `ConfigError.lines`), not one per run."""
     out: dict[str, Any] = {}
+    wrong: list[str] = []
     for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or not key:
-            raise ConfigError(
-                f"--set expects KEY=VALUE, got {item!r}; known keys: {', '.join(KEYS)}")
-        out[key] = coerce(key, value)
+        try:
+            if not sep or not key:
+                raise ConfigError(
+                    f"--set expects KEY=VALUE, got {item!r}; known keys: {', '.join(KEYS)}")
+            out[key] = coerce(key, value)
+        except ConfigError as exc:
+            if str(exc) not in wrong:  # the same mistake twice is told once
+                wrong.append(str(exc))
+    if wrong:
+        error = ConfigError("; ".join(wrong))
+        error.lines = tuple(wrong)
+        raise error
     return out
 
 

@@ -85,8 +85,8 @@ def _with_workers(s: Session, n: int, cpu: bool, deadline: float | None) -> End:
 
     interrupts.waiting_for(f"the {n} workers to stop their trials at the next step and "
                            "close their runs as KILLED")
-    progress.say(f"{n} workers: each compiles its graphs (a few seconds per batch size and "
-                 "grad mode), then trains; a line per trial as it is counted")
+    progress.say(f"{n} workers: each compiles its graphs (once per batch size and grad "
+                 "mode), then trains; a line per trial as it is counted")
     with _watch(s) as tick:
         if forked:
             died = workers.fork_workers(n, lambda i: _worker(s), recovered, tick,

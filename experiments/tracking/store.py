@@ -68,7 +68,7 @@ class NoStore(UserError):
 
 
 def holds_mlflow(path: Path) -> bool:
-
+    """Whether a SQLite file holds MLflow's tables (read only; False for any other file)."""
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
                                                 uri=True)) as db:

@@ -25,7 +25,7 @@ from typing import Any
 from experiments.core.config import UserError
 from experiments.runtime import interrupts
 from experiments.tracking import views
-from experiments.tracking.lookup import store_name
+from experiments.tracking.lookup import local_experiments, store_name
 from experiments.tracking.store import MLRUNS, client, server_args
 
 LOG = MLRUNS / "ui.log"
@@ -96,8 +96,11 @@ def serve(host: str, port: int, verbose: bool, say: Callable[[str], None]) -> in
     _check_port(host, port)
     # A UI on no runs is a UI started in the wrong folder: said at once, nothing created
     # (it used to create an empty store and say "no runs yet", naming no path).
+    store, known = store_name(), local_experiments()
+    if known is not None and not any(known.values()):  # told before MLflow loads or locks
+        raise UserError(f"no runs in the MLflow store {store}: start `runner.py ui` in the "
+                        "folder you ran `sweep` or `train` from, or run one here first")
     c = client(create=False)
-    store = store_name()
     lines = experiment_lines(c, "")
     if not lines:
         raise UserError(f"no runs in the MLflow store {store}: start `runner.py ui` in the "

@@ -36,7 +36,7 @@ def _column(kind: str, name: str) -> str:
     return f"{kind}.`{name}`"
 
 
-def runs_view(metric: str, goal: str, params: list[str], sweep: str | None = None,
+def runs_view(metric: str, goal: str, params: list[str], sweep: str,
               group_by: str | None = None) -> dict[str, Any]:
     """The runs ordered by the metric, best first, with the metric, the searched params
     and each run's `result` (complete, pruned after epoch k, diverged ...) as columns;
@@ -45,9 +45,9 @@ def runs_view(metric: str, goal: str, params: list[str], sweep: str | None = Non
     columns = [_column("metrics", metric), *(_column("params", p) for p in params),
                _column("tags", "result")]
     # The trials' runs only (each has a role): the parent run would be a group of its own.
-    where = ["tags.role LIKE '%'"]
-    if sweep:  # one sweep of several sharing an experiment (a W&B project): its runs only
-        where.append(f"tags.sweep = '{sweep}'")  # a name holds no quote (config.NAME_RE)
+    # Always the sweep's own runs: another sweep may join its experiment later (a W&B
+    # project), and a view written before that would show both.
+    where = ["tags.role LIKE '%'", f"tags.sweep = '{sweep}'"]  # no quote in a name (NAME_RE)
     state: dict[str, Any] = {
         "orderByKey": _column("metrics", metric), "orderByAsc": goal == "minimize",
         "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL",

@@ -70,24 +70,21 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
         "sweep.target": "none" if spec.target is None else spec.target})
     if chosen.info.status != "RUNNING":
         client.update_run(chosen.info.run_id, status="RUNNING")
-    shared = {r.data.tags.get("sweep") for r in parents(client, exp)}
-    for view_key, state in ui_views(spec, alone=shared == {spec.name}
-                                    and spec.experiment == spec.name).items():
+    for view_key, state in ui_views(spec).items():
         views.share(client, exp, view_key, state)
     return chosen.info.run_id
 
 
-def ui_views(spec: SweepSpec, alone: bool = True) -> dict[str, dict]:
+def ui_views(spec: SweepSpec) -> dict[str, dict]:
     """The sweep's views in the MLflow UI (tracking/views.py), by key: its runs with the
     metric, the searched params and each run's result; with an ablation, the runs grouped
-    by grad mode too. Filtered to the sweep where others share its experiment."""
+    by grad mode too."""
     params = [p.key for p in spec.parameters][:4]  # the columns that fit a window
-    sweep = None if alone else spec.name
     out = {views.key(spec.name, "runs"): views.runs_view(spec.metric, spec.goal, params,
-                                                          sweep)}
+                                                          spec.name)}
     if len(spec.ablation) > 1:
         out[views.key(spec.name, "ablation")] = views.runs_view(
-            spec.metric, spec.goal, params, sweep, group_by="grad_mode")
+            spec.metric, spec.goal, params, spec.name, group_by="grad_mode")
     return out
 
 

@@ -48,17 +48,25 @@ def read_metrics(r: Reader, raw: dict, notes: list[str]
 
 def _one(r: Reader, metric: dict, where: str, notes: list[str]
          ) -> tuple[str, str, float | None]:
-    r.known(metric, where, ("name", "goal", "target", "impute", "impute_while_running"))
-    if "name" not in metric:
-        raise r.fail(f"{where}.name", f"missing; allowed: {', '.join(METRICS)}")
-    name = r.choice(metric["name"], f"{where}.name", METRICS)
-    if "goal" not in metric and name == "test_accuracy":
-        raise r.fail(f"{where}.goal", "missing, and W&B's default (minimize) would minimize "
-                                      "test_accuracy: write goal: maximize (or minimize)")
-    goal = r.choice(metric.get("goal", "minimize"), f"{where}.goal", GOALS)
-    target = None
-    if "target" in metric:
-        target = float(r.number(metric["target"], f"{where}.target"))
+    # The name, the goal and the target are each told when wrong, all at once.
+    before = len(r.found)
+    with r.each():
+        r.known(metric, where, ("name", "goal", "target", "impute", "impute_while_running"))
+    name, goal, target = "test_accuracy", "maximize", None
+    with r.each():
+        if "name" not in metric:
+            raise r.fail(f"{where}.name", f"missing; allowed: {', '.join(METRICS)}")
+        name = r.choice(metric["name"], f"{where}.name", METRICS)
+    with r.each():
+        if "goal" not in metric and name == "test_accuracy":
+            raise r.fail(f"{where}.goal", "missing, and W&B's default (minimize) would "
+                                          "minimize test_accuracy: write goal: maximize (or "
+                                          "minimize)")
+        goal = r.choice(metric.get("goal", "minimize"), f"{where}.goal", GOALS)
+    with r.each():
+        if "target" in metric:
+            target = float(r.number(metric["target"], f"{where}.target"))
+    r.check(since=before)
     for key in ("impute", "impute_while_running"):
         if key in metric:
             notes.append(f"{where}.{key}: recorded; Optuna's samplers leave failed and "

@@ -43,7 +43,7 @@ _REAL = {"uniform", "log_uniform", "log_uniform_values", "inv_log_uniform",
 def parameters(r: Reader, raw: dict, fixed: dict, method: str) -> tuple[Param, ...]:
     if not raw:
         raise r.fail("parameters", "empty; give at least one config key to search")
-    out, seen = [], {}
+    out, seen, before = [], {}, len(r.found)
     for where, key, spec in _flatten(r, raw, "parameters", ""):
         with r.each():  # each parameter's mistake is told, with the others'
             if key in seen:
@@ -56,7 +56,7 @@ def parameters(r: Reader, raw: dict, fixed: dict, method: str) -> tuple[Param, .
             with r.each():
                 for i, value in enumerate(p.grid_values()):
                     r.config_value(f"{seen[p.key]} (grid value {i})", p.key, value)
-    r.check()
+    r.check(since=before)
     return tuple(out)
 
 

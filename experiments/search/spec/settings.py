@@ -35,6 +35,23 @@ def budget(r: Reader, raw: dict, notes: list[str]) -> int:
     return cap
 
 
+MAX_RECORDED_ITEMS = 100_000
+
+
+def _items(value: Any, limit: int = MAX_RECORDED_ITEMS) -> int:
+    """How many items a YAML value holds, counted up to just past `limit` (an alias bomb
+    is never walked whole)."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+    return count
+
+
 def recorded(r: Reader, raw: dict, notes: list[str]) -> tuple[tuple[str, str], ...]:
     """W&B keys kept on the parent run as text; program and command are not run."""
     out = []
@@ -42,6 +59,8 @@ def recorded(r: Reader, raw: dict, notes: list[str]) -> tuple[tuple[str, str], .
         if key not in raw:
             continue
         value = raw[key]
+        if _items(value) > MAX_RECORDED_ITEMS:  # YAML aliases nest 600 bytes into billions
+            raise r.fail(key, f"too large to record (over {MAX_RECORDED_ITEMS:,} items)")
         if key == "command":
             if not isinstance(value, list | str):
                 raise r.fail(key, f"expected a list (W&B's form) or text, got {cfg.show(value)}")

@@ -211,7 +211,6 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
     with r.each():
         if "parameters" in raw:  # missing: said above
             params = parameters(r, r.mapping(raw["parameters"], "parameters"), fixed, method)
-    r.check()  # what follows reads the parameters and the fixed keys
     ablation: tuple[str, ...] = ()
     with r.each():
         ablation = settings.ablation(r, raw.get("ablation"), fixed, params)

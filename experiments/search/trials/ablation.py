@@ -22,7 +22,9 @@ def results(trials: list[FrozenTrial], spec: SweepSpec) -> list[verdict.ModeResu
             continue
         for mode in spec.ablation:
             where = t.user_attrs.get(f"diverged_at.{mode}", "")
-            value = t.user_attrs.get(f"{spec.metric}.{mode}")
+            # The first seed's (with repeats, `{metric}.{mode}` is the mean over seeds).
+            value = t.user_attrs.get(f"first.{spec.metric}.{mode}",
+                                     t.user_attrs.get(f"{spec.metric}.{mode}"))
             if value is None and not where:
                 continue  # a trial from before the verdict was kept, or one cut short
             out.append(verdict.ModeResult(

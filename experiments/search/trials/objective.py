@@ -154,6 +154,9 @@ class TrialRunner:
             return
         if len(self.spec.ablation) < 2:
             return
+        if outcome.final is not None:  # the verdict pairs the first seed's trainings
+            trial.set_user_attr(f"first.{self.spec.metric}.{mode}",
+                                getattr(outcome.final, self.spec.metric))
         curves[mode] = [(e.train_loss, e.test_loss, e.test_accuracy) for e in outcome.history]
         base = next(iter(curves))
         if mode != base and curves[mode] and curves[mode] == curves[base]:

@@ -192,3 +192,13 @@ def test_every_mistake_of_a_sweep_file_is_told_in_one_go(tmp_path):
     assert all(line.startswith(f"error: {path}: ") for line in lines)
     assert "did you mean maximize?" in lines[0] and "did you mean epochs?" in lines[2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_a_config_keys_own_check_is_told_with_the_files_other_mistakes(tmp_path):
+    """A text check (ConfigError) inside the file escaped the collection, as hypothesis
+    found in CI: `{name: null, project: "\\b"}`."""
+    path = tmp_path / "s.yaml"
+    path.write_text('name: null\nproject: "\\b"\nparameters: {learning_rate: {value: 0.1}}\n')
+    with pytest.raises(sweepfile.SweepError) as caught:
+        sweepfile.load(path)
+    assert [line.split(": ")[1] for line in caught.value.lines] == ["name", "project"]

@@ -37,8 +37,8 @@ class Reader:
         """One part of the file: its mistake is noted, and the next part is read."""
         try:
             yield
-        except SweepError as exc:
-            for line in exc.lines:
+        except (SweepError, cfg.ConfigError) as exc:  # a config key's own check too
+            for line in getattr(exc, "lines", (str(exc),)):
                 if not any(self._within(line, told) for told in self.found):
                     self.found.append(line)
 

@@ -337,3 +337,13 @@ def check_complete(trials, client, runs, budget, epochs):
             steps = sorted(m.step for m in client.get_metric_history(run_id, key))
             assert steps == list(range(1, epochs + 1)), (t.number, key, steps)
 
+
+# What a sweep says while it works, beside what a test looks for: the data, the compile,
+# the workers, each counted trial, an outage waited out.
+PROGRESS = ("data:", "compiling the graphs ", "trial ", "waiting: ")
+
+
+def said(stderr: str) -> list[str]:
+    """The lines of a command's stderr that are not its progress."""
+    return [line for line in stderr.splitlines() if not line.startswith(PROGRESS)
+            and not re.match(r"\d+ workers: each compiles", line)]

@@ -19,6 +19,7 @@ from helpers import (
     journal_study,
     run,
     run_with_env,
+    said,
     start,
     start_mlflow_server,
     stop_server,
@@ -115,7 +116,7 @@ def test_a_read_only_store_is_one_line_within_seconds(tmp_path, read_only_mlruns
     done = run(*command, "--set", "data.download=false", cwd=tmp_path, timeout=300)
     took = time.time() - began
     assert done.returncode == 1, done.stderr
-    lines = [line for line in done.stderr.splitlines() if not line.startswith("data:")]
+    lines = said(done.stderr)
     assert lines == [f"error: disk error (OSError: [Errno 30] Read-only file system: "
                      f"'{read_only_mlruns}'); nothing finished is lost: fix it, then rerun "
                      "the same command"], done.stderr
@@ -171,7 +172,7 @@ def test_a_tracking_server_restart_is_waited_out(tmp_path):
 def test_a_full_disk_stops_in_one_line_and_costs_no_budget(tmp_path, small_disk, workers):
     first = run_with_env("sweep", str(TINY), "--workers", workers, cwd=tmp_path)
     assert first.returncode == 1, first.stderr
-    errors = [line for line in first.stderr.splitlines() if not line.startswith("data:")]
+    errors = said(first.stderr)
     assert len(errors) == 1 and "Traceback" not in first.stderr, first.stderr[-3000:]
     assert errors[0].startswith("error: disk full") and "rerun the same command" in errors[0]
     study = journal_study(tmp_path, "tiny")  # the journal is whole: every line reads
@@ -261,8 +262,7 @@ def test_a_vanished_tracking_server_stops_in_one_line_and_costs_no_budget(tmp_pa
             proc.kill()
     assert proc.returncode == 1, err
     # Trial lines, the wait, then one line saying what broke.
-    errors = [line for line in err.splitlines()
-              if not line.startswith(("data:", "trial ", "waiting: "))]
+    errors = said(err)
     assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
     assert "rerun the same command" in errors[0] and "server unreachable" in errors[0], errors
     assert "waited 5s for it" in errors[0], errors

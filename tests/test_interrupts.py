@@ -19,6 +19,7 @@ from helpers import (
     journal_study,
     run,
     running_with_runs,
+    said,
     start,
     sweep_runs,
     trials_of,
@@ -49,7 +50,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     done = run("sweep", str(TINY), "--workers", "2", cwd=tmp_path,
                RUNNER_FAULT="forking:1:interrupt")
     assert done.returncode == 130, done.stderr[-3000:]
-    lines = [line for line in done.stderr.splitlines() if not line.startswith("data:")]
+    lines = said(done.stderr)
     assert lines == ["interrupted: finished work is saved; rerun the same command to resume"]
     # No worker started, so none trained (they used to, and a worker that took its
     # parent's SIGTERM for a second Ctrl-C died with a traceback).

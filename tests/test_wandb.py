@@ -509,6 +509,7 @@ def test_sweeps_sharing_a_project_keep_their_own_parent_best_and_runs(store, cap
     from experiments.search import compare
     from experiments.search.runs import parent
     from experiments.search.spec.sweepfile import load
+    from experiments.tracking import views
     from experiments.tracking.store import client as make_client
 
     body = """
@@ -524,8 +525,9 @@ def test_sweeps_sharing_a_project_keep_their_own_parent_best_and_runs(store, cap
         (store / f"{name}.yaml").write_text(f"name: {name}" + textwrap.dedent(
             body.format(metric=metric, goal=goal, lrs=lrs)))
         assert runner.main(["sweep", f"{name}.yaml", "--quiet"]) == 0
-        # The summary's link shows this sweep's runs, not its neighbour's.
-        assert f"searchFilter=tags.sweep%20%3D%20%27{name}%27" in capsys.readouterr().out
+        # The summary's link opens this sweep's view: its runs, not its neighbour's.
+        assert f"viewStateShareKey={views.key(name, 'runs')}" in capsys.readouterr().out
+        assert view_filter(name) == f"tags.role LIKE '%' and tags.sweep = '{name}'"
     _client, parents, children = sweep_runs(store, "shared")
     assert sorted(p.data.tags["sweep"] for p in parents) == ["sweep_a", "sweep_b"]
     assert len(children) == 4
@@ -542,13 +544,27 @@ def test_sweeps_sharing_a_project_keep_their_own_parent_best_and_runs(store, cap
 
     lines = ui.experiment_lines(make_client(), "http://ui")
     assert len(lines) == 2 and lines[0].startswith("shared (sweep 'sweep_b'): http://ui/")
-    assert "orderByAsc=true&searchFilter=tags.sweep%20%3D%20%27sweep_b%27" in lines[0]
-    assert lines[1].endswith("orderByAsc=false&searchFilter=tags.sweep%20%3D%20%27sweep_a%27")
+    assert lines[0].endswith(f"viewStateShareKey={views.key('sweep_b', 'runs')}")
+    assert lines[1].endswith(f"viewStateShareKey={views.key('sweep_a', 'runs')}")
     # A sweep named like the experiment it shares is filtered too.
     (store / "shared.yaml").write_text("name: shared" + textwrap.dedent(
         body.format(metric="test_accuracy", goal="maximize", lrs="0.2")).replace(
         "project: shared\n", ""))
     assert runner.main(["sweep", "shared.yaml", "--quiet"]) == 0
-    assert "searchFilter=tags.sweep%20%3D%20%27shared%27" in capsys.readouterr().out
+    assert f"viewStateShareKey={views.key('shared', 'runs')}" in capsys.readouterr().out
     lines = ui.experiment_lines(make_client(), "http://ui")
-    assert len(lines) == 3 and all("searchFilter=tags.sweep" in line for line in lines)
+    assert len(lines) == 3 and all("viewStateShareKey=runner-runs-" in line for line in lines)
+    assert all(view_filter(n).endswith(f"tags.sweep = '{n}'")
+               for n in ("sweep_a", "sweep_b", "shared"))
+
+
+def view_filter(sweep: str) -> str:
+    """The runs filter of a sweep's view, as kept on the experiment `shared` (in the
+    store of the current folder)."""
+    import json
+
+    from experiments.tracking import views
+    from experiments.tracking.store import client
+
+    exp = client().get_experiment_by_name("shared")
+    return json.loads(exp.tags[views.PREFIX + views.key(sweep, "runs")])["searchFilter"]

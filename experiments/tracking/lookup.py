@@ -6,8 +6,10 @@ a project folder, an mlruns/ folder, an mlflow.db file or a URI.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import re
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,8 @@ def local_experiments() -> dict[str, int] | None:
     if not uri.startswith("sqlite:///") or not path.is_file():
         return None
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
-                                                uri=True)) as db:
+        with _creator_done(path.parent / ".lock"), contextlib.closing(
+                sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
             rows = db.execute(
                 "SELECT e.name, COUNT(r.run_uuid) FROM experiments e LEFT JOIN runs r "
                 "ON r.experiment_id = e.experiment_id AND r.lifecycle_stage = 'active' "
@@ -40,6 +42,20 @@ def local_experiments() -> dict[str, int] | None:
         raise NoStore(f"the MLflow store {path} cannot be read ({exc}): restore it from a "
                       "backup, or move it away to start a new one") from None
     return dict(rows)
+
+
+@contextlib.contextmanager
+def _creator_done(lock: Path) -> Iterator[None]:
+    """Wait while a process creates the store (it holds the store's lock, store.py): a
+    store half made would read as broken. The lock file is opened, never created."""
+    try:
+        fh = open(lock)  # noqa: SIM115 - closed below
+    except OSError:  # no creator ever ran here
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        yield
 
 
 def client_for(store: str | Path) -> Any:

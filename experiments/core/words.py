@@ -4,6 +4,7 @@ on one line, and the closest name to a misspelt one ("did you mean learning_rate
 
 from __future__ import annotations
 
+import re
 import reprlib
 from typing import Any
 
@@ -68,3 +69,11 @@ def did_you_mean(name: Any, options: tuple[str, ...] | list[str]) -> str:
     scored = [(max(score(o, t) for t in texts), o) for o in options] if texts else []
     best = max(scored, default=(0.0, ""), key=lambda pair: pair[0])
     return f" (did you mean {best[1]}?)" if best[0] >= 0.6 else ""
+
+
+def masked(text: str) -> str:
+    """A storage URL (or a message holding one) without its password: it goes to
+    terminals, logs and CI output."""
+    text = re.sub(r"(://[^/:@\s]*:)[^/@\s]*@", r"\1***@", text)  # user:password@host
+    return re.sub(r"([?&](?:password|passwd|pass|pwd)=)[^&\s]*?(?=&|\s|:\s|$)", r"\1***",
+                  text, flags=re.I)

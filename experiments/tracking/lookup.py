@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from experiments.core.words import masked
 from experiments.tracking.store import NoStore, holds_mlflow, tracking_uri
 
 
@@ -106,8 +106,3 @@ def store_name() -> str:
     if uri.startswith("sqlite:///"):
         return uri.removeprefix("sqlite:///").split("?")[0]
     return masked(uri)
-
-
-def masked(text: str) -> str:
-    """A URI's password as ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", text)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.core import config as cfg
 from experiments.core.config import ConfigError
+from experiments.core.words import masked
 from experiments.runtime.paths import writable_ancestor
 from experiments.search.spec import sweepfile
 
@@ -135,14 +135,6 @@ def proxy_address(url: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError("expected grpc://HOST:PORT with a port from 1 to 65535")
     return host, int(port)
-
-
-def masked(text: str) -> str:
-    """A storage URL (or a message holding one) without its password: it goes to
-    terminals, logs and CI output."""
-    text = re.sub(r"(://[^/:@\s]*:)[^/@\s]*@", r"\1***@", text)  # user:password@host
-    return re.sub(r"([?&](?:password|passwd|pass|pwd)=)[^&\s]*?(?=&|\s|:\s|$)", r"\1***",
-                  text, flags=re.I)
 
 
 def _is_mlflows(path: str) -> bool:

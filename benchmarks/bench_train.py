@@ -19,16 +19,32 @@ from experiments.tracking import store as tr
 from experiments.tracking.tracked_fit import TrackContext, tracked_fit
 
 
-def _torch_epochs(prepared: Prepared, batch: int, repeats: int) -> list[float]:
+def _torch_model(name: str):
+    """The task's network in PyTorch, layer for layer: the seed's MLP, or LeNet-5 as
+    experiments/core/tasks/lenet.py builds it."""
+    import torch
+    from torch import nn as tnn
+
+    if name == "lenet":
+        return tnn.Sequential(
+            tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2, 2),
+            tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2, 2), tnn.Flatten(),
+            tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
+            tnn.Linear(84, 10))
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 512), torch.nn.ReLU(),
+                               torch.nn.Linear(512, 512), torch.nn.ReLU(),
+                               torch.nn.Linear(512, 10))
+
+
+def _torch_epochs(prepared: Prepared, batch: int, repeats: int, task: str = "mlp"
+                  ) -> list[float]:
     """Seconds per PyTorch eager epoch (train + eval), after one untimed warm-up epoch."""
     try:
         import torch
     except ImportError:
         return []
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 512), torch.nn.ReLU(),
-                                torch.nn.Linear(512, 512), torch.nn.ReLU(),
-                                torch.nn.Linear(512, 10))
+    model = _torch_model(task)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
     tx, ty = torch.from_numpy(prepared.train_x), torch.from_numpy(prepared.train_y).long()
@@ -108,6 +124,16 @@ def epoch(quick: bool) -> list[dict]:
                   "PyNative loops)", tutorial, style="speed", readme=True)]
     if torch:
         rows.append(C.row(what, load, "s", runner, "PyTorch eager epoch (train + eval)", torch,
+                          style="speed", readme=True))
+    # LeNet-5 (task: lenet): the same epoch, a convolutional network.
+    lenet = cfg.build({"epochs": 1, "task": "lenet"})
+    lenet_trainer = Trainer("has_aux", config=lenet)
+    runner_lenet = C.timed(lambda: fit(lenet, prepared, lenet_trainer), repeats)
+    torch_lenet = _torch_epochs(prepared, 64, repeats, "lenet")
+    if torch_lenet:
+        rows.append(C.row("epoch, runner, task lenet (LeNet-5; train + eval + grad "
+                          "diagnostics)", load, "s", runner_lenet,
+                          "PyTorch eager LeNet-5 epoch (train + eval)", torch_lenet,
                           style="speed", readme=True))
     rows.append(C.row("normalise the digits (once per process)",
                       C.workload(data, other="train + test"), "s", prep))

@@ -49,10 +49,12 @@ def prepared(mnist):
 
 @pytest.fixture(scope="session")
 def trainers():
-    """The process's compiled trainer per grad mode, as sweeps in this process use it."""
+    """The process's compiled trainer per grad mode (the built-in task, the seed's
+    optimizer), as sweeps in this process use it."""
+    from experiments.core import config as cfg
     from experiments.core.train import trainer_for
 
-    return trainer_for
+    return lambda mode: trainer_for(cfg.build({"grad_mode": mode}))
 
 
 @pytest.fixture

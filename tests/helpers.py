@@ -347,3 +347,40 @@ def said(stderr: str) -> list[str]:
     """The lines of a command's stderr that are not its progress."""
     return [line for line in stderr.splitlines() if not line.startswith(PROGRESS)
             and not re.match(r"\d+ workers: each compiles", line)]
+
+
+# A user's own network in the tutorial's functional style, with its own keys and loss, and
+# dropout (random as it trains), as a task file of a temporary folder.
+SMALL_CNN = '''"""A small CNN: two convolutions, dropout, one dense layer."""
+from mindspore import nn, ops
+
+keys = {"channels": (4, 2, 16), "dropout": (0.2, 0.0, 0.9)}
+
+
+class SmallCnn(nn.Cell):
+    def __init__(self, channels, dropout):
+        super().__init__()
+        self.features = nn.SequentialCell(
+            nn.Conv2d(1, channels, 3, pad_mode="same"), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(channels, channels * 2, 3, pad_mode="same"), nn.ReLU(),
+            nn.MaxPool2d(2, 2), nn.Flatten())
+        self.drop = nn.Dropout(p=dropout)
+        self.head = nn.Dense(channels * 2 * 7 * 7, 10)
+
+    def construct(self, x):
+        return self.head(self.drop(self.features(x)))
+
+
+def network(config):
+    return SmallCnn(config.settings["channels"], config.settings["dropout"])
+
+
+def loss(logits, labels):
+    return ops.cross_entropy(logits, labels)
+'''
+
+
+def write_task(folder: Path, text: str = SMALL_CNN, name: str = "cnn.py") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path

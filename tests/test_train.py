@@ -134,9 +134,14 @@ def test_divergence_step_is_exact_inside_a_chunk(prepared):
 
 def test_a_process_builds_one_trainer_per_grad_mode():
     """Every trial of a process reuses its compiled trainer: a new one per trial compiled
-    every shape again (4-5 s a trial instead of 0.4 s, measured when the cache was lost)."""
+    every shape again (4-5 s a trial instead of 0.4 s, measured when the cache was lost).
+    What changes only per run (seed, learning rate, batch size, epochs) shares one."""
     from experiments.core.train import forkable, trainer_for
 
-    assert trainer_for("has_aux") is trainer_for("has_aux")
+    one = trainer_for(cfg.build({"grad_mode": "has_aux"}))
+    assert trainer_for(cfg.build({"grad_mode": "has_aux", "seed": 5, "learning_rate": 0.3,
+                                  "batch_size": 32, "epochs": 7})) is one
+    assert trainer_for(cfg.build({"grad_mode": "no_aux"})) is not one
+    assert trainer_for(cfg.build({"weight_decay": 1e-4})) is not one
     assert not forkable()  # a process that built one must not fork workers
 

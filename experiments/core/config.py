@@ -22,6 +22,10 @@ from typing import Any
 from experiments.core.words import did_you_mean, one_line, show  # noqa: F401 - the config's words
 
 GRAD_MODES = ("has_aux", "no_aux", "stop_gradient")
+OPTIMIZERS = ("sgd", "momentum", "adam")  # sgd is the seed's
+BUILT_IN_TASKS = ("mlp", "lenet")  # experiments/core/tasks/; mlp is the seed's network
+# A task's own keys are `model.NAME` (the task file declares them and their defaults).
+TASK_KEY_RE = re.compile(r"^model\.[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DEVICES = ("CPU", "GPU", "Ascend")  # MindSpore's device targets
 # The learning rate trains as a float32: below the smallest normal float32 it becomes 0 (or
 # a subnormal that the CPU kernels flush to 0), above the largest it becomes inf.
@@ -86,7 +90,23 @@ class Config:
     # Where it trains (one device per process; the id is the card, recorded on CPU too).
     device: str = _key("CPU", Rule("choice", "one of CPU, GPU, Ascend", choices=DEVICES))
     device_id: int = _key(0, Rule("int", "an integer from 0 to 4095", 0, 4095))
+    # The network, and optionally its loss and own keys: a built-in name or a task file.
+    task: str = _key("mlp", Rule("str", "mlp, lenet or the path of a task file (.py)"))
+    # The seed's optimizer is plain SGD: momentum and weight decay 0 keep its bits.
+    optimizer: str = _key("sgd", Rule("choice", "one of " + ", ".join(OPTIMIZERS),
+                                      choices=OPTIMIZERS))
+    momentum: float = _key(0.0, Rule("float", "a number from 0 to 0.999 (sgd and momentum)",
+                                     0.0, 0.999))
+    weight_decay: float = _key(0.0, Rule("float", "a number from 0 to 1", 0.0, 1.0))
     data: DataConfig = field(default_factory=DataConfig)
+    # The task's own keys as sorted (name, value) pairs, every one the task declares
+    # (core/task.py completes them from the task's defaults before anything trains).
+    model: tuple[tuple[str, Any], ...] = field(default=(), metadata={"task_keys": True})
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The task's own keys, {name: value}: what `network(config)` reads."""
+        return dict(self.model)
 
 
 def _rules(cls: type, prefix: str = "") -> dict[str, Rule]:
@@ -94,6 +114,8 @@ def _rules(cls: type, prefix: str = "") -> dict[str, Rule]:
     for f in dataclasses.fields(cls):
         if "rule" in f.metadata:
             out[prefix + f.name] = f.metadata["rule"]
+        elif "task_keys" in f.metadata:
+            continue
         else:  # a nested config, e.g. data
             out |= _rules(f.default_factory, f"{prefix}{f.name}.")  # type: ignore[arg-type]
     return out
@@ -106,16 +128,27 @@ DATA_SOURCE_KEYS = ("data.path", "data.download")
 # Keys that say where a trial runs, not what it trains: never searched, not in a sweep's
 # question (workers on several devices answer one question).
 PLACEMENT_KEYS = ("device", "device_id")
+# A task key's value is a number, a flag or a word until the task file types it.
+TASK_RULE = Rule("task", "a number, true/false or a word, as the task file declares")
+
+
+def known(key: str) -> bool:
+    """A runner key, or a task's own key (`model.NAME`; the task file says if it has it)."""
+    return key in _RULES or bool(TASK_KEY_RE.match(key))
+
+
+def _rule(key: str) -> Rule:
+    return _RULES.get(key, TASK_RULE)
 
 
 def kind(key: str) -> str:
-    """int, float, choice, bool or str."""
-    return _RULES[key].kind
+    """int, float, choice, bool, str, or task (a task's own key, typed by its file)."""
+    return _rule(key).kind
 
 
 def allowed(key: str) -> str:
     """What a key accepts, in words."""
-    return _RULES[key].text
+    return _rule(key).text
 
 
 def valid_name(value: Any) -> bool:
@@ -145,11 +178,18 @@ def _scalar(text: str) -> Any:
 
 def coerce(key: str, value: Any) -> Any:
     """Convert a raw value (a CLI string or a YAML scalar) for `key`, or raise ConfigError."""
-    if key not in _RULES:
+    if not known(key):
         raise ConfigError(f"unknown config key {show(key)}{did_you_mean(key, KEYS)}; known "
-                          f"keys: {', '.join(KEYS)}")
-    rule = _RULES[key]
+                          f"keys: {', '.join(KEYS)}, and a task's own keys as model.NAME")
+    rule = _rule(key)
     bad = ConfigError(f"config key '{key}': expected {rule.text}, got {show(value)}")
+    if rule.kind == "task":
+        if isinstance(value, str):
+            value = _scalar(value.strip())
+        if not isinstance(value, str | int | float | bool) or (
+                isinstance(value, float) and not math.isfinite(value)) or value == "":
+            raise bad
+        return value
     if rule.kind == "str":
         # A path is text; a YAML number (2020) is the folder of that name.
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -234,15 +274,24 @@ def build(overrides: dict[str, Any] | None = None, base: Config | None = None) -
     config = base or Config()
     top: dict[str, Any] = {}
     data: dict[str, Any] = {}
+    model = dict(config.model)
     for key, value in (overrides or {}).items():
         value = coerce(key, value)
-        if key.startswith("data."):
+        if key.startswith("model."):
+            model[key[len("model."):]] = value
+        elif key.startswith("data."):
             data[key[len("data."):]] = value
         else:
             top[key] = value
     if data:
         top["data"] = dataclasses.replace(config.data, **data)
-    return dataclasses.replace(config, **top)
+    if model != dict(config.model):
+        top["model"] = tuple(sorted(model.items()))
+    config = dataclasses.replace(config, **top)
+    if config.optimizer == "adam" and config.momentum:
+        raise ConfigError(f"config key 'momentum': adam has no momentum (it is for sgd and "
+                          f"momentum), got {show(config.momentum)} with optimizer adam")
+    return config
 
 
 def flatten(config: Config) -> dict[str, Any]:
@@ -253,9 +302,25 @@ def flatten(config: Config) -> dict[str, Any]:
         for part in key.split("."):
             value = getattr(value, part)
         out[key] = value
-    return out
+    return out | {f"model.{name}": value for name, value in config.model}
+
+
+# Keys added after sweeps were recorded, with the value every older run trained with: at
+# that value they are left out of a sweep's question and a run's config digest, so a
+# study or a lost trial recorded before them is still found as the same.
+LATER_KEYS = {"task": "mlp", "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0}
+
+
+def question(config: Config) -> dict[str, Any]:
+    """`flatten`, without the later keys at the value older runs had."""
+    return {k: v for k, v in flatten(config).items()
+            if not (k in LATER_KEYS and v == LATER_KEYS[k])}
 
 
 def as_dict(config: Config) -> dict[str, Any]:
     """The config as nested plain data, for the YAML artifact."""
-    return dataclasses.asdict(config)
+    out = dataclasses.asdict(config)
+    out["model"] = dict(config.model)
+    if not out["model"]:
+        del out["model"]
+    return out

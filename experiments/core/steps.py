@@ -76,16 +76,22 @@ class EvalStep(nn.Cell):
     without a second pass over the test set.
     """
 
-    def __init__(self, model: nn.Cell) -> None:
+    def __init__(self, model: nn.Cell, loss_fn: Callable | None = None) -> None:
         super().__init__(auto_prefix=False)
         self.model = model
-        self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
+        # A task's own loss is a mean over the batch, as the seed's is: times the batch
+        # size, it sums. The seed's cross-entropy sums exactly, as it always has.
+        self.mean_loss = loss_fn is not None
+        self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss(reduction="sum")
 
     def construct(self, data, label):
         logits = self.model(data)
         predicted = logits.argmax(1).astype(mindspore.int32)
         correct = (predicted == label).astype(mindspore.float32).sum()
-        return self.loss_fn(logits, label), correct, predicted
+        loss = self.loss_fn(logits, label)
+        if self.mean_loss:
+            loss = loss * label.shape[0]
+        return loss, correct, predicted
 
 
 class GradPair(nn.Cell):
@@ -100,6 +106,18 @@ class GradPair(nn.Cell):
         _, aux = self.aux_fn(data, label)
         _, no_aux = self.no_aux_fn(data, label)
         return aux, no_aux
+
+
+def make_optimizer(name: str, params: list, momentum: float, weight_decay: float
+                   ) -> nn.Optimizer:
+    """The optimizer a config names. Its learning rate is set per run (Trainer.reset); with
+    momentum and weight decay 0, `sgd` is the seed's `nn.SGD(params, 1e-2)` to the bit."""
+    if name == "adam":
+        return nn.Adam(params, learning_rate=1e-2, weight_decay=weight_decay)
+    if name == "momentum":
+        return nn.Momentum(params, learning_rate=1e-2, momentum=momentum,
+                           weight_decay=weight_decay)
+    return nn.SGD(params, learning_rate=1e-2, momentum=momentum, weight_decay=weight_decay)
 
 
 def use_graph_mode() -> None:

@@ -10,7 +10,7 @@ to callbacks, which callers compose.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -21,17 +21,18 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from experiments.core import devices
+from experiments.core import task as tasks
 from experiments.core.autodiff import grad_relation, weights_digest
 from experiments.core.config import GRAD_MODES, Config
 from experiments.core.data import Mnist, batch_slices, n_batches, normalize
 from experiments.core.hooks import Callbacks, Diverged, EpochResult
-from experiments.core.model import Network
 from experiments.core.steps import (
     EvalStep,
     GradPair,
     MultiStep,
     TrainStep,
     make_grad_fn,
+    make_optimizer,
     use_graph_mode,
 )
 from experiments.runtime import faults, interrupts
@@ -80,26 +81,36 @@ class Fit:
 
 
 class Trainer:
-    """One network, optimizer and compiled steps for one grad mode, reusable across runs."""
+    """One network, optimizer and compiled steps for one grad mode, reusable across runs.
 
-    def __init__(self, grad_mode: str, steps_per_call: int = STEPS_PER_CALL) -> None:
+    What it is built from (the task, its keys, the optimizer) is `shape_of(config)`: runs
+    that differ only in seed, learning rate, batch size or epochs share one trainer.
+    """
+
+    def __init__(self, grad_mode: str, steps_per_call: int = STEPS_PER_CALL, *,
+                 config: Config | None = None, task: tasks.Task | None = None) -> None:
         global _built
         if grad_mode not in GRAD_MODES:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
         use_graph_mode()
         _built = True
+        self.task = task or tasks.load(tasks.locate((config or Config()).task))
+        self.config = self.task.file.complete(
+            dataclasses.replace(config or Config(), grad_mode=grad_mode))
+        self.shape = shape_of(self.config)
         self.grad_mode = grad_mode
         self.init_digest = ""
-        self.model = Network()
-        self.loss_fn = nn.CrossEntropyLoss()
-        self.optimizer = nn.SGD(self.model.trainable_params(), learning_rate=1e-2)
+        self.model = self.task.network(self.config)
+        self.loss_fn = self.task.loss or nn.CrossEntropyLoss()
+        self.optimizer = make_optimizer(self.config.optimizer, self.model.trainable_params(),
+                                        self.config.momentum, self.config.weight_decay)
         params = self.optimizer.parameters
         self.train_step = TrainStep(
             make_grad_fn(self.model, self.loss_fn, params, grad_mode), self.optimizer
         )
         self.steps_per_call = steps_per_call
         self.multi_step = MultiStep(self.train_step, steps_per_call)
-        self.eval_step = EvalStep(self.model)
+        self.eval_step = EvalStep(self.model, self.task.loss)
         self.grad_pair = GradPair(make_grad_fn(self.model, self.loss_fn, params, "has_aux"),
                                   make_grad_fn(self.model, self.loss_fn, params, "no_aux"))
         self._compiled: set[tuple[int, ...]] = set()  # step-call shapes compiled so far
@@ -110,9 +121,9 @@ class Trainer:
                                if id(p) not in weights and p.name != "learning_rate"]
 
     def reset(self, seed: int, learning_rate: float) -> None:
-        """Weights as a fresh `Network()` under `seed`, fresh optimizer state, new lr."""
+        """Weights as a fresh network under `seed`, fresh optimizer state, new lr."""
         mindspore.set_seed(seed)
-        fresh = Network()
+        fresh = self.task.network(self.config)
         for param, init in zip(self.model.get_parameters(), fresh.get_parameters(), strict=True):
             param.set_data(Tensor(init.asnumpy()))
         for param, value in self._initial_state:
@@ -212,18 +223,34 @@ def forkable() -> bool:
     return not _built
 
 
-@functools.cache
-def trainer_for(grad_mode: str) -> Trainer:
-    """The process's trainer for a grad mode. Compiling the steps costs seconds and `fit`
-    resets the trainer, so every training in a process (trials, sweeps) shares one."""
-    return Trainer(grad_mode)
+def shape_of(config: Config) -> tuple:
+    """What a trainer is built from: runs equal in it can share one trainer."""
+    return (config.task, config.model, config.optimizer, config.momentum, config.weight_decay,
+            config.grad_mode)
+
+
+# Trainers kept per process, the most recently used last. A sweep over a task's own key
+# (a width) builds one per value; the oldest are let go, graphs and all.
+_trainers: dict[tuple, Trainer] = {}
+KEPT_TRAINERS = 8
+
+
+def trainer_for(config: Config, task: tasks.Task | None = None) -> Trainer:
+    """The process's trainer for this config's shape. Compiling the steps costs seconds and
+    `fit` resets the trainer, so every training in a process (trials, sweeps) shares one."""
+    key = shape_of(config)
+    trainer = _trainers.pop(key, None) or Trainer(config.grad_mode, config=config, task=task)
+    _trainers[key] = trainer
+    while len(_trainers) > KEPT_TRAINERS:
+        del _trainers[next(iter(_trainers))]
+    return trainer
 
 
 def fit(config: Config, data: Prepared, trainer: Trainer,
         callbacks: Callbacks | None = None) -> Fit:
     """Train `config.epochs` epochs from a fresh start; raises Diverged on a NaN/inf loss."""
-    if trainer.grad_mode != config.grad_mode:
-        raise ValueError(f"trainer is for {trainer.grad_mode}, config wants {config.grad_mode}")
+    if trainer.shape != shape_of(config):
+        raise ValueError(f"trainer is for {trainer.shape}, config wants {shape_of(config)}")
     devices.use(config.device, config.device_id)  # the device recorded is the one that trains
     callbacks = callbacks or Callbacks()
     if not trainer.compiled(data, config.batch_size):

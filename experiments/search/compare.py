@@ -61,7 +61,7 @@ def experiment_id_of(client: Any, name: str) -> str:
 
 
 def _typed(key: str, value: str) -> Any:
-    if key in cfg.KEYS:
+    if cfg.known(key):
         try:
             return cfg.coerce(key, value)
         except cfg.ConfigError:
@@ -124,7 +124,7 @@ def _swept(found: list) -> list[str]:
     values: dict[str, set] = {}
     for r in found:
         for k, v in r.data.params.items():
-            if k in cfg.KEYS and k != "grad_mode":
+            if cfg.known(k) and k != "grad_mode":
                 values.setdefault(k, set()).add(v)
     return sorted(k for k, seen in values.items() if len(seen) > 1)
 

@@ -77,7 +77,7 @@ def verdict(frame: pd.DataFrame, table: pd.DataFrame, metric: str, ascending: bo
 
 def configs_text(configs: pd.DataFrame, frame: pd.DataFrame, metric: str, top: int) -> str:
     """Per configuration (trial): its searched values and mean ± std over its seeds."""
-    keys = [c for c in frame.columns if c in cfg.KEYS and c != "seed"
+    keys = [c for c in frame.columns if cfg.known(c) and c != "seed"
             and frame[c].nunique(dropna=True) > 1]
     first = frame.drop_duplicates(["sweep", "trial"]).set_index(["sweep", "trial"])
     several = configs["sweep"].nunique() > 1

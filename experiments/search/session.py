@@ -15,7 +15,9 @@ from optuna.trial import TrialState
 
 from experiments.core import config as cfg
 from experiments.core import devices
-from experiments.core.data import Mnist, load
+from experiments.core.data import Mnist
+from experiments.core.task import Task, check, check_apart, random_note
+from experiments.core.train import Prepared
 from experiments.runtime import infra, interrupts, outage, progress
 from experiments.search import execution
 from experiments.search.execution import FALLBACK_ENV
@@ -29,6 +31,7 @@ from experiments.search.trials.budget import Budget
 from experiments.search.trials.loop import End, Recovery, recover
 from experiments.tracking import ui, views
 from experiments.tracking.store import MLRUNS, client
+from experiments.tracking.tracked_fit import prepare
 
 if TYPE_CHECKING:
     import optuna
@@ -48,6 +51,7 @@ class Session:
     recovery: Recovery
     client: MlflowClient
     mnist: Mnist
+    task: Task
     parent: str = ""
 
     def probe(self) -> None:
@@ -72,14 +76,24 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, End]:
     config = cfg.build(spec.fixed)
     if options.parent_run is None:  # a worker's device was checked by its parent
         devices.check(config.device, options.device_ids or (config.device_id,))
-    mnist = load(config.data.path, config.data.download, progress.say,
-                 fell_back=os.environ.get(FALLBACK_ENV, "") if options.parent_run else "")
+    config, task, mnist = prepare(
+        config, progress.say,
+        fell_back=os.environ.get(FALLBACK_ENV, "") if options.parent_run else "")
+    if task.file.name not in cfg.BUILT_IN_TASKS:  # the built-in ones are tested
+        if options.parent_run is None:
+            # In a process of its own: one that ran a graph can no longer fork workers.
+            task = check_apart(task, config, mnist.test_images.shape[1:], mnist.train_labels)
+            if task.random:
+                progress.say(random_note(task))
+        else:  # a worker never forks
+            task = check(task, config, Prepared.from_mnist(mnist).test_x, mnist.train_labels)
     tracking = client()
     recovery.close_runs = trial_runs.close_runs(tracking, spec.experiment)
     store = store or open_storage(store_url, MLRUNS, recovery.stale)
     session = Session(options=options, spec=spec, budget=Budget.of(spec), store_url=store_url,
                       study=studies.open_study(spec, store), recovery=recovery,
-                      client=tracking, mnist=mnist, parent=options.parent_run or "")
+                      client=tracking, mnist=mnist, task=task,
+                      parent=options.parent_run or "")
     recovery.probe = session.probe
     devices.use(config.device, config.device_id)
     if options.parent_run is not None:  # a worker process of a parent

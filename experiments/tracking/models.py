@@ -21,14 +21,27 @@ PACKAGE = Path(__file__).resolve().parent.parent  # experiments/, copied into ev
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 
 
-def log_model(client: Any, run_id: str, net: Any, example: np.ndarray) -> None:
-    """Save the pyfunc model (weights, code, signature, example) as the run's `model/`."""
+def log_model(client: Any, run_id: str, net: Any, example: np.ndarray,
+              task: tuple[Any, Any] | None = None) -> None:
+    """Save the pyfunc model (weights, code, signature, example) as the run's `model/`.
+    `task` (the task file, the run's config): a user's task file goes into the model as
+    an artifact, with the keys its network is built from, so the model loads anywhere."""
     import mindspore
     import mlflow.pyfunc
+
+    from experiments.core.config import BUILT_IN_TASKS, flatten
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.ckpt"
         mindspore.save_checkpoint(net, str(weights))
+        artifacts = {"weights": str(weights)}
+        model_config = None
+        if task is not None:
+            file, config = task
+            model_config = {"config": {k: v for k, v in flatten(config).items()
+                                       if k != "task"}, "task": config.task}
+            if file.name not in BUILT_IN_TASKS:
+                artifacts["task"] = str(file.path)
         example = example[:2].astype(np.uint8)
         # The package's sources only: its __pycache__ folders were two thirds of the files
         # every model copied, twice (into the model, then into the store), for nothing.
@@ -36,7 +49,7 @@ def log_model(client: Any, run_id: str, net: Any, example: np.ndarray) -> None:
         shutil.copytree(PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         mlflow.pyfunc.save_model(
             path=str(Path(tmp) / "model"), python_model=str(MODEL_CODE),
-            artifacts={"weights": str(weights)}, code_paths=[str(code)],
+            artifacts=artifacts, code_paths=[str(code)], model_config=model_config,
             signature=signature(), input_example=example, pip_requirements=PIP_REQUIREMENTS)
         client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
 

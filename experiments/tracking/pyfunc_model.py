@@ -19,12 +19,20 @@ class DigitClassifier(PythonModel):
     def load_context(self, context: Any) -> None:
         import mindspore
 
-        from experiments.core.model import Network
+        from experiments.core import config as cfg
+        from experiments.core import task as tasks
 
-        net = Network()
+        # The run's task: a user's file travels in the model; a model logged before
+        # tasks were is the seed's network.
+        recorded = context.model_config or {}
+        where = context.artifacts.get("task") or recorded.get("task") or "mlp"
+        config = cfg.build({**recorded.get("config", {}), "task": where})
+        task = tasks.load(tasks.locate(where))
+        net = task.network(task.file.complete(config))
         mindspore.load_checkpoint(context.artifacts["weights"], net)
         net.set_train(False)
         self.model = mindspore.train.Model(net)
+        self.to_input = task.to_input or normalize
 
     # The hint is one MLflow infers no schema from (so it neither warns nor validates):
     # the logged signature (uint8 digits) is the contract, and paths are accepted too.
@@ -34,7 +42,8 @@ class DigitClassifier(PythonModel):
 
         digits = as_digits(model_input.to_numpy() if hasattr(model_input, "to_numpy")
                            else model_input)
-        logits = self.model.predict(Tensor(normalize(digits))).asnumpy().astype(np.float64)
+        inputs = np.ascontiguousarray(self.to_input(digits), dtype=np.float32)
+        logits = self.model.predict(Tensor(inputs)).asnumpy().astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)

@@ -12,6 +12,7 @@ back from the store, so both sides went through the same float round trip.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
            progress: Callable[[int], Any] | None = None) -> Report:
     """Replay run `run_id` into a new run and compare the two; ReplayRefused (nothing
     written) when it cannot be replayed. `progress(epochs)` gives epoch callbacks."""
+    from experiments.core import task as tasks
     from experiments.core.data import load
     from experiments.core.hooks import Callbacks, compose
     from experiments.core.train import Prepared, trainer_for
@@ -97,24 +99,31 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
     # What loading says (the offline sample, a failed download) is said only once the
     # replay goes ahead: a refusal is its one line.
     said: list[str] = []
+    config, file = _task(config, original.data.tags)
     mnist = load(config.data.path, config.data.download, said.append)
-    differences = missing + _environment(original.data.tags, mnist.digest)
+    differences = missing + _environment(original.data.tags, mnist.digest, file)
     if differences and not force:
         raise ReplayRefused(f"run {run_id} was not trained with what is here: "
                             + "; ".join(map(str, differences))
                             + "; pass --force to replay anyway")
     for message in said:
         say(message)
+    cores = _same_cores(original.data.tags)
     interrupts.check()  # a Ctrl-C during the checks ends here, before any write
     interrupts.waiting_for("the replay to stop at its next step and close its run as KILLED")
     tags = {"replay_of": run_id, "grad_mode": config.grad_mode,
             **{f"replay.diff.{d.name}": f"{d.recorded or '(not recorded)'} -> {d.here}"
                for d in differences}}
-    ctx = TrackContext(c, mnist, Prepared.from_mnist(mnist), experiment)
+    task, prepared = tasks.load(file), Prepared.from_mnist(mnist)
+    if file.name not in cfg.BUILT_IN_TASKS:
+        task = tasks.check(task, config, prepared.test_x, prepared.train_y)
+    ctx = TrackContext(client=c, data=mnist, prepared=prepared, experiment=experiment,
+                       task=task)
     # The interrupt check is the replay's own: a Ctrl-C between steps closes the run KILLED.
     steps = Callbacks(on_step=lambda epoch, step: interrupts.check())
+    config = dataclasses.replace(config, epochs=epochs)
     outcome = tracked_fit(
-        ctx, dataclasses.replace(config, epochs=epochs), trainer_for(config.grad_mode),
+        ctx, config, trainer_for(config, task),
         f"replay-{original.info.run_name}", tags=tags,
         callbacks=compose(steps, progress(epochs) if progress else None),
         # A diverged run ends as its original did (a sweep's ablation variant FINISHED).
@@ -125,7 +134,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
             f"{recorded.get('diverged_step', '?')}" if "diverged_epoch" in recorded else
             f"over {epochs} epoch{'s' * (epochs != 1)}")
     report = Report(run_id, outcome.run_id, experiment, span, checks,
-                    _notes(original, config, epochs, differences))
+                    _notes(original, config, epochs, differences) + ([cores] if cores else []))
     MlflowRun(c, outcome.run_id).set_tags({"replay.identical": str(report.identical).lower()})
     return report
 
@@ -205,7 +214,8 @@ def _recorded_config(c: Any, run: Any) -> tuple[Config, list[Difference]]:
                             f"run recorded: {'; '.join(clash)}")
     # Where a run was trained is not recorded before devices were: those ran on CPU.
     missing = [Difference(f"config.{k}", None, str(values[k]))
-               for k in cfg.KEYS if k not in flat and k not in cfg.PLACEMENT_KEYS]
+               for k in cfg.KEYS if k not in flat and k not in cfg.PLACEMENT_KEYS
+               and k not in cfg.LATER_KEYS]  # older runs trained with their value
     return config, missing
 
 
@@ -223,11 +233,43 @@ def _epochs_to_train(c: Any, run: Any, config: Config) -> int:
     return max(recorded) if stopped else config.epochs
 
 
-def _environment(tags: dict[str, str], digest: str) -> list[Difference]:
-    """Each version or data that is not what the run recorded."""
+def _same_cores(tags: dict[str, str]) -> str:
+    """Train on as many cores as the run did (its `cores` tag), before MindSpore starts
+    a graph: a convolution's sums follow the thread count. A note when this machine has
+    fewer; nothing for a run that did not record it (trained before the tag)."""
+    from experiments.runtime.workers import usable_cores
+    from experiments.tracking.tracked_fit import CORES_TAG
+
+    recorded, here = tags.get(CORES_TAG, ""), usable_cores()
+    if not recorded.isdigit() or int(recorded) == len(here):
+        return ""
+    if int(recorded) < len(here):
+        os.sched_setaffinity(0, set(here[: int(recorded)]))
+        return f"trained on {recorded} of this machine's {len(here)} cores, as the run was"
+    return (f"the run trained on {recorded} cores, this process has {len(here)}: a "
+            "convolution sums in another order on another thread count, so its last bits "
+            "may differ for that")
+
+
+def _task(config: Config, tags: dict[str, str]) -> tuple[Config, Any]:
+    """The run's task file, where the run found it (a relative path is read from the
+    directory the run trained in, which may not be this one), and the config with it."""
+    from experiments.core import task as tasks
+
+    if config.task not in cfg.BUILT_IN_TASKS and tags.get("task.path"):
+        config = dataclasses.replace(config, task=tags["task.path"])
+    file = tasks.locate(config.task)
+    return file.complete(config), file
+
+
+def _environment(tags: dict[str, str], digest: str, task: Any) -> list[Difference]:
+    """Each version, data or task file that is not what the run recorded. A built-in
+    task is the runner's code, as the rest of it is: a user's file is compared."""
     from experiments.tracking.store import versions
 
     here = {f"versions.{p}": versions()[p] for p in CHECKED_VERSIONS} | {"data.digest": digest}
+    if task.name not in cfg.BUILT_IN_TASKS:
+        here["task.digest"] = task.digest
     return [Difference(k, tags.get(k), v) for k, v in here.items() if tags.get(k) != v]
 
 
@@ -245,5 +287,9 @@ def _notes(original: Any, config: Config, epochs: int,
         notes.append(f"the original stopped after epoch {epochs} of {config.epochs} "
                      f"({original.data.tags.get('stop_reason', original.info.status)}); "
                      f"the replay trains {epochs}")
+    if original.data.tags.get("task.random") == "true":
+        notes.append("the network draws random numbers as it trains (dropout), which "
+                     "MindSpore's CPU kernels do not repeat for a seed: differences are "
+                     "that noise, not a changed training")
     notes += [f"forced: {d}" for d in differences]
     return notes

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from experiments.core.config import Config, flatten
+from experiments.core.config import Config, question
 from experiments.core.hooks import EpochResult
 from experiments.tracking.mlflow_run import MlflowRun
 
@@ -26,7 +26,7 @@ def config_digest(config: Config) -> str:
     """What trains, exactly: every config value, the evaluation batch size too (it sums
     the test loss per batch, so it changes test_loss in its last bits) and the device, but
     not which card of it."""
-    values = {k: v for k, v in flatten(config).items() if k != "device_id"}
+    values = {k: v for k, v in question(config).items() if k != "device_id"}
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from experiments.core.config import Config, as_dict, flatten
+from experiments.core.config import BUILT_IN_TASKS, Config, as_dict, flatten
 from experiments.core.data import Mnist, n_batches
 from experiments.core.hooks import Callbacks, Diverged, EpochResult, Stop, compose
+from experiments.core.task import Task
 from experiments.core.train import Prepared, Trainer, fit, trainer_for
 from experiments.runtime import faults, infra, interrupts
+from experiments.runtime.workers import usable_cores
 from experiments.tracking import figures
 from experiments.tracking.mlflow_run import MlflowRun
 from experiments.tracking.reuse import DIGEST_TAG, config_digest
@@ -30,6 +32,7 @@ class TrackContext:
     data: Mnist
     prepared: Prepared
     experiment: str
+    task: Task  # the network's task file, loaded and checked
     parent_run_id: str | None = None
 
 
@@ -60,7 +63,11 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
     so a pruning callback that stops training never loses an epoch's metrics.
     """
     # The exact config's digest: a retry finds a lost trial's finished runs by it.
-    tags = {**(tags or {}), DIGEST_TAG: config_digest(config)}
+    # The cores it trained on: a convolution sums in another order on another thread
+    # count (measured: a sweep worker pinned to one core and a replay on two differed in
+    # the last bits of every LeNet-style metric), so replay trains on as many.
+    tags = {**(tags or {}), DIGEST_TAG: config_digest(config),
+            CORES_TAG: str(len(usable_cores())), **task_tags(ctx.task)}
     run = MlflowRun.start(ctx.client, ctx.experiment, run_name, flatten(config), tags,
                           ctx.parent_run_id)
     faults.point("run_started")
@@ -83,7 +90,7 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
             outcome.history else (bool(save_model), "")
         if why:
             run.set_tags({"model": why})
-        _log_results(run, ctx, done.predictions, trainer.model if keep else None)
+        _log_results(run, ctx, done.predictions, trainer.model if keep else None, config)
         status = "FINISHED"
     except Diverged as exc:
         outcome.diverged = exc
@@ -151,23 +158,52 @@ def _close(run: MlflowRun, status: str, tags: dict[str, str], history: list[Epoc
         raise failed
 
 
+CORES_TAG = "cores"
+
+
+def task_tags(task: Task) -> dict[str, str]:
+    """Which task file trained the run: its content's digest (replay compares it) and,
+    for a user's file, where it was."""
+    tags = {"task.digest": task.file.digest, "task.path": str(task.file.path)}
+    return tags | ({"task.random": "true"} if task.random else {})
+
+
+def prepare(config: Config, say: Callable[[str], None], fell_back: str = ""
+            ) -> tuple[Config, Task, Mnist]:
+    """The task (read, imported, checked on the data) and the data of a training:
+    the config completed with the task's keys. TaskError names what is wrong."""
+    from experiments.core import task as tasks
+    from experiments.core.data import load
+
+    file = tasks.locate(config.task)
+    config = file.complete(config)
+    mnist = load(config.data.path, config.data.download, say, fell_back=fell_back)
+    return config, tasks.load(file), mnist
+
+
 def train_once(config: Config, experiment: str, run_name: str, say: Callable[[str], None],
                callbacks: Any = None) -> Outcome:
     """`runner.py train`: load the data, train once, record one run in `experiment`."""
     from experiments.core import devices
-    from experiments.core.data import load
+    from experiments.core import task as tasks
     from experiments.tracking.store import client
 
     devices.check(config.device, [config.device_id])
     devices.use(config.device, config.device_id)
     interrupts.waiting_for("the training to stop at its next step and close its run as KILLED")
-    mnist = load(config.data.path, config.data.download, say)
-    ctx = TrackContext(client(), mnist, Prepared.from_mnist(mnist), experiment)
-    return tracked_fit(ctx, config, trainer_for(config.grad_mode), run_name,
-                       callbacks=callbacks)
+    config, task, mnist = prepare(config, say)
+    prepared = Prepared.from_mnist(mnist)
+    if task.file.name not in BUILT_IN_TASKS:  # the built-in ones are tested
+        task = tasks.check(task, config, prepared.test_x, prepared.train_y)
+        if task.random:
+            say(tasks.random_note(task))
+    ctx = TrackContext(client=client(), data=mnist, prepared=prepared, experiment=experiment,
+                       task=task)
+    return tracked_fit(ctx, config, trainer_for(config, task), run_name, callbacks=callbacks)
 
 
-def _log_results(run: MlflowRun, ctx: TrackContext, predicted: Any, model: Any) -> None:
+def _log_results(run: MlflowRun, ctx: TrackContext, predicted: Any, model: Any,
+                 config: Config) -> None:
     """What a person looks at after training: confusions, sample digits, the model."""
     run.log_image(figures.confusion(ctx.prepared.test_y, predicted), "confusion_matrix.png")
     faults.point("log_artifacts")
@@ -176,4 +212,5 @@ def _log_results(run: MlflowRun, ctx: TrackContext, predicted: Any, model: Any) 
     if model is not None:
         from experiments.tracking.models import log_model
 
-        log_model(run.client, run.run_id, model, ctx.data.test_images)
+        log_model(run.client, run.run_id, model, ctx.data.test_images,
+                  task=(ctx.task.file, config))

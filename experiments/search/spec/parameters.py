@@ -36,7 +36,7 @@ KEYS_OF = {
 SPEC_KEYS = ("distribution", "values", "value", "probabilities", "min", "max", "mu", "sigma",
              "q", "a", "b", "parameters")
 # Laws whose draws are not whole numbers unless quantised by a whole q.
-_REAL = {"uniform", "log_uniform", "log_uniform_values", "inv_log_uniform",
+REAL = {"uniform", "log_uniform", "log_uniform_values", "inv_log_uniform",
          "inv_log_uniform_values", "normal", "log_normal", "beta"}
 
 
@@ -98,6 +98,9 @@ def _param(r: Reader, where: str, key: str, spec: dict, fixed: dict, method: str
     if key in cfg.DATA_SOURCE_KEYS:
         raise r.fail(where, "the data a sweep trains on is one choice, not a search: set "
                             f"{key} in `fixed` (or with --set)")
+    if key == "task":
+        raise r.fail(where, "a sweep trains one task: set task in `fixed` (or with --set), "
+                            "and search the task's own keys (model.NAME)")
     if key in cfg.PLACEMENT_KEYS:
         raise r.fail(where, "where trials run is not searched: set device in `fixed` (or "
                             "with --set), and give device ids with --devices")
@@ -114,13 +117,13 @@ def _param(r: Reader, where: str, key: str, spec: dict, fixed: dict, method: str
     kind = cfg.kind(key)
     if dist in ("constant", "categorical"):
         return _choices(r, where, key, spec, dist)
-    if kind not in ("int", "float"):
+    if kind not in ("int", "float", "task"):  # a task's key: its file says (task_keys.py)
         raise r.fail(f"{where}.distribution", f"{dist} needs a numeric key; {key} takes "
                                               f"{cfg.allowed(key)}: use values")
     numbers = {k: r.number(spec[k], f"{where}.{k}") for k in ("min", "max", "mu", "sigma",
                                                              "q", "a", "b") if k in spec}
     q = spec.get("q", 1) if dist in QUANTISED else None
-    if kind == "int" and (dist in _REAL or (q is not None and not float(q).is_integer())):
+    if kind == "int" and (dist in REAL or (q is not None and not float(q).is_integer())):
         raise r.fail(f"{where}.distribution", f"{key} is an integer: use int_uniform, a q_ law "
                                               "with a whole q, or values")
     if q is not None:

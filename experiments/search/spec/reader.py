@@ -110,7 +110,7 @@ class Reader:
                                  f"{cfg.allowed(config_key)}") from None
 
     def config_key(self, key: str, config_key: str) -> None:
-        if config_key not in cfg.KEYS:
+        if not cfg.known(config_key):
             raise self.fail(key, f"unknown config key{cfg.did_you_mean(config_key, cfg.KEYS)}; "
                                  f"known: {', '.join(cfg.KEYS)}")
 

@@ -33,6 +33,7 @@ from experiments.search.spec.pruners import Pruner, read_pruner
 from experiments.search.spec.reader import Reader, SweepError, read
 from experiments.search.spec.settings import MAX_TRIALS, RECORDED_ONLY
 from experiments.search.spec.space import Param
+from experiments.search.spec.task_keys import read_task
 from experiments.search.spec.warm_start import WarmStart, read_warm_start
 
 METHODS = ("tpe", "bayes", "random", "grid", "cmaes", "qmc", "gp")
@@ -74,6 +75,8 @@ class SweepSpec:
     objectives: tuple[Objective, ...] = ()  # (metric, goal) each; () is (metric, goal)
     models: models_kept.Models = field(default_factory=models_kept.Models)  # what is saved
     ordered: bool = True  # workers give the one-worker answer (ordered.py), or go faster
+    # A task file's content: another file under the same name asks another question.
+    task_digest: str = ""
 
     @property
     def metrics(self) -> tuple[Objective, ...]:
@@ -142,7 +145,7 @@ class SweepSpec:
         evaluation batch size (speed) and the device (where) are left out.
         """
         searched = {p.key for p in self.parameters} | ({"grad_mode"} if self.ablation else set())
-        config = cfg.flatten(cfg.build(self.fixed))
+        config = cfg.question(cfg.build(self.fixed))
         fixed = {k: v for k, v in config.items() if k not in searched
                  and k != "data.eval_batch_size" and k not in cfg.PLACEMENT_KEYS}
         out = {"method": self.method, "metric": describe(self.metrics),
@@ -152,6 +155,8 @@ class SweepSpec:
             out["experiment"] = self.experiment
         if self.repeats > 1:  # the objective is a mean over seeds: another question
             out["repeats"] = self.repeats
+        if self.task_digest:
+            out["task_digest"] = self.task_digest
         return out
 
     def fingerprint(self) -> str:
@@ -211,6 +216,7 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
     with r.each():
         if "parameters" in raw:  # missing: said above
             params = parameters(r, r.mapping(raw["parameters"], "parameters"), fixed, method)
+    task = read_task(r, fixed, params)
     ablation: tuple[str, ...] = ()
     with r.each():
         ablation = settings.ablation(r, raw.get("ablation"), fixed, params)
@@ -253,4 +259,6 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
                      ablation=ablation, target=target, project=project, recorded=recorded,
                      notes=tuple(notes), repeats=repeats, warm_start=warm,
                      objectives=metrics if len(metrics) > 1 else (),
-                     models=models, ordered=ordered)
+                     models=models, ordered=ordered,
+                     task_digest="" if task is None or task.name in cfg.BUILT_IN_TASKS
+                     else task.digest)

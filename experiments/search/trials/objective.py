@@ -68,8 +68,8 @@ class TrialRunner:
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         spec = self.spec
-        config = cfg.build({**spec.fixed, **space.suggest(trial, spec.parameters,
-                                                           spec.method == "grid")})
+        config = self.ctx.task.file.complete(cfg.build(
+            {**spec.fixed, **space.suggest(trial, spec.parameters, spec.method == "grid")}))
         seeds = repeat_seeds(config.seed, spec.seed, spec.repeats)
         if spec.repeats > 1:
             trial.set_user_attr("seeds", seeds)
@@ -135,7 +135,7 @@ class TrialRunner:
         # Ctrl-C between steps.
         bars = EpochBars(config.epochs, enabled=False)
         return tracked_fit(
-            self.ctx, config, trainer_for(mode), name, tags=tags,
+            self.ctx, config, trainer_for(config, self.ctx.task), name, tags=tags,
             callbacks=compose(bars, Callbacks(on_compile=_compiling),
                               self._reporter(trial, config.epochs) if pruned_on else None),
             diverged_status="FAILED" if first else "FINISHED",

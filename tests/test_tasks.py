@@ -105,6 +105,32 @@ def test_a_network_with_dropout_is_found_random_and_said_so(store, capsys):
 
 NETWORK_OK = ("from mindspore import nn\n\ndef network(config):\n"
               "    return nn.SequentialCell(nn.Flatten(), nn.Dense(784, {out}))\n")
+BLOBS = '''"""Three Gaussian blobs in the plane: a task with its own data."""
+import numpy as np
+from mindspore import nn
+
+keys = {"hidden": (16, 2, 256)}
+
+
+def data(config):
+    rng = np.random.default_rng(7)
+    centres = np.array([[0, 0], [3, 3], [0, 4]], np.float32)
+    y = rng.integers(0, 3, 1200)
+    x = (centres[y] + rng.standard_normal((1200, 2))).astype(np.float32)
+    return {"train_x": x[:1000], "train_y": y[:1000], "test_x": x[1000:], "test_y": y[1000:],
+            "name": "blobs"}
+
+
+def network(config):
+    h = config.settings["hidden"]
+    return nn.SequentialCell(nn.Dense(2, h), nn.ReLU(), nn.Dense(h, 3))
+
+
+def to_input(image):  # an image file's brightness and contrast, as a point of the plane
+    return np.array([image.mean() / 64, image.std() / 64], np.float32)
+'''
+BAD_DATA = "import numpy as np\nfrom mindspore import nn\ndef network(config):\n" \
+           "    return nn.Dense(2, 3)\ndef data(config):\n"
 BAD_TASKS = [
     ("missing.py", None, "no such file"),
     ("notes.txt", "x = 1\n", "expected mlp, lenet or the path of a .py file"),
@@ -127,6 +153,28 @@ BAD_TASKS = [
      "the network fails on a batch of shape (2, 1, 28, 28)"),
     ("loss.py", NETWORK_OK.format(out=10) + "def loss(logits, labels):\n    return logits\n",
      "loss(logits, labels) must return a finite scalar"),
+    ("float64.py", BAD_DATA + "    x = np.zeros((4, 2))\n    return x, np.arange(4) % 3, x, "
+                              "np.arange(4) % 3\n",
+     "data(config): train_x is float64; the network trains on float32"),
+    ("labels.py", BAD_DATA + "    x = np.zeros((4, 2), np.float32)\n    return x, x[:, 0], x, "
+                             "x[:, 0]\n",
+     "data(config): train_y must be integer class labels of shape (N,), got float32"),
+    ("lengths.py", BAD_DATA + "    x = np.zeros((4, 2), np.float32)\n    return x, "
+                              "np.arange(3), x, np.arange(4) % 3\n",
+     "data(config): 4 train inputs but 3 labels"),
+    ("nan.py", BAD_DATA + "    x = np.full((4, 2), np.nan, np.float32)\n    return x, "
+                          "np.arange(4) % 3, x, np.arange(4) % 3\n",
+     "data(config): train_x holds NaN or infinite values"),
+    ("shapes.py", BAD_DATA + "    x = np.zeros((4, 2), np.float32)\n    return x, "
+                             "np.arange(4) % 3, x[:, :1], np.arange(4) % 3\n",
+     "data(config): train inputs are (2,) each, test inputs (1,)"),
+    ("datafails.py", BAD_DATA + "    raise OSError('no such folder: /data')\n",
+     "data(config) raised OSError: no such folder: /data"),
+    ("datatype.py", BAD_DATA + "    return 'all of it'\n",
+     "data(config): expected a dict with train_x, train_y, test_x, test_y"),
+    ("classes3.py", BAD_DATA.replace("nn.Dense(2, 3)", "nn.Dense(2, 10)")
+     + "    x = np.zeros((4, 2), np.float32)\n    return x, np.arange(4) % 3, x, "
+       "np.arange(4) % 3\n", "logits have shape (2, 10) for 2 inputs; expected (2, 3)"),
 ]
 
 
@@ -297,6 +345,50 @@ def test_a_users_cnn_gets_the_whole_runner(store, mnist):
     assert refused.returncode == 2 and "task.digest" in refused.stderr, refused.stderr
     forced = run_cli("replay", run.info.run_id, "--force", cwd=store)
     assert forced.returncode == 0 and "bit-identical" in forced.stdout, forced.stderr[-2000:]
+
+
+OWN_DATA_SWEEP = """
+name: blobs
+method: tpe
+n_trials: 4
+seed: 0
+pruner: {type: median, warmup_epochs: 1}
+fixed: {task: blobs.py, epochs: 3}
+parameters:
+  learning_rate: {distribution: log_uniform_values, min: 0.01, max: 0.5}
+  model.hidden: {values: [4, 32]}
+ablation: {grad_mode: [has_aux, stop_gradient]}
+"""
+
+
+@pytest.mark.slow
+def test_a_task_with_its_own_data_gets_the_whole_runner(store):
+    """Its own arrays (three classes, 2-D points), two workers, the ablation, predict
+    through its to_input, replay; the records name its data."""
+    import numpy as np
+    from PIL import Image
+
+    write_task(store, BLOBS, "blobs.py")
+    (store / "blobs.yaml").write_text(OWN_DATA_SWEEP)
+    done = run_cli("sweep", "blobs.yaml", "--workers", "2", cwd=store, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "data: blobs from task file" in done.stderr
+    assert "identical to has_aux to the bit in 4 of 4" in done.stdout, done.stdout
+    client = store_client(store)
+    runs = client.search_runs([client.get_experiment_by_name("blobs").experiment_id],
+                              "attributes.status = 'FINISHED' and tags.role = 'objective'")
+    best = max(runs, key=lambda r: r.data.metrics["test_accuracy"])
+    assert best.data.metrics["test_accuracy"] > 0.85
+    assert best.data.tags["data.source"].endswith("blobs.py")
+    artifacts = {a.path for a in client.list_artifacts(best.info.run_id)}
+    assert "confusion_matrix.png" in artifacts and "test_digits.png" not in artifacts
+    Image.fromarray(np.full((9, 9), 200, np.uint8)).save(store / "bright.png")
+    predicted = run_cli("predict", "--model", best.info.run_id, "bright.png", cwd=store)
+    assert predicted.returncode == 0 and "bright.png  digit" in predicted.stdout, \
+        predicted.stderr[-2000:]
+    replayed = run_cli("replay", best.info.run_id, cwd=store)
+    assert replayed.returncode == 0 and "bit-identical" in replayed.stdout, \
+        replayed.stderr[-2000:]
 
 
 LENET_AGAIN = """

@@ -61,6 +61,11 @@ class Mnist:
     source: str
     fallback_reason: str = ""
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """What the network gets per digit: normalised, one channel (see `normalize`)."""
+        return (1, *self.test_images.shape[1:])
+
     @functools.cached_property
     def digest(self) -> str:
         # 70,000 images hash in ~75 ms; every run of a sweep logs the same digest.

@@ -27,6 +27,20 @@ class PredictError(UserError):
 
 def load_image(path: str | Path) -> np.ndarray:
     """An image file as an MNIST-style 28x28 uint8 digit: light on dark, centred."""
+    gray = read_pixels(path, gray=True)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.mean() > 127:  # dark ink on light paper: MNIST is the other way round
+        gray = 255 - gray
+    if _contrast(gray) <= INK:  # one colour throughout (blank paper, a flat photo): no stroke
+        return np.zeros((28, 28), np.uint8)
+    if gray.shape == (28, 28):
+        return gray
+    return _fit_like_mnist(gray)
+
+
+def read_pixels(path: str | Path, gray: bool = False) -> np.ndarray:
+    """An image file's pixels, upright: uint8, (H, W) gray or (H, W, 3) colour as stored
+    (a task's `to_input` gets these; `gray` makes every image (H, W))."""
     from PIL import Image, ImageOps
 
     try:
@@ -42,7 +56,11 @@ def load_image(path: str | Path) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 # Phones store pixels as the sensor saw them and tag how to turn them upright.
-                gray = _as_gray(ImageOps.exif_transpose(img))
+                img = ImageOps.exif_transpose(img)
+                if gray or img.mode in ("1", "L", "LA", "I", "F") or \
+                        img.mode.startswith("I;"):
+                    return _as_gray(img)
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise PredictError(f"{path}: no such file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -52,14 +70,6 @@ def load_image(path: str | Path) -> np.ndarray:
     # (UnidentifiedImageError and "image file is truncated" are OSErrors).
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise PredictError(f"{path}: not a readable image ({_why(exc)})") from None
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if border.mean() > 127:  # dark ink on light paper: MNIST is the other way round
-        gray = 255 - gray
-    if _contrast(gray) <= INK:  # one colour throughout (blank paper, a flat photo): no stroke
-        return np.zeros((28, 28), np.uint8)
-    if gray.shape == (28, 28):
-        return gray
-    return _fit_like_mnist(gray)
 
 
 def _why(exc: BaseException) -> str:

@@ -1,32 +1,37 @@
-"""A task: the network a sweep trains, its loss and its own keys, in one Python file.
+"""A task: the network a sweep trains, and optionally its loss, keys and data, in one
+Python file.
 
 A task file is the user's code, in the tutorial's functional style. It defines
 
-    network(config) -> mindspore.nn.Cell      the logits of a batch of images (N x 1 x 28 x 28)
-    loss(logits, labels) -> scalar            optional; default cross-entropy, as the seed
-    to_input(images) -> float32 array         optional; 28x28 uint8 digits to the network's
-                                              input, for `predict` (default: the seed's
-                                              normalisation, N x 1 x 28 x 28)
-    keys = {"width": 512, "dropout": (0.0, 0.0, 0.9)}
-                                              optional; its own config keys, `model.NAME`,
-                                              each a default or (default, low, high)
+    network(config) -> mindspore.nn.Cell   the logits (N, classes) of a batch of inputs
+    loss(logits, labels) -> scalar         optional; default cross-entropy, as the seed
+    keys = {"width": 512, "p": (0.0, 0.0, 0.9)}
+                                           optional; its own config keys, `model.NAME`,
+                                           each a default or (default, low, high)
+    data(config) -> {"train_x", "train_y", "test_x", "test_y", "name"}
+                                           optional; float32 inputs and integer labels
+                                           (default: MNIST as N x 1 x 28 x 28, normalised)
+    to_input(image) -> float32 array       optional; one image file's pixels (a 28x28
+                                           digit on MNIST) to one input, for `predict`
 
-The runner keeps its own data, batching, shuffling and evaluation: they are what make it
-fast and reproducible. `mlp` (the seed's network) and `lenet` are built in, through the
-same interface; any other value of the `task` key is a path, read relative to the current
+The runner keeps its own batching, shuffling and evaluation: they are what make it fast
+and reproducible. `mlp` (the seed's network) and `lenet` are built in, through the same
+interface; any other value of the `task` key is a path, read relative to the current
 directory (never to a sweep file's folder: a sweep file cannot pull in code from where it
 lies without the user naming it).
 
 Reading a task is in two steps. `locate` reads the file as text (no import, so no code of
 the user's runs and nothing heavy loads): it must parse, define `network`, and declare
-`keys` as a literal. `load` imports it, and `check` builds the network once and runs it on
-a few digits, so a network whose logits do not fit the labels is refused before any trial.
+`keys` as a literal. `load` imports it; `own_data` checks what `data` gives, and `check`
+builds the network once and runs it on two inputs, so a network whose logits do not fit
+the labels is refused before any trial.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import math
@@ -40,7 +45,7 @@ from experiments.core.config import BUILT_IN_TASKS, Config, ConfigError, UserErr
 
 TASKS = Path(__file__).with_name("tasks")
 REQUIRED = ("network",)
-OPTIONAL = ("loss", "to_input")
+DATA_FIELDS = ("train_x", "train_y", "test_x", "test_y")
 MAX_BYTES = 1_000_000
 
 
@@ -134,6 +139,80 @@ class Task:
     @property
     def to_input(self) -> Any:
         return getattr(self.module, "to_input", None)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's own arrays, checked: float32 inputs (N x ...), int32 labels 0..classes-1.
+    Named as the MNIST record's fields are, so the records treat both alike."""
+
+    train_images: Any  # the network's inputs, as the task gives them
+    train_labels: Any
+    test_images: Any
+    test_labels: Any
+    name: str
+    source: str  # the task file
+    fallback_reason: str = ""
+
+    @functools.cached_property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for array in (self.train_images, self.train_labels, self.test_images,
+                      self.test_labels):
+            h.update(str(array.shape).encode())
+            h.update(array.tobytes())
+        return h.hexdigest()[:16]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.test_images.shape[1:])
+
+
+def own_data(task: Task, config: Config) -> TaskData | None:
+    """The task's `data(config)`, checked, or None for a task on the runner's MNIST."""
+    if "data" not in task.file.defines:
+        return None
+    import numpy as np
+
+    where = f"task file {str(task.file.path)!r}: data(config)"
+    try:
+        given = task.module.data(config)
+    except Exception as exc:
+        raise TaskError(f"{where} raised {type(exc).__name__}: {_brief(str(exc))}") from None
+    if isinstance(given, dict):
+        given = (*(given.get(k) for k in DATA_FIELDS), given.get("name", "data"))
+    if not isinstance(given, tuple | list) or len(given) not in (4, 5):
+        raise TaskError(f"{where}: expected a dict with {', '.join(DATA_FIELDS)} (and a name), "
+                        f"or a tuple of them, got {type(given).__name__}")
+    name = str(given[4]) if len(given) == 5 else "data"
+    arrays = []
+    for field_name, value in zip(DATA_FIELDS, given[:4], strict=True):
+        array = np.asarray(value) if value is not None else None
+        if array is None or array.dtype == object or array.ndim < 1 or not len(array):
+            raise TaskError(f"{where}: {field_name} must be a non-empty array")
+        arrays.append(array)
+    train_x, train_y, test_x, test_y = arrays
+    for x_name, x in (("train_x", train_x), ("test_x", test_x)):
+        if x.dtype != np.float32:
+            raise TaskError(f"{where}: {x_name} is {x.dtype}; the network trains on float32 "
+                            "(convert with .astype(np.float32), normalised as you want it)")
+        if not np.isfinite(x).all():
+            raise TaskError(f"{where}: {x_name} holds NaN or infinite values")
+    for y_name, y in (("train_y", train_y), ("test_y", test_y)):
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise TaskError(f"{where}: {y_name} must be integer class labels of shape (N,), "
+                            f"got {y.dtype} of shape {y.shape}")
+        if y.min() < 0 or y.max() >= 2**31:
+            raise TaskError(f"{where}: {y_name} holds a label outside 0..2**31-1")
+    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        if len(x) != len(y):
+            raise TaskError(f"{where}: {len(x)} {split} inputs but {len(y)} labels")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise TaskError(f"{where}: train inputs are {train_x.shape[1:]} each, test inputs "
+                        f"{test_x.shape[1:]}")
+    return TaskData(np.ascontiguousarray(train_x), train_y.astype(np.int32),
+                    np.ascontiguousarray(test_x), test_y.astype(np.int32), name=name[:200],
+                    source=str(task.file.path))
 
 
 def random_note(task: Task) -> str:
@@ -309,7 +388,7 @@ def check(task: Task, config: Config, images: Any, labels: Any) -> Task:
     return dataclasses.replace(task, random=random)
 
 
-def check_apart(task: Task, config: Config, image_shape: tuple[int, ...], labels: Any) -> Task:
+def check_apart(task: Task, config: Config, input_shape: tuple[int, ...], labels: Any) -> Task:
     """`check` in a child process, for a process that must not run a graph itself (it
     forks workers afterwards, and a fork after a graph hangs). TaskError as `check`."""
     import json
@@ -321,7 +400,7 @@ def check_apart(task: Task, config: Config, image_shape: tuple[int, ...], labels
 
     file = task.file
     payload = json.dumps({"path": str(file.path), "config": flatten(config),
-                          "shape": [2, 1, *map(int, image_shape)],
+                          "shape": [2, *map(int, input_shape)],
                           "classes": int(np.max(labels)) + 1})
     done = subprocess.run([sys.executable, "-c", "from experiments.core.task import main; "
                            "main()", payload], capture_output=True, text=True, check=False)

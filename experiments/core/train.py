@@ -59,6 +59,14 @@ class Prepared:
         return cls(normalize(data.train_images), data.train_labels,
                    normalize(data.test_images), data.test_labels)
 
+    @classmethod
+    def of(cls, data: Mnist | tasks.TaskData) -> Prepared:
+        """MNIST normalised as the seed does; a task's own arrays as the task gives them."""
+        if isinstance(data, tasks.TaskData):
+            return cls(data.train_images, data.train_labels, data.test_images,
+                       data.test_labels)
+        return cls.from_mnist(data)
+
     def probe(self) -> tuple[Tensor, Tensor]:
         """A fixed batch spread evenly over the training set (which may be sorted by class)."""
         idx = np.linspace(0, len(self.train_y) - 1, min(PROBE_SIZE, len(self.train_y)))

@@ -62,7 +62,7 @@ def run_trials(s: Session) -> End:
 
     interrupts.waiting_for("the running trial to stop at its next step and close its run "
                            "as KILLED")
-    ctx = TrackContext(client=s.client, data=s.mnist, prepared=Prepared.from_mnist(s.mnist),
+    ctx = TrackContext(client=s.client, data=s.mnist, prepared=Prepared.of(s.mnist),
                        experiment=spec.experiment, task=s.task, parent_run_id=s.parent)
     try:
         return work(s.study, spec, s.budget, TrialRunner(spec, ctx).objective, done,

@@ -31,4 +31,4 @@ def predict_files(model: str, paths: list[str]) -> Any:
                                                   f"'{run_id}'")
     else:
         run_id = models.model_run(client, model)
-    return models.predict(client, run_id, digits)
+    return models.predict(client, run_id, digits, paths)

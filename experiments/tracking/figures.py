@@ -78,13 +78,15 @@ def _font(size: int) -> Any:
 
 
 def confusion(true: np.ndarray, predicted: np.ndarray) -> Any:
-    """Counts of (true, predicted) digit pairs on the test set, as a PIL image."""
+    """Counts of (true, predicted) class pairs on the test set, as a PIL image: ten digits,
+    or as many classes as a task's own labels have (cells shrink past ten)."""
     from PIL import Image, ImageDraw
 
-    counts = np.zeros((10, 10), dtype=np.int64)
+    k = max(10, int(max(true.max(), predicted.max())) + 1)
+    counts = np.zeros((k, k), dtype=np.int64)
     np.add.at(counts, (true, predicted), 1)
-    cell, left, top = 44, 60, 56
-    image = Image.new("RGB", (left + 10 * cell + 20, top + 10 * cell + 44), "white")
+    cell, left, top = max(12, 440 // k), 60, 56
+    image = Image.new("RGB", (left + k * cell + 20, top + k * cell + 44), "white")
     draw = ImageDraw.Draw(image)
     small, large = _font(13), _font(15)
     light, dark = np.array([247, 251, 255]), np.array([8, 48, 107])  # Matplotlib's Blues
@@ -96,14 +98,14 @@ def confusion(true: np.ndarray, predicted: np.ndarray) -> Any:
         if n:
             draw.text((x + cell / 2, y + cell / 2), str(n), font=small, anchor="mm",
                       fill="white" if n > peak / 2 else "black")
-    for k in range(10):
-        draw.text((left + k * cell + cell / 2, top + 10 * cell + 4), str(k), font=small,
+    for c in range(k):
+        draw.text((left + c * cell + cell / 2, top + k * cell + 4), str(c), font=small,
                   anchor="mt", fill="black")
-        draw.text((left - 8, top + k * cell + cell / 2), str(k), font=small, anchor="rm",
+        draw.text((left - 8, top + c * cell + cell / 2), str(c), font=small, anchor="rm",
                   fill="black")
-    draw.text((left + 5 * cell, top + 10 * cell + 24), "predicted", font=small, anchor="mt",
-              fill="black")
-    draw.text((8, top + 5 * cell), "true", font=small, anchor="lm", fill="black")
+    draw.text((left + k * cell / 2, top + k * cell + 24), "predicted", font=small,
+              anchor="mt", fill="black")
+    draw.text((8, top + k * cell / 2), "true", font=small, anchor="lm", fill="black")
     accuracy = np.trace(counts) / max(1, counts.sum())
     draw.text((image.width / 2, 20), f"confusion matrix ({counts.sum()} test digits, "
               f"accuracy {accuracy:.3f})", font=large, anchor="mm", fill="black")

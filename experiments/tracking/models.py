@@ -22,10 +22,11 @@ MODEL_CODE = Path(__file__).with_name("model_code.py")
 
 
 def log_model(client: Any, run_id: str, net: Any, example: np.ndarray,
-              task: tuple[Any, Any] | None = None) -> None:
+              task: tuple[Any, Any] | None = None, classes: int = 10) -> None:
     """Save the pyfunc model (weights, code, signature, example) as the run's `model/`.
     `task` (the task file, the run's config): a user's task file goes into the model as
-    an artifact, with the keys its network is built from, so the model loads anywhere."""
+    an artifact, with the keys its network is built from, so the model loads anywhere.
+    A task with its own data takes images through its `to_input`: no digit signature."""
     import mindspore
     import mlflow.pyfunc
 
@@ -39,10 +40,15 @@ def log_model(client: Any, run_id: str, net: Any, example: np.ndarray,
         if task is not None:
             file, config = task
             model_config = {"config": {k: v for k, v in flatten(config).items()
-                                       if k != "task"}, "task": config.task}
+                                       if k != "task"}, "task": config.task,
+                            "own_data": "data" in file.defines, "classes": classes}
             if file.name not in BUILT_IN_TASKS:
                 artifacts["task"] = str(file.path)
-        example = example[:2].astype(np.uint8)
+        own = bool(model_config and model_config["own_data"])
+        # A task's own inputs go in as they train (served); image files go through its
+        # to_input (runner.py predict).
+        contract = signature(classes, example.shape[1:]) if own else signature()
+        example = example[:2] if own else example[:2].astype(np.uint8)
         # The package's sources only: its __pycache__ folders were two thirds of the files
         # every model copied, twice (into the model, then into the store), for nothing.
         code = Path(tmp) / "code" / PACKAGE.name
@@ -50,21 +56,25 @@ def log_model(client: Any, run_id: str, net: Any, example: np.ndarray,
         mlflow.pyfunc.save_model(
             path=str(Path(tmp) / "model"), python_model=str(MODEL_CODE),
             artifacts=artifacts, code_paths=[str(code)], model_config=model_config,
-            signature=signature(), input_example=example, pip_requirements=PIP_REQUIREMENTS)
+            signature=contract, input_example=example,
+            pip_requirements=PIP_REQUIREMENTS)
         client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
 
 
-def signature() -> Any:
+def signature(classes: int = 10, own_input: tuple[int, ...] | None = None) -> Any:
     """The contract, written out rather than inferred from examples (inference guesses,
-    and warns about the guess): N x 28 x 28 uint8 digits in; per digit, the digit (-1 for
-    a blank), its probability, p0..p9 and whether nothing was drawn."""
+    and warns about the guess): N x 28 x 28 uint8 digits in (a task's own float32 inputs,
+    for a task with its own data); per input, the digit or class (-1 for a blank digit),
+    its probability, p0..p(classes-1) and whether nothing was drawn."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     outputs = [ColSpec("long", "digit"), ColSpec("double", "probability"),
-               ColSpec("boolean", "blank"), *(ColSpec("double", f"p{i}") for i in range(10))]
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 28, 28))]),
-                          outputs=Schema(outputs))
+               ColSpec("boolean", "blank"), *(ColSpec("double", f"p{i}")
+                                              for i in range(classes))]
+    inputs = TensorSpec(np.dtype(np.uint8), (-1, 28, 28)) if own_input is None else \
+        TensorSpec(np.dtype(np.float32), (-1, *own_input))
+    return ModelSignature(inputs=Schema([inputs]), outputs=Schema(outputs))
 
 
 def model_run(client: Any, run_id: str, named: str = "") -> str:
@@ -84,14 +94,21 @@ def model_run(client: Any, run_id: str, named: str = "") -> str:
     return run.info.run_id
 
 
-def predict(client: Any, run_id: str, digits: np.ndarray) -> Any:
-    """The run's model on 28x28 uint8 digits: a frame of digit, probability, p0..p9.
+def predict(client: Any, run_id: str, digits: np.ndarray, paths: list[str]) -> Any:
+    """The run's model on 28x28 uint8 digits (the image files as MNIST-style digits): a
+    frame of digit, probability, p0..p9. A task with its own data gets the files' pixels
+    through its `to_input` instead: the digit column is then the class.
 
     The model is fetched through `client` (not a global tracking URI), so it comes from
     the store this process uses.
     """
     import mlflow.pyfunc
 
+    from experiments.core.digits import read_pixels
+
     with tempfile.TemporaryDirectory() as tmp:
         local = client.download_artifacts(run_id, "model", tmp)
-        return mlflow.pyfunc.load_model(local).predict(digits)
+        model = mlflow.pyfunc.load_model(local)
+        if (model.model_config or {}).get("own_data"):
+            return model.unwrap_python_model().predict(None, [read_pixels(p) for p in paths])
+        return model.predict(digits)

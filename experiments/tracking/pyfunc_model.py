@@ -9,7 +9,7 @@ import numpy as np
 from mlflow.pyfunc import PythonModel
 
 from experiments.core.data import normalize
-from experiments.core.digits import as_digits, is_blank
+from experiments.core.digits import PredictError, as_digits, is_blank
 
 
 class DigitClassifier(PythonModel):
@@ -32,7 +32,10 @@ class DigitClassifier(PythonModel):
         mindspore.load_checkpoint(context.artifacts["weights"], net)
         net.set_train(False)
         self.model = mindspore.train.Model(net)
-        self.to_input = task.to_input or normalize
+        self.to_input = task.to_input
+        self.own_data = bool(recorded.get("own_data"))
+        self.classes = int(recorded.get("classes", 10))
+
 
     # The hint is one MLflow infers no schema from (so it neither warns nor validates):
     # the logged signature (uint8 digits) is the contract, and paths are accepted too.
@@ -40,16 +43,29 @@ class DigitClassifier(PythonModel):
         import pandas as pd
         from mindspore import Tensor
 
-        digits = as_digits(model_input.to_numpy() if hasattr(model_input, "to_numpy")
-                           else model_input)
-        inputs = np.ascontiguousarray(self.to_input(digits), dtype=np.float32)
+        if self.own_data:  # inputs as they train (served), or images through to_input
+            if isinstance(model_input, np.ndarray) and model_input.dtype == np.float32:
+                inputs = model_input
+            elif self.to_input is None:
+                raise PredictError("this model's task trains on its own data and defines no "
+                                   "to_input(image): image files cannot be fed to it")
+            else:
+                inputs = np.stack([np.asarray(self.to_input(image), dtype=np.float32)
+                                   for image in model_input])
+            blank = np.zeros(len(inputs), dtype=bool)
+        else:
+            digits = as_digits(model_input.to_numpy() if hasattr(model_input, "to_numpy")
+                               else model_input)
+            inputs = normalize(digits) if self.to_input is None else \
+                np.stack([np.asarray(self.to_input(d), dtype=np.float32) for d in digits])
+            blank = np.array([is_blank(d) for d in digits], dtype=bool)
+        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
         logits = self.model.predict(Tensor(inputs)).asnumpy().astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
-        blank = np.array([is_blank(d) for d in digits], dtype=bool)
         probs[blank] = 0.0
-        frame = pd.DataFrame(probs, columns=[f"p{i}" for i in range(10)])
+        frame = pd.DataFrame(probs, columns=[f"p{i}" for i in range(probs.shape[1])])
         frame.insert(0, "blank", blank)
         frame.insert(0, "probability", probs.max(axis=1))
         frame.insert(0, "digit", np.where(blank, -1, probs.argmax(axis=1)))

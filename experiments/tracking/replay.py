@@ -100,8 +100,12 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
     # replay goes ahead: a refusal is its one line.
     said: list[str] = []
     config, file = _task(config, original.data.tags)
-    mnist = load(config.data.path, config.data.download, said.append)
-    differences = missing + _environment(original.data.tags, mnist.digest, file)
+    differences = missing + _environment(original.data.tags, file)
+    if not (differences and not force):  # a changed task file is not even imported
+        task = tasks.load(file)
+        data = tasks.own_data(task, config) or load(config.data.path, config.data.download,
+                                                    said.append)
+        differences += _data(original.data.tags, data.digest)
     if differences and not force:
         raise ReplayRefused(f"run {run_id} was not trained with what is here: "
                             + "; ".join(map(str, differences))
@@ -114,10 +118,10 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
     tags = {"replay_of": run_id, "grad_mode": config.grad_mode,
             **{f"replay.diff.{d.name}": f"{d.recorded or '(not recorded)'} -> {d.here}"
                for d in differences}}
-    task, prepared = tasks.load(file), Prepared.from_mnist(mnist)
+    prepared = Prepared.of(data)
     if file.name not in cfg.BUILT_IN_TASKS:
         task = tasks.check(task, config, prepared.test_x, prepared.train_y)
-    ctx = TrackContext(client=c, data=mnist, prepared=prepared, experiment=experiment,
+    ctx = TrackContext(client=c, data=data, prepared=prepared, experiment=experiment,
                        task=task)
     # The interrupt check is the replay's own: a Ctrl-C between steps closes the run KILLED.
     steps = Callbacks(on_step=lambda epoch, step: interrupts.check())
@@ -262,12 +266,17 @@ def _task(config: Config, tags: dict[str, str]) -> tuple[Config, Any]:
     return file.complete(config), file
 
 
-def _environment(tags: dict[str, str], digest: str, task: Any) -> list[Difference]:
-    """Each version, data or task file that is not what the run recorded. A built-in
-    task is the runner's code, as the rest of it is: a user's file is compared."""
+def _data(tags: dict[str, str], digest: str) -> list[Difference]:
+    return [] if tags.get("data.digest") == digest else \
+        [Difference("data.digest", tags.get("data.digest"), digest)]
+
+
+def _environment(tags: dict[str, str], task: Any) -> list[Difference]:
+    """Each version or task file that is not what the run recorded. A built-in task is
+    the runner's code, as the rest of it is: a user's file is compared."""
     from experiments.tracking.store import versions
 
-    here = {f"versions.{p}": versions()[p] for p in CHECKED_VERSIONS} | {"data.digest": digest}
+    here = {f"versions.{p}": versions()[p] for p in CHECKED_VERSIONS}
     if task.name not in cfg.BUILT_IN_TASKS:
         here["task.digest"] = task.digest
     return [Difference(k, tags.get(k), v) for k, v in here.items() if tags.get(k) != v]

@@ -15,7 +15,7 @@ from typing import Any
 from experiments.core.config import BUILT_IN_TASKS, Config, as_dict, flatten
 from experiments.core.data import Mnist, n_batches
 from experiments.core.hooks import Callbacks, Diverged, EpochResult, Stop, compose
-from experiments.core.task import Task
+from experiments.core.task import Task, TaskData
 from experiments.core.train import Prepared, Trainer, fit, trainer_for
 from experiments.runtime import faults, infra, interrupts
 from experiments.runtime.workers import usable_cores
@@ -29,7 +29,7 @@ class TrackContext:
     """What every tracked training in a process shares: where runs go, and the data."""
 
     client: Any
-    data: Mnist
+    data: Mnist | TaskData
     prepared: Prepared
     experiment: str
     task: Task  # the network's task file, loaded and checked
@@ -169,16 +169,22 @@ def task_tags(task: Task) -> dict[str, str]:
 
 
 def prepare(config: Config, say: Callable[[str], None], fell_back: str = ""
-            ) -> tuple[Config, Task, Mnist]:
-    """The task (read, imported, checked on the data) and the data of a training:
+            ) -> tuple[Config, Task, Mnist | TaskData]:
+    """The task (read and imported) and the data of a training, the task's own or MNIST;
     the config completed with the task's keys. TaskError names what is wrong."""
     from experiments.core import task as tasks
     from experiments.core.data import load
 
     file = tasks.locate(config.task)
     config = file.complete(config)
-    mnist = load(config.data.path, config.data.download, say, fell_back=fell_back)
-    return config, tasks.load(file), mnist
+    task = tasks.load(file)
+    data = tasks.own_data(task, config)
+    if data is None:
+        return config, task, load(config.data.path, config.data.download, say,
+                                  fell_back=fell_back)
+    say(f"data: {data.name} from task file {data.source} ({len(data.train_labels)} train / "
+        f"{len(data.test_labels)} test, inputs {data.input_shape}), digest {data.digest}")
+    return config, task, data
 
 
 def train_once(config: Config, experiment: str, run_name: str, say: Callable[[str], None],
@@ -192,7 +198,7 @@ def train_once(config: Config, experiment: str, run_name: str, say: Callable[[st
     devices.use(config.device, config.device_id)
     interrupts.waiting_for("the training to stop at its next step and close its run as KILLED")
     config, task, mnist = prepare(config, say)
-    prepared = Prepared.from_mnist(mnist)
+    prepared = Prepared.of(mnist)
     if task.file.name not in BUILT_IN_TASKS:  # the built-in ones are tested
         task = tasks.check(task, config, prepared.test_x, prepared.train_y)
         if task.random:
@@ -207,10 +213,13 @@ def _log_results(run: MlflowRun, ctx: TrackContext, predicted: Any, model: Any,
     """What a person looks at after training: confusions, sample digits, the model."""
     run.log_image(figures.confusion(ctx.prepared.test_y, predicted), "confusion_matrix.png")
     faults.point("log_artifacts")
-    run.log_image(figures.digit_grid(ctx.data.test_images, ctx.prepared.test_y, predicted),
-                  "test_digits.png")
+    digits = not isinstance(ctx.data, TaskData)  # a task's own inputs are not digits
+    if digits:
+        run.log_image(figures.digit_grid(ctx.data.test_images, ctx.prepared.test_y,
+                                         predicted), "test_digits.png")
     if model is not None:
         from experiments.tracking.models import log_model
 
         log_model(run.client, run.run_id, model, ctx.data.test_images,
-                  task=(ctx.task.file, config))
+                  task=(ctx.task.file, config), classes=int(ctx.prepared.test_y.max()) + 1
+                  if not digits else 10)

@@ -62,6 +62,7 @@ def test_train_records_the_landed_bits_and_the_task(store):
     assert run.data.tags["task.digest"] == tasks.locate("mlp").digest
 
 
+@pytest.mark.slow  # five trainers compile: 20 s
 def test_optimizer_keys_train_and_their_defaults_are_the_seeds(prepared):
     base = cfg.build({"epochs": 1, "learning_rate": 0.05})
     digests = {}

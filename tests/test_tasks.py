@@ -259,6 +259,26 @@ def test_a_task_path_is_read_from_the_current_directory_not_the_sweep_files(
     assert "task file 'cnn.py': no such file" in capsys.readouterr().err
 
 
+def test_the_dry_run_names_the_task_and_its_keys(store, capsys):
+    write_task(store)
+    (store / "mine.yaml").write_text(SWEEP.format(parameters="  model.channels: {values: "
+                                                             "[2, 4]}"))
+    assert runner.main(["sweep", "mine.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    digest = tasks.locate(str(store / "cnn.py")).digest
+    assert f"task: cnn.py ({store / 'cnn.py'}, digest {digest}); its keys: model.channels = 4 " \
+           "(an integer from 2 to 16), model.dropout = 0.2 (a number from 0 to 0.9)" in out
+    assert not (store / "mlruns").exists()
+
+
+def test_a_fifo_is_not_read_as_a_task(store, capsys):
+    import os
+
+    os.mkfifo(store / "pipe.py")
+    assert runner.main(["train", "--set", "task=pipe.py"]) == 2
+    assert "task file 'pipe.py': not a regular file" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_sweep_checks_the_network_before_any_trial(store):
     (store / "classes.py").write_text(NETWORK_OK.format(out=12))

@@ -35,6 +35,7 @@ import functools
 import hashlib
 import importlib.util
 import math
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,7 @@ def own_data(task: Task, config: Config) -> TaskData | None:
     where = f"task file {str(task.file.path)!r}: data(config)"
     try:
         given = task.module.data(config)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise TaskError(f"{where} raised {type(exc).__name__}: {_brief(str(exc))}") from None
     if isinstance(given, dict):
         given = (*(given.get(k) for k in DATA_FIELDS), given.get("name", "data"))
@@ -237,7 +238,10 @@ def locate(name: str) -> TaskFile:
         raise TaskError(f"config key 'task': expected {', '.join(BUILT_IN_TASKS)} or the path "
                         f"of a .py file, got {show(name)}")
     try:
-        if path.stat().st_size > MAX_BYTES:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read for ever
+            raise TaskError(f"{where}: not a regular file")
+        if info.st_size > MAX_BYTES:
             raise TaskError(f"{where}: over {MAX_BYTES:,} bytes; a task file is code")
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -252,6 +256,8 @@ def locate(name: str) -> TaskFile:
         raise TaskError(f"{where}: not UTF-8 text") from None
     except SyntaxError as exc:
         raise TaskError(f"{where}, line {exc.lineno}: syntax error ({exc.msg})") from None
+    except (RecursionError, MemoryError):
+        raise TaskError(f"{where}: nested too deeply to be read") from None
     defines = frozenset(n.name for n in tree.body if isinstance(n, ast.FunctionDef))
     for fn in REQUIRED:
         if fn not in defines:
@@ -270,7 +276,7 @@ def _keys(tree: ast.Module, where: str) -> tuple[TaskKey, ...]:
         return ()
     try:
         declared = ast.literal_eval(node)
-    except ValueError:
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
         raise TaskError(f"{where}, line {node.lineno}: `keys` must be a literal dict "
                         "(name: default, or name: (default, low, high))") from None
     if not isinstance(declared, dict):
@@ -306,14 +312,15 @@ def _key(name: str, spec: Any, where: str) -> TaskKey:
     return TaskKey(name, default, low, high)
 
 
-_loaded: dict[str, Task] = {}
+_loaded: dict[tuple[str, Path], Task] = {}
 
 
 def load(file: TaskFile) -> Task:
     """Import the task file (once per process and content); TaskError if importing fails."""
-    if file.digest in _loaded:
-        return _loaded[file.digest]
-    module_name = f"runner_task_{file.digest}"
+    key = (file.digest, file.path)
+    if key in _loaded:
+        return _loaded[key]
+    module_name = f"runner_task_{file.digest}_{len(_loaded)}"
     spec = importlib.util.spec_from_file_location(module_name, file.path)
     if spec is None or spec.loader is None:
         raise TaskError(f"task file {str(file.path)!r}: cannot be imported")
@@ -321,12 +328,12 @@ def load(file: TaskFile) -> Task:
     sys.modules[module_name] = module  # MindSpore's graph parser looks functions up by module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code: any error is theirs to see, in one line
+    except (Exception, SystemExit) as exc:  # the user's code: its error, in one line
         del sys.modules[module_name]
         raise TaskError(f"task file {str(file.path)!r}: importing it raised "
                         f"{type(exc).__name__}: {str(exc)[:300]}") from None
     task = Task(file, module)
-    _loaded[file.digest] = task
+    _loaded[key] = task
     return task
 
 
@@ -351,7 +358,7 @@ def check(task: Task, config: Config, images: Any, labels: Any) -> Task:
     where = f"task file {str(task.file.path)!r}"
     try:
         net = task.network(config)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise TaskError(f"{where}: network(config) raised {type(exc).__name__}: "
                         f"{str(exc)[:300]}") from None
     if not isinstance(net, mindspore.nn.Cell):

@@ -257,6 +257,7 @@ def trainer_for(config: Config, task: tasks.Task | None = None) -> Trainer:
 def fit(config: Config, data: Prepared, trainer: Trainer,
         callbacks: Callbacks | None = None) -> Fit:
     """Train `config.epochs` epochs from a fresh start; raises Diverged on a NaN/inf loss."""
+    config = trainer.task.file.complete(config)  # the task's keys at their defaults
     if trainer.shape != shape_of(config):
         raise ValueError(f"trainer is for {trainer.shape}, config wants {shape_of(config)}")
     devices.use(config.device, config.device_id)  # the device recorded is the one that trains

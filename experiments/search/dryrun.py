@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from experiments.core import config as cfg
+from experiments.core import task as tasks
 from experiments.search.spec.pruners import Pruner
 from experiments.search.spec.sweepfile import SweepSpec
 
@@ -80,6 +81,11 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
     if spec.multi:
         lines.append("a trade-off: the answer is the Pareto front of "
                      + describe_metrics(spec.metrics))
+    file = tasks.locate(str(spec.fixed.get("task", cfg.Config().task)))
+    lines.append(f"task: {file.name} ({file.path}, digest {file.digest})" + (
+        "; its keys: " + ", ".join(f"model.{k.name} = {k.default!r} ({k.allowed()})"
+                                   for k in file.keys) if file.keys else "")
+                 + ("; its own data(config)" if "data" in file.defines else ""))
     lines.append("fixed: " + (", ".join(f"{k}={v}" for k, v in spec.fixed.items()) or "-"))
     lines.append("search space:")
     lines += [f"  {p.key}: {p.describe()}" + (" (sampled as its quantile)" if p.mapped else "")
@@ -89,7 +95,7 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
     def objective(trial: optuna.Trial) -> float:
         values = space.suggest(trial, spec.parameters, spec.method == "grid")
         try:
-            config = cfg.build({**spec.fixed, **values})
+            config = file.complete(cfg.build({**spec.fixed, **values}))
         except cfg.ConfigError as exc:  # a draw of an unbounded law out of its key's range
             configs.append((trial.number, {**values, "fails its trial": str(exc)}))
             raise

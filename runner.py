@@ -123,9 +123,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     result = predict_files(args.model, args.images)
     width = max(len(p) for p in args.images)
+    label = "class" if "class" in result.columns else "digit"  # a task's own data: classes
     for path, (_, row) in zip(args.images, result.iterrows(), strict=True):
         print(f"{path:<{width}}  " + ("blank: nothing drawn" if row["blank"] else
-                                      f"digit {int(row['digit'])}  probability "
+                                      f"{label} {int(row[label])}  probability "
                                       f"{row['probability']:.4f}"))
     return 0
 

@@ -3,6 +3,8 @@ whole runner; the seed's MLP is the built-in task and keeps its bits."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import runner
@@ -173,6 +175,12 @@ BAD_TASKS = [
      "data(config) raised OSError: no such folder: /data"),
     ("datatype.py", BAD_DATA + "    return 'all of it'\n",
      "data(config): expected a dict with train_x, train_y, test_x, test_y"),
+    ("testclass.py", BAD_DATA + "    x = np.zeros((4, 2), np.float32)\n    return x, "
+                                "np.arange(4) % 3, x, np.array([0, 1, 2, 5])\n",
+     "logits have shape (2, 3) for 2 inputs; expected (2, 6)"),
+    ("manyclasses.py", BAD_DATA + "    x = np.zeros((4, 2), np.float32)\n    return x, "
+                                  "np.array([0, 1, 2, 10**6]), x, np.arange(4) % 3\n",
+     "train_y holds a label outside 0..99999"),
     ("classes3.py", BAD_DATA.replace("nn.Dense(2, 3)", "nn.Dense(2, 10)")
      + "    x = np.zeros((4, 2), np.float32)\n    return x, np.arange(4) % 3, x, "
        "np.arange(4) % 3\n", "logits have shape (2, 10) for 2 inputs; expected (2, 3)"),
@@ -241,6 +249,16 @@ def test_a_sweep_over_a_tasks_keys_is_checked_before_any_trial(store, capsys, pa
     assert not (store / "mlruns").exists()
 
 
+def test_a_fixed_task_key_is_told_with_the_sweep_file(store, capsys):
+    write_task(store)
+    (store / "mine.yaml").write_text(SWEEP.replace("epochs: 1}", "epochs: 1, model.channels: "
+                                                   "3.5}").format(parameters="  learning_rate:"
+                                                                  " {values: [0.1]}"))
+    assert runner.main(["sweep", "mine.yaml"]) == 2
+    assert "mine.yaml: fixed: config key 'model.channels' (cnn.py): expected an integer from " \
+           "2 to 16, got 3.5" in capsys.readouterr().err
+
+
 def test_a_sweep_names_a_missing_task_file(store, capsys):
     (store / "mine.yaml").write_text(SWEEP.format(parameters="  learning_rate: {values: [0.1]}"))
     assert runner.main(["sweep", "mine.yaml"]) == 2
@@ -277,6 +295,54 @@ def test_a_fifo_is_not_read_as_a_task(store, capsys):
     os.mkfifo(store / "pipe.py")
     assert runner.main(["train", "--set", "task=pipe.py"]) == 2
     assert "task file 'pipe.py': not a regular file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_changed_task_file_is_another_question_and_the_folder_shadows_nothing(store):
+    """Resuming after the task file changed is refused unless --allow-change; a `json.py`
+    or `copy.py` in the current folder is neither imported in place of Python's nor run."""
+    (store / "json.py").write_text("raise SystemExit(7)\n")
+    (store / "copy.py").write_text("raise SystemExit(8)\n")
+    write_task(store, NETWORK_OK.format(out=10), "net.py")
+    (store / "mine.yaml").write_text(SWEEP.replace("cnn.py", "net.py").format(
+        parameters="  learning_rate: {values: [0.1]}").replace("n_trials: 2", "n_trials: 1"))
+    first = run_cli("sweep", "mine.yaml", cwd=store)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (store / "net.py").write_text(NETWORK_OK.format(out=10) + "# another network\n")
+    again = run_cli("sweep", "mine.yaml", "--n-trials", "2", cwd=store)
+    assert again.returncode == 2 and "task file: digest" in again.stderr, again.stderr[-2000:]
+    allowed = run_cli("sweep", "mine.yaml", "--n-trials", "2", "--allow-change", cwd=store)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_network_that_exits_is_no_verdict_and_ctrl_c_in_the_check_is_an_interruption(
+        store):
+    import signal
+    import subprocess
+    import time
+
+    from helpers import start
+
+    (store / "exits.py").write_text("import os\ndef network(config):\n    os._exit(0)\n")
+    (store / "mine.yaml").write_text(SWEEP.replace("cnn.py", "exits.py").format(
+        parameters="  learning_rate: {values: [0.1]}"))
+    done = run_cli("sweep", "mine.yaml", cwd=store)
+    assert done.returncode == 2 and "no verdict" in done.stderr.strip().splitlines()[-1], \
+        done.stderr[-2000:]
+    assert not (store / "mlruns").exists()
+    (store / "exits.py").write_text("import time\nfrom mindspore import nn\n"
+                                    "def network(config):\n    time.sleep(30)\n")
+    proc = start("sweep", "mine.yaml", cwd=store, group=True)
+    time.sleep(8)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 130, proc.stderr.read() if proc.stderr else ""
+    assert not (store / "mlruns").exists()
 
 
 @pytest.mark.slow
@@ -405,7 +471,7 @@ def test_a_task_with_its_own_data_gets_the_whole_runner(store):
     assert "confusion_matrix.png" in artifacts and "test_digits.png" not in artifacts
     Image.fromarray(np.full((9, 9), 200, np.uint8)).save(store / "bright.png")
     predicted = run_cli("predict", "--model", best.info.run_id, "bright.png", cwd=store)
-    assert predicted.returncode == 0 and "bright.png  digit" in predicted.stdout, \
+    assert predicted.returncode == 0 and "bright.png  class" in predicted.stdout, \
         predicted.stderr[-2000:]
     replayed = run_cli("replay", best.info.run_id, cwd=store)
     assert replayed.returncode == 0 and "bit-identical" in replayed.stdout, \

@@ -35,6 +35,7 @@ import functools
 import hashlib
 import importlib.util
 import math
+import signal
 import stat
 import sys
 from dataclasses import dataclass
@@ -42,12 +43,21 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from experiments.core.config import BUILT_IN_TASKS, Config, ConfigError, UserError, show
+from experiments.core.config import (
+    BUILT_IN_TASKS,
+    Config,
+    ConfigError,
+    UserError,
+    one_line,
+    show,
+)
 
 TASKS = Path(__file__).with_name("tasks")
 REQUIRED = ("network",)
 DATA_FIELDS = ("train_x", "train_y", "test_x", "test_y")
 MAX_BYTES = 1_000_000
+MAX_KEYS = 200  # a task's own keys: a sweep's question, not a table
+MAX_CLASSES = 100_000
 
 
 class TaskError(UserError):
@@ -185,7 +195,7 @@ def own_data(task: Task, config: Config) -> TaskData | None:
     if not isinstance(given, tuple | list) or len(given) not in (4, 5):
         raise TaskError(f"{where}: expected a dict with {', '.join(DATA_FIELDS)} (and a name), "
                         f"or a tuple of them, got {type(given).__name__}")
-    name = str(given[4]) if len(given) == 5 else "data"
+    name = one_line(" ".join(str(given[4]).split()))[:200] if len(given) == 5 else "data"
     arrays = []
     for field_name, value in zip(DATA_FIELDS, given[:4], strict=True):
         array = np.asarray(value) if value is not None else None
@@ -203,8 +213,9 @@ def own_data(task: Task, config: Config) -> TaskData | None:
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise TaskError(f"{where}: {y_name} must be integer class labels of shape (N,), "
                             f"got {y.dtype} of shape {y.shape}")
-        if y.min() < 0 or y.max() >= 2**31:
-            raise TaskError(f"{where}: {y_name} holds a label outside 0..2**31-1")
+        if y.min() < 0 or y.max() >= MAX_CLASSES:
+            raise TaskError(f"{where}: {y_name} holds a label outside 0..{MAX_CLASSES - 1} "
+                            f"(labels are class numbers, at most {MAX_CLASSES:,} classes)")
     for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
         if len(x) != len(y):
             raise TaskError(f"{where}: {len(x)} {split} inputs but {len(y)} labels")
@@ -282,6 +293,9 @@ def _keys(tree: ast.Module, where: str) -> tuple[TaskKey, ...]:
     if not isinstance(declared, dict):
         raise TaskError(f"{where}, line {node.lineno}: `keys` must be a dict, got "
                         f"{type(declared).__name__}")
+    if len(declared) > MAX_KEYS:
+        raise TaskError(f"{where}: keys: {len(declared)} keys; a task declares at most "
+                        f"{MAX_KEYS}")
     out = []
     for name, spec in declared.items():
         if not isinstance(name, str) or not name.isidentifier() or len(name) > 64:
@@ -337,7 +351,13 @@ def load(file: TaskFile) -> Task:
     return task
 
 
-def check(task: Task, config: Config, images: Any, labels: Any) -> Task:
+def classes_of(data: Any) -> int:
+    """The classes the labels of both splits name (a test label the training never saw
+    still needs its logit)."""
+    return int(max(data.train_labels.max(), data.test_labels.max())) + 1
+
+
+def check(task: Task, config: Config, images: Any, classes: int) -> Task:
     """Build the network once and run it (and the loss) on a few inputs: the logits must be
     floats of shape (N, classes) with a class for every label. TaskError otherwise.
 
@@ -364,14 +384,14 @@ def check(task: Task, config: Config, images: Any, labels: Any) -> Task:
     if not isinstance(net, mindspore.nn.Cell):
         raise TaskError(f"{where}: network(config) must return a mindspore.nn.Cell, got "
                         f"{type(net).__name__}")
-    x, y = images[:2], labels[:2]
+    x = images[:2]
+    y = (np.arange(len(x)) % classes).astype(np.int32)
     try:
         logits = net(Tensor(x))
     except Exception as exc:
         raise TaskError(f"{where}: the network fails on a batch of shape {tuple(x.shape)}: "
                         f"{type(exc).__name__}: {_brief(str(exc))}") from None
     shape = tuple(getattr(logits, "shape", ()))
-    classes = int(np.max(labels)) + 1
     if len(shape) != 2 or shape[0] != len(x) or shape[1] != classes:
         raise TaskError(f"{where}: the network's logits have shape {shape} for {len(x)} "
                         f"inputs; expected ({len(x)}, {classes}): a logit per class of the "
@@ -395,29 +415,37 @@ def check(task: Task, config: Config, images: Any, labels: Any) -> Task:
     return dataclasses.replace(task, random=random)
 
 
-def check_apart(task: Task, config: Config, input_shape: tuple[int, ...], labels: Any) -> Task:
+def check_apart(task: Task, config: Config, input_shape: tuple[int, ...], classes: int) -> Task:
     """`check` in a child process, for a process that must not run a graph itself (it
     forks workers afterwards, and a fork after a graph hangs). TaskError as `check`."""
     import json
     import subprocess
-
-    import numpy as np
 
     from experiments.core.config import flatten
 
     file = task.file
     payload = json.dumps({"path": str(file.path), "config": flatten(config),
                           "shape": [2, *map(int, input_shape)],
-                          "classes": int(np.max(labels)) + 1})
-    done = subprocess.run([sys.executable, "-c", "from experiments.core.task import main; "
-                           "main()", payload], capture_output=True, text=True, check=False)
-    if done.returncode == 2:
-        raise TaskError(done.stdout.strip().splitlines()[-1])
-    if done.returncode != 0:
+                          "classes": classes})
+    from experiments.runtime import interrupts
+
+    # -P: the current directory is not put first on the child's path, so a `copy.py` or
+    # `json.py` lying there is neither imported in place of Python's nor run.
+    done = subprocess.run([sys.executable, "-P", "-c", "from experiments.core.task import "
+                           "main; main()", payload], capture_output=True, text=True,
+                          check=False)
+    interrupts.check()  # Ctrl-C reached the child too: an interruption, not a bad task
+    if done.returncode in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT):
+        raise KeyboardInterrupt
+    said = done.stdout.strip().splitlines()
+    verdict = said[-1] if said else ""
+    if done.returncode == 2 and verdict.startswith("task file"):
+        raise TaskError(verdict)
+    if done.returncode != 0 or verdict not in ("random", "steady"):
         raise TaskError(f"task file {str(file.path)!r}: checking it in a process of its own "
-                        f"ended with code {done.returncode}: "
+                        f"ended with code {done.returncode} and no verdict (does it exit?): "
                         f"{_brief(done.stderr[-300:]) or 'no message'}")
-    return dataclasses.replace(task, random=done.stdout.strip().endswith("random"))
+    return dataclasses.replace(task, random=verdict == "random")
 
 
 def main() -> None:
@@ -432,10 +460,9 @@ def main() -> None:
     flat = {k: v for k, v in payload["config"].items() if k != "task"}
     config = cfg.build({**flat, "task": payload["path"]})
     images = np.random.default_rng(0).standard_normal(payload["shape"]).astype(np.float32)
-    labels = np.arange(payload["classes"], dtype=np.int32) % payload["classes"]
     try:
         file = locate(payload["path"])
-        checked = check(load(file), file.complete(config), images, labels)
+        checked = check(load(file), file.complete(config), images, payload["classes"])
     except UserError as exc:
         print(exc)
         sys.exit(2)

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from experiments.core import config as cfg
 from experiments.core import devices
 from experiments.core.data import Mnist
-from experiments.core.task import Task, TaskData, check, check_apart, random_note
+from experiments.core.task import Task, TaskData, check, check_apart, classes_of, random_note
 from experiments.core.train import Prepared
 from experiments.runtime import infra, interrupts, outage, progress
 from experiments.search import execution
@@ -82,11 +82,12 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, End]:
     if task.file.name not in cfg.BUILT_IN_TASKS:  # the built-in ones are tested
         if options.parent_run is None:
             # In a process of its own: one that ran a graph can no longer fork workers.
-            task = check_apart(task, config, mnist.input_shape, mnist.train_labels)
+            task = check_apart(task, config, mnist.input_shape, classes_of(mnist))
             if task.random:
                 progress.say(random_note(task))
         else:  # a worker never forks
-            task = check(task, config, Prepared.of(mnist).test_x, mnist.train_labels)
+            task = check(task, config, Prepared.of(mnist).test_x, classes_of(mnist))
+    interrupts.check()  # a Ctrl-C while the task was read: nothing is written yet
     tracking = client()
     recovery.close_runs = trial_runs.close_runs(tracking, spec.experiment)
     store = store or open_storage(store_url, MLRUNS, recovery.stale)

@@ -77,12 +77,17 @@ def _font(size: int) -> Any:
     return ImageFont.load_default(size=size)
 
 
+MAX_DRAWN = 100  # classes a confusion matrix is drawn for
+
+
 def confusion(true: np.ndarray, predicted: np.ndarray) -> Any:
     """Counts of (true, predicted) class pairs on the test set, as a PIL image: ten digits,
     or as many classes as a task's own labels have (cells shrink past ten)."""
     from PIL import Image, ImageDraw
 
     k = max(10, int(max(true.max(), predicted.max())) + 1)
+    if k > MAX_DRAWN:
+        return None  # a cell per pair of classes: past a hundred classes, nothing to read
     counts = np.zeros((k, k), dtype=np.int64)
     np.add.at(counts, (true, predicted), 1)
     cell, left, top = max(12, 440 // k), 60, 56

@@ -69,7 +69,8 @@ def signature(classes: int = 10, own_input: tuple[int, ...] | None = None) -> An
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    outputs = [ColSpec("long", "digit"), ColSpec("double", "probability"),
+    outputs = [ColSpec("long", "digit" if own_input is None else "class"),
+               ColSpec("double", "probability"),
                ColSpec("boolean", "blank"), *(ColSpec("double", f"p{i}")
                                               for i in range(classes))]
     inputs = TensorSpec(np.dtype(np.uint8), (-1, 28, 28)) if own_input is None else \

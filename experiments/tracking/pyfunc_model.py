@@ -68,5 +68,7 @@ class DigitClassifier(PythonModel):
         frame = pd.DataFrame(probs, columns=[f"p{i}" for i in range(probs.shape[1])])
         frame.insert(0, "blank", blank)
         frame.insert(0, "probability", probs.max(axis=1))
-        frame.insert(0, "digit", np.where(blank, -1, probs.argmax(axis=1)))
+        # A task's own data has classes, not digits.
+        frame.insert(0, "class" if self.own_data else "digit",
+                     np.where(blank, -1, probs.argmax(axis=1)))
         return frame

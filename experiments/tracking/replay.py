@@ -120,7 +120,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
                for d in differences}}
     prepared = Prepared.of(data)
     if file.name not in cfg.BUILT_IN_TASKS:
-        task = tasks.check(task, config, prepared.test_x, prepared.train_y)
+        task = tasks.check(task, config, prepared.test_x, tasks.classes_of(data))
     ctx = TrackContext(client=c, data=data, prepared=prepared, experiment=experiment,
                        task=task)
     # The interrupt check is the replay's own: a Ctrl-C between steps closes the run KILLED.

@@ -200,9 +200,10 @@ def train_once(config: Config, experiment: str, run_name: str, say: Callable[[st
     config, task, mnist = prepare(config, say)
     prepared = Prepared.of(mnist)
     if task.file.name not in BUILT_IN_TASKS:  # the built-in ones are tested
-        task = tasks.check(task, config, prepared.test_x, prepared.train_y)
+        task = tasks.check(task, config, prepared.test_x, tasks.classes_of(mnist))
         if task.random:
             say(tasks.random_note(task))
+    interrupts.check()  # a Ctrl-C while the task was read: no run is started
     ctx = TrackContext(client=client(), data=mnist, prepared=prepared, experiment=experiment,
                        task=task)
     return tracked_fit(ctx, config, trainer_for(config, task), run_name, callbacks=callbacks)
@@ -211,7 +212,9 @@ def train_once(config: Config, experiment: str, run_name: str, say: Callable[[st
 def _log_results(run: MlflowRun, ctx: TrackContext, predicted: Any, model: Any,
                  config: Config) -> None:
     """What a person looks at after training: confusions, sample digits, the model."""
-    run.log_image(figures.confusion(ctx.prepared.test_y, predicted), "confusion_matrix.png")
+    matrix = figures.confusion(ctx.prepared.test_y, predicted)
+    if matrix is not None:
+        run.log_image(matrix, "confusion_matrix.png")
     faults.point("log_artifacts")
     digits = not isinstance(ctx.data, TaskData)  # a task's own inputs are not digits
     if digits:

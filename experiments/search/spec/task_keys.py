@@ -34,8 +34,13 @@ def read_task(r: Reader, fixed: dict[str, Any], params: tuple[Param, ...]
         with r.each():
             raise r.fail(where, wrong)
         return None
-    with r.each():
+    try:
         file.complete(cfg.build({k: v for k, v in fixed.items() if k.startswith("model.")}))
+    except cfg.ConfigError as exc:
+        wrong = str(exc)
+    if wrong:
+        with r.each():
+            raise r.fail("fixed", wrong)
     if fixed.get("optimizer") == "adam" and any(p.key == "momentum" for p in params):
         with r.each():
             raise r.fail("parameters.momentum", "adam has no momentum (it is for sgd and "

@@ -41,6 +41,9 @@ def changes(spec: SweepSpec, study: optuna.Study) -> list[str]:
             out.append(f"{part}: {old.get(part)} -> {new[part]}")
     if old.get("repeats", 1) != new.get("repeats", 1):  # recorded only above one
         out.append(f"repeats: {old.get('repeats', 1)} -> {new.get('repeats', 1)}")
+    if old.get("task_digest", "") != new.get("task_digest", ""):  # a user's task file
+        out.append(f"task file: digest {old.get('task_digest') or '(none)'} -> "
+                   f"{new.get('task_digest') or '(none)'}")
     for part in ("fixed", "parameters"):
         was, now = old.get(part, {}), new[part]
         for key in sorted(set(was) | set(now)):

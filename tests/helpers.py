@@ -384,3 +384,30 @@ def write_task(folder: Path, text: str = SMALL_CNN, name: str = "cnn.py") -> Pat
     path = folder / name
     path.write_text(text)
     return path
+
+
+# A task with its own data: three Gaussian blobs in the plane, three classes.
+BLOBS = '''"""Three Gaussian blobs in the plane: a task with its own data."""
+import numpy as np
+from mindspore import nn
+
+keys = {"hidden": (16, 2, 256)}
+
+
+def data(config):
+    rng = np.random.default_rng(7)
+    centres = np.array([[0, 0], [3, 3], [0, 4]], np.float32)
+    y = rng.integers(0, 3, 1200)
+    x = (centres[y] + rng.standard_normal((1200, 2))).astype(np.float32)
+    return {"train_x": x[:1000], "train_y": y[:1000], "test_x": x[1000:], "test_y": y[1000:],
+            "name": "blobs"}
+
+
+def network(config):
+    h = config.settings["hidden"]
+    return nn.SequentialCell(nn.Dense(2, h), nn.ReLU(), nn.Dense(h, 3))
+
+
+def to_input(image):  # an image file's brightness and contrast, as a point of the plane
+    return np.array([image.mean() / 64, image.std() / 64], np.float32)
+'''

@@ -35,6 +35,7 @@ from experiments.core.steps import (
     make_optimizer,
     use_graph_mode,
 )
+from experiments.core.task_checks import TaskData
 from experiments.runtime import faults, interrupts
 
 PROBE_SIZE = 256
@@ -60,9 +61,9 @@ class Prepared:
                    normalize(data.test_images), data.test_labels)
 
     @classmethod
-    def of(cls, data: Mnist | tasks.TaskData) -> Prepared:
+    def of(cls, data: Mnist | TaskData) -> Prepared:
         """MNIST normalised as the seed does; a task's own arrays as the task gives them."""
-        if isinstance(data, tasks.TaskData):
+        if isinstance(data, TaskData):
             return cls(data.train_images, data.train_labels, data.test_images,
                        data.test_labels)
         return cls.from_mnist(data)

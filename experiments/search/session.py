@@ -16,7 +16,14 @@ from optuna.trial import TrialState
 from experiments.core import config as cfg
 from experiments.core import devices
 from experiments.core.data import Mnist
-from experiments.core.task import Task, TaskData, check, check_apart, classes_of, random_note
+from experiments.core.task import Task
+from experiments.core.task_checks import (
+    TaskData,
+    check,
+    check_apart,
+    classes_of,
+    random_note,
+)
 from experiments.core.train import Prepared
 from experiments.runtime import infra, interrupts, outage, progress
 from experiments.search import execution

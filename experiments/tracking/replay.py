@@ -86,6 +86,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
     """Replay run `run_id` into a new run and compare the two; ReplayRefused (nothing
     written) when it cannot be replayed. `progress(epochs)` gives epoch callbacks."""
     from experiments.core import task as tasks
+    from experiments.core import task_checks as checks
     from experiments.core.data import load
     from experiments.core.hooks import Callbacks, compose
     from experiments.core.train import Prepared, trainer_for
@@ -103,7 +104,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
     differences = missing + _environment(original.data.tags, file)
     if not (differences and not force):  # a changed task file is not even imported
         task = tasks.load(file)
-        data = tasks.own_data(task, config) or load(config.data.path, config.data.download,
+        data = checks.own_data(task, config) or load(config.data.path, config.data.download,
                                                     said.append)
         differences += _data(original.data.tags, data.digest)
     if differences and not force:
@@ -120,7 +121,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
                for d in differences}}
     prepared = Prepared.of(data)
     if file.name not in cfg.BUILT_IN_TASKS:
-        task = tasks.check(task, config, prepared.test_x, tasks.classes_of(data))
+        task = checks.check(task, config, prepared.test_x, checks.classes_of(data))
     ctx = TrackContext(client=c, data=data, prepared=prepared, experiment=experiment,
                        task=task)
     # The interrupt check is the replay's own: a Ctrl-C between steps closes the run KILLED.

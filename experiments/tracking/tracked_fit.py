@@ -15,7 +15,8 @@ from typing import Any
 from experiments.core.config import BUILT_IN_TASKS, Config, as_dict, flatten
 from experiments.core.data import Mnist, n_batches
 from experiments.core.hooks import Callbacks, Diverged, EpochResult, Stop, compose
-from experiments.core.task import Task, TaskData
+from experiments.core.task import Task
+from experiments.core.task_checks import TaskData
 from experiments.core.train import Prepared, Trainer, fit, trainer_for
 from experiments.runtime import faults, infra, interrupts
 from experiments.runtime.workers import usable_cores
@@ -173,12 +174,13 @@ def prepare(config: Config, say: Callable[[str], None], fell_back: str = ""
     """The task (read and imported) and the data of a training, the task's own or MNIST;
     the config completed with the task's keys. TaskError names what is wrong."""
     from experiments.core import task as tasks
+    from experiments.core import task_checks as checks
     from experiments.core.data import load
 
     file = tasks.locate(config.task)
     config = file.complete(config)
     task = tasks.load(file)
-    data = tasks.own_data(task, config)
+    data = checks.own_data(task, config)
     if data is None:
         return config, task, load(config.data.path, config.data.download, say,
                                   fell_back=fell_back)
@@ -191,7 +193,7 @@ def train_once(config: Config, experiment: str, run_name: str, say: Callable[[st
                callbacks: Any = None) -> Outcome:
     """`runner.py train`: load the data, train once, record one run in `experiment`."""
     from experiments.core import devices
-    from experiments.core import task as tasks
+    from experiments.core import task_checks as checks
     from experiments.tracking.store import client
 
     devices.check(config.device, [config.device_id])
@@ -200,9 +202,9 @@ def train_once(config: Config, experiment: str, run_name: str, say: Callable[[st
     config, task, mnist = prepare(config, say)
     prepared = Prepared.of(mnist)
     if task.file.name not in BUILT_IN_TASKS:  # the built-in ones are tested
-        task = tasks.check(task, config, prepared.test_x, tasks.classes_of(mnist))
+        task = checks.check(task, config, prepared.test_x, checks.classes_of(mnist))
         if task.random:
-            say(tasks.random_note(task))
+            say(checks.random_note(task))
     interrupts.check()  # a Ctrl-C while the task was read: no run is started
     ctx = TrackContext(client=client(), data=mnist, prepared=prepared, experiment=experiment,
                        task=task)

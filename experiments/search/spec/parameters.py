@@ -130,7 +130,7 @@ def _param(r: Reader, where: str, key: str, spec: dict, fixed: dict, method: str
         q = _step(r, where, numbers.get("q", q), kind)
     p = Param(key, dist, low=numbers.get("min", 0.0), high=numbers.get("max", 0.0), q=q,
               mu=numbers.get("mu", 0.0), sigma=numbers.get("sigma", 1.0),
-              a=numbers.get("a", 1.0), b=numbers.get("b", 1.0))
+              a=numbers.get("a", 1.0), b=numbers.get("b", 1.0), wandb=dict(spec))
     _check_law(r, where, p, spec)
     return p
 
@@ -139,7 +139,8 @@ def _choices(r: Reader, where: str, key: str, spec: dict, dist: str) -> Param:
     if dist == "constant":
         if "value" not in spec:
             raise r.fail(f"{where}.value", "missing for distribution constant")
-        return Param(key, dist, (r.config_value(f"{where}.value", key, spec["value"]),))
+        return Param(key, dist, (r.config_value(f"{where}.value", key, spec["value"]),),
+                     wandb=dict(spec))
     values = spec.get("values")
     if not isinstance(values, list) or not values:
         raise r.fail(f"{where}.values", f"expected a non-empty list, got {cfg.show(values)}")
@@ -147,7 +148,7 @@ def _choices(r: Reader, where: str, key: str, spec: dict, dist: str) -> Param:
     # visits it once.
     checked = tuple(r.config_value(f"{where}.values[{i}]", key, v) for i, v in enumerate(values))
     if "probabilities" not in spec:
-        return Param(key, dist, checked)
+        return Param(key, dist, checked, wandb=dict(spec))
     probs = spec["probabilities"]
     if not isinstance(probs, list) or len(probs) != len(checked):
         raise r.fail(f"{where}.probabilities", f"expected {len(checked)} numbers, one per value, "
@@ -156,7 +157,7 @@ def _choices(r: Reader, where: str, key: str, spec: dict, dist: str) -> Param:
     if min(probs) < 0 or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
         raise r.fail(f"{where}.probabilities", f"expected numbers >= 0 that sum to 1, got "
                                                f"{cfg.show(probs)} (sum {sum(probs):g})")
-    return Param(key, dist, checked, tuple(float(p) for p in probs))
+    return Param(key, dist, checked, tuple(float(p) for p in probs), wandb=dict(spec))
 
 
 def _step(r: Reader, where: str, q: Any, kind: str) -> int | float:

@@ -12,7 +12,7 @@ that trains as user attr `value.<key>`, which is also the MLflow param.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
@@ -56,6 +56,8 @@ class Param:
     sigma: float = 1.0
     a: float = 1.0
     b: float = 1.0
+    # The law as the file wrote it (W&B's keys), for W&B's own engine (ppf, grid, bayes).
+    wandb: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def mapped(self) -> bool:

@@ -77,6 +77,9 @@ class SweepSpec:
     ordered: bool = True  # workers give the one-worker answer (ordered.py), or go faster
     # A task file's content: another file under the same name asks another question.
     task_digest: str = ""
+    # The file's W&B keys W&B's engine decides on (method, metric, early_terminate), as
+    # written; wandb_config() adds the parameters.
+    engine: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def metrics(self) -> tuple[Objective, ...]:
@@ -158,6 +161,12 @@ class SweepSpec:
         if self.task_digest:
             out["task_digest"] = self.task_digest
         return out
+
+    def wandb_config(self) -> dict[str, Any]:
+        """The sweep as W&B's engine (the `sweeps` package) reads it: the file's method,
+        metric and early_terminate, and every searched key's law under its dotted name."""
+        return {**self.engine, "method": self.method,
+                "parameters": {p.key: dict(p.wandb) for p in self.parameters}}
 
     def fingerprint(self) -> str:
         text = json.dumps(self.meaning(), sort_keys=True, default=str)
@@ -261,4 +270,5 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
                      objectives=metrics if len(metrics) > 1 else (),
                      models=models, ordered=ordered,
                      task_digest="" if task is None or task.name in cfg.BUILT_IN_TASKS
-                     else task.digest)
+                     else task.digest,
+                     engine={k: raw[k] for k in ("metric", "early_terminate") if k in raw})

@@ -21,7 +21,9 @@ its workload, because sections run on different data: the offline sample (4,000 
    cost; stacked vs separate batch inputs; the step pinned to one core, vs PyTorch;
 8. sweep speed (bench_speed.py): the main job with default flags vs `--workers 1` and vs
    each lever turned off; tiny.yaml with 2 workers vs 1; on 60k images, the runner's
-   sweep vs a PyTorch peer sweep script (Optuna + PyTorch eager + MLflow, one process).
+   sweep vs a PyTorch peer sweep script (Optuna + PyTorch eager + MLflow, one process);
+9. `method: bayes` (bench_bayes.py): W&B's proposal per trial with 10, 100 and 300
+   finished trials, vs Optuna's TPE proposal on the same history.
 
 Repeats cost time, so sizes went down to keep a full run near 30 minutes on 2 cores
 (it was ~15 min with one run of most figures): section 1 times 200 fast steps per repeat
@@ -48,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import (
+    bench_bayes,
     bench_compare,
     bench_speed,
     bench_step,
@@ -70,6 +73,7 @@ SECTIONS = [
     (3, "tracking overhead", bench_train.tracking),
     (6, "compare in pandas", bench_compare.compare_speed),
     (7, "where the step's time goes", bench_where.where),
+    (9, "bayes proposal", bench_bayes.bayes),
 ]
 
 

@@ -124,7 +124,7 @@ BAD = [
     ("ablation and fixed grad_mode", GOOD.replace("{epochs: 1}", "{grad_mode: no_aux}")
      + "ablation: {grad_mode: [has_aux, no_aux]}\n", "ablation.grad_mode"),
     ("not a mapping", "- a\n- b\n", "(top level)"),
-    ("missing parameters", "name: t\n", "parameters"),
+    ("missing parameters", "name: t\nmethod: random\n", "parameters"),
     ("bad name", GOOD.replace("name: t\n", "name: \"a'b\"\n"), "name"),
     ("q on uniform", GOOD.replace("max: 1.0}", "max: 1.0, q: 0.1}"),
      "parameters.learning_rate.q"),
@@ -198,7 +198,8 @@ def test_a_config_keys_own_check_is_told_with_the_files_other_mistakes(tmp_path)
     """A text check (ConfigError) inside the file escaped the collection, as hypothesis
     found in CI: `{name: null, project: "\\b"}`."""
     path = tmp_path / "s.yaml"
-    path.write_text('name: null\nproject: "\\b"\nparameters: {learning_rate: {value: 0.1}}\n')
+    path.write_text('name: null\nproject: "\\b"\nmethod: random\n'
+                    'parameters: {learning_rate: {value: 0.1}}\n')
     with pytest.raises(sweepfile.SweepError) as caught:
         sweepfile.load(path)
     assert [line.split(": ")[1] for line in caught.value.lines] == ["name", "project"]

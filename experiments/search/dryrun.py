@@ -13,18 +13,19 @@ from typing import Any
 
 from experiments.core import config as cfg
 from experiments.core import task as tasks
+from experiments.search.spec import differences
 from experiments.search.spec.pruners import Pruner
 from experiments.search.spec.sweepfile import SweepSpec
 
 SAMPLES = 3
 # Trials drawn without looking at results, per method (Optuna's defaults): TPE and GP start
-# with 10 random trials, CMA-ES with one.
-RESULT_FREE = {"tpe": 10, "gp": 10, "cmaes": 1}
+# with 10 random trials, CMA-ES with one, W&B's bayes with two.
+RESULT_FREE = {"tpe": 10, "gp": 10, "cmaes": 1, "bayes": 2}
 
 
 SAMPLERS = {"tpe": "Optuna TPESampler (model-based; its first 10 trials are random)",
-            "bayes": "Optuna TPESampler: W&B's bayes is model-based search, and TPE is "
-                     "Optuna's (its first 10 trials are random)",
+            "bayes": "W&B's own Bayesian search (the sweeps package's Gaussian process; "
+                     "random until two trials have a value)",
             "random": "Optuna RandomSampler", "grid": "every point once, from a queue",
             "cmaes": "Optuna CmaEsSampler", "qmc": "Optuna QMCSampler (Sobol)",
             "gp": "Optuna GPSampler (Gaussian process; PyTorch)"}
@@ -62,6 +63,7 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
     lines.append(f"MLflow experiment: '{spec.experiment}'"
                  + (" (W&B's project)" if spec.project else " (the sweep's name)"))
     lines += [f"W&B {note}" for note in spec.notes]
+    lines += [f"differs from W&B (docs/wandb.md): {line}" for line in differences.touched(spec)]
     if spec.ablation:
         lines.append("grad modes per trial: " + ", ".join(modes)
                      + ("  (first is the objective)" if len(modes) > 1 else ""))

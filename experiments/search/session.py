@@ -75,6 +75,8 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, End]:
         for note in spec.notes:  # program and command first: they are not run
             if note.startswith(("program", "command")):
                 progress.say(f"{spec.path}: {note}")
+        for warning in spec.warnings:  # W&B's deprecation notes: the file runs as written
+            progress.say(f"{spec.path}: warning: {warning}")
     recovery = Recovery()
     # A study of this name that asks another question is refused before anything is written.
     store = open_storage(store_url, MLRUNS, recovery.stale, create=False)

@@ -12,7 +12,8 @@ import math
 from typing import Any
 
 from experiments.core import config as cfg
-from experiments.search.spec.reader import Reader
+from experiments.search.spec import wandb_schema
+from experiments.search.spec.reader import Reader, SweepError
 from experiments.search.spec.space import (
     BETA_FAMILY,
     BOUNDED,
@@ -38,6 +39,11 @@ SPEC_KEYS = ("distribution", "values", "value", "probabilities", "min", "max", "
 # Laws whose draws are not whole numbers unless quantised by a whole q.
 REAL = {"uniform", "log_uniform", "log_uniform_values", "inv_log_uniform",
          "inv_log_uniform_values", "normal", "log_normal", "beta"}
+# Bounded laws with a density: an end is almost surely never drawn, so the values EDGE of
+# the law's scale in from its ends must be ones the key takes, not the ends themselves.
+CONTINUOUS = {"uniform", "log_uniform", "log_uniform_values", "inv_log_uniform",
+              "inv_log_uniform_values", "beta"}
+EDGE = 1e-9
 
 
 def parameters(r: Reader, raw: dict, fixed: dict, method: str) -> tuple[Param, ...]:
@@ -114,12 +120,22 @@ def _param(r: Reader, where: str, key: str, spec: dict, fixed: dict, method: str
     if method == "grid" and (dist not in GRID or "probabilities" in spec):
         raise r.fail(where, f"method grid visits values: give values, value, int_uniform or "
                             f"q_uniform (without probabilities), not {dist}")
+    if method == "bayes" and "probabilities" in spec:
+        raise r.fail(f"{where}.probabilities", "W&B's bayes search fails on weighted values "
+                                               "once it has results (its cdf reads values, "
+                                               "not weights): drop probabilities, or use "
+                                               "method random or tpe")
     kind = cfg.kind(key)
     if dist in ("constant", "categorical"):
         return _choices(r, where, key, spec, dist)
     if kind not in ("int", "float", "task"):  # a task's key: its file says (task_keys.py)
         raise r.fail(f"{where}.distribution", f"{dist} needs a numeric key; {key} takes "
                                               f"{cfg.allowed(key)}: use values")
+    # The law draws with W&B's own engine (space.py): W&B's schema must take it first.
+    found = wandb_schema.law(where, spec)
+    if found:
+        lines = tuple(str(r.fail(k, why)) for k, why in found)
+        raise SweepError("; ".join(lines), lines)
     numbers = {k: r.number(spec[k], f"{where}.{k}") for k in ("min", "max", "mu", "sigma",
                                                              "q", "a", "b") if k in spec}
     q = spec.get("q", 1) if dist in QUANTISED else None
@@ -131,7 +147,7 @@ def _param(r: Reader, where: str, key: str, spec: dict, fixed: dict, method: str
     p = Param(key, dist, low=numbers.get("min", 0.0), high=numbers.get("max", 0.0), q=q,
               mu=numbers.get("mu", 0.0), sigma=numbers.get("sigma", 1.0),
               a=numbers.get("a", 1.0), b=numbers.get("b", 1.0), wandb=dict(spec))
-    _check_law(r, where, p, spec)
+    _check_law(r, where, p, spec, method)
     return p
 
 
@@ -167,7 +183,7 @@ def _step(r: Reader, where: str, q: Any, kind: str) -> int | float:
     return int(q) if isinstance(q, int) or (kind == "int" and float(q).is_integer()) else q
 
 
-def _check_law(r: Reader, where: str, p: Param, spec: dict) -> None:
+def _check_law(r: Reader, where: str, p: Param, spec: dict, method: str) -> None:
     """The law's own parameters, then its values against what the key accepts."""
     d = p.distribution
     if d in BOUNDED:
@@ -181,25 +197,42 @@ def _check_law(r: Reader, where: str, p: Param, spec: dict) -> None:
         if d in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values") \
                 and p.low <= 0:
             raise r.fail(f"{where}.min", f"{d} is a log scale: it needs min > 0")
-    if d in NORMAL_FAMILY and p.sigma <= 0:
-        raise r.fail(f"{where}.sigma", f"expected a standard deviation > 0, got {p.sigma}")
-    if d in BETA_FAMILY and (p.a <= 0 or p.b <= 0):
-        raise r.fail(f"{where}.a", f"beta needs a > 0 and b > 0, got a={p.a}, b={p.b}")
-    if d not in BOUNDED | BETA_FAMILY:  # normal, log-normal: a draw out of range fails its trial
+    # W&B's schema allows sigma 0 and a, b 0 (its minimum is 0, inclusive): so does this.
+    if d in NORMAL_FAMILY and p.sigma < 0:
+        raise r.fail(f"{where}.sigma", f"expected a standard deviation >= 0, got {p.sigma}")
+    if d in BETA_FAMILY and (p.a < 0 or p.b < 0):
+        raise r.fail(f"{where}.a", f"beta needs a >= 0 and b >= 0, got a={p.a}, b={p.b}")
+    # Normal, log-normal: a draw out of range fails its trial. A grid visits its points,
+    # each checked (parameters()), not the ends of a law it never draws from.
+    if d not in BOUNDED | BETA_FAMILY or (method == "grid" and d in GRID):
         return
     try:
         low, high = p.support()
     except OverflowError:
         raise r.fail(where, f"{d} takes natural-log exponents as min and max: exp({p.high:g}) "
                             "overflows; for plain values use log_uniform_values") from None
-    ends = (("largest", high),) if d == "beta" else (("smallest", low), ("largest", high))
-    for end, value in ends:  # beta's 0 is never drawn; q_beta's may be
-        _fits(r, where, p.key, value, end)
+    inside = _inside(p) if d in CONTINUOUS else (low, high)  # q_ laws' ends may be drawn
+    for end, value, drawn in zip(("smallest", "largest"), (low, high), inside, strict=True):
+        _fits(r, where, p.key, value, end, drawn)
 
 
-def _fits(r: Reader, where: str, key: str, value: float, end: str) -> None:
+def _inside(p: Param) -> tuple[float, float]:
+    """The values EDGE of a continuous law's scale in from its ends: beta's on [0, 1],
+    the log laws' on the log scale (from the exponents, which never underflow)."""
+    d, lo, hi = p.distribution, p.low, p.high
+    if d == "beta":
+        return EDGE, 1 - EDGE
+    if d == "inv_log_uniform":
+        lo, hi = -hi, -lo
+    elif d in ("log_uniform_values", "inv_log_uniform_values"):
+        lo, hi = math.log(lo), math.log(hi)
+    ends = lo + EDGE * (hi - lo), hi - EDGE * (hi - lo)
+    return ends if d == "uniform" else (math.exp(ends[0]), math.exp(ends[1]))
+
+
+def _fits(r: Reader, where: str, key: str, value: float, end: str, drawn: float) -> None:
     try:
-        cfg.coerce(key, int(value) if cfg.kind(key) == "int" else value)
-    except cfg.ConfigError:
+        cfg.coerce(key, int(drawn) if cfg.kind(key) == "int" else drawn)
+    except (cfg.ConfigError, ValueError, OverflowError):  # NaN, inf: W&B's degenerate laws
         raise r.fail(where, f"its {end} value, {value:g}, is outside what {key} takes: "
                             f"{cfg.allowed(key)}") from None

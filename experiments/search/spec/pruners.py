@@ -1,15 +1,18 @@
-"""When a trial stops early: this runner's `pruner`, or W&B's `early_terminate`.
+"""When a trial stops early: this runner's `pruner`, or W&B's `early_terminate`; never
+unless the file asks (W&B never stops a run without early_terminate).
 
-W&B's Hyperband (`early_terminate: {type: hyperband, ...}`) becomes Optuna's
-HyperbandPruner: rungs from `min_iter` (or `max_iter / eta^s`) by factors of `eta` up to
-`max_iter` or the most epochs a trial trains.
+W&B's Hyperband (`early_terminate: {type: hyperband, ...}`) is W&B's own rule, run by its
+own engine (hyperband.py here, study/wandb_hyperband.py the pruner): W&B's bands, every
+trial checked at every band, `strict` as W&B reads it (default true). This runner's
+`pruner: {type: hyperband}` is Optuna's HyperbandPruner.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from experiments.core import config as cfg
+from experiments.search.spec import hyperband
 from experiments.search.spec.reader import Reader
 
 PRUNERS = ("median", "hyperband", "none")
@@ -19,17 +22,29 @@ PRUNERS = ("median", "hyperband", "none")
 class Pruner:
     """When to stop a trial early: the median rule, Hyperband, or never."""
 
-    type: str = "median"
+    type: str = "none"
     warmup_epochs: int = 1
     min_resource: int = 1  # hyperband: the first rung, in epochs
     max_resource: int | None = None  # hyperband: the last rung; None: the trials' epochs
     reduction_factor: int = 3  # hyperband: W&B's eta
-    strict: bool | None = None  # W&B's early_terminate.strict: recorded, no Optuna counterpart
+    strict: bool = True  # W&B's early_terminate.strict (W&B's default)
     source: str = "pruner"  # or early_terminate
+    bands: tuple[int, ...] = ()  # early_terminate: W&B's bands, as its engine computes them
+    wandb: dict = field(default_factory=dict, compare=False, hash=False)  # early_terminate
+
+    @property
+    def rule(self) -> str:
+        """The rule's short name, for a pruned trial's reason."""
+        return "W&B's hyperband" if self.source == "early_terminate" else self.type
 
     def __str__(self) -> str:
         if self.type == "median":
             return f"median (warmup {self.warmup_epochs} epochs)"
+        if self.type == "hyperband" and self.source == "early_terminate":
+            shown = ", ".join(str(b) for b in self.bands[:6]) + (", ..." if len(
+                self.bands) > 6 else "")
+            return (f"W&B hyperband (its own rule: bands at epochs {shown}; eta "
+                    f"{cfg.show(self.wandb.get('eta', 3))}; strict {str(self.strict).lower()})")
         if self.type == "hyperband":
             last = f"{self.max_resource} epochs" if self.max_resource else "the trials' epochs"
             return (f"hyperband (rungs from {self.min_resource} to {last}, reduction "
@@ -37,19 +52,16 @@ class Pruner:
         return "none"
 
 
-def read_pruner(r: Reader, raw: dict, notes: list[str], wandb_form: bool) -> Pruner:
-    """`early_terminate` (W&B's) or `pruner` (this runner's), not both; by default the
-    median rule, or none for a file in W&B's form (W&B never stops a run early unless
-    the file says early_terminate)."""
+def read_pruner(r: Reader, raw: dict, notes: list[str]) -> Pruner:
+    """`early_terminate` (W&B's) or `pruner` (this runner's), not both; none when the file
+    gives neither, as W&B never stops a run unless the file says early_terminate."""
     if "early_terminate" in raw:
         if "pruner" in raw:
             raise r.fail("early_terminate", "and `pruner` both stop trials early: give one")
         return _hyperband(r, r.mapping(raw["early_terminate"], "early_terminate"), notes)
-    if wandb_form:
-        notes.append("early_terminate: absent -> no pruning, as W&B (this runner's own "
-                     "default, for its own files, is the median rule)")
+    if "pruner" not in raw:
         return Pruner("none")
-    pruner = r.mapping(raw.get("pruner", {"type": "median"}), "pruner")
+    pruner = r.mapping(raw["pruner"], "pruner")
     r.known(pruner, "pruner", ("type", "warmup_epochs"))
     kind = r.choice(pruner.get("type", "median"), "pruner.type", PRUNERS)
     warmup = r.integer(pruner.get("warmup_epochs", 1), "pruner.warmup_epochs", 0, 10_000)
@@ -57,39 +69,40 @@ def read_pruner(r: Reader, raw: dict, notes: list[str], wandb_form: bool) -> Pru
 
 
 def _hyperband(r: Reader, raw: dict, notes: list[str]) -> Pruner:
-    """W&B's Hyperband: rungs from min_iter (or max_iter / eta^s) by factors of eta."""
+    """W&B's Hyperband, as W&B's engine reads it: bands from max_iter and s when both are
+    given (min_iter is then ignored, as W&B ignores it), else from min_iter by eta."""
     where = "early_terminate"
     r.known(raw, where, ("type", "min_iter", "max_iter", "s", "eta", "strict"))
     r.choice(raw.get("type"), f"{where}.type", ("hyperband",))
     eta = r.number(raw.get("eta", 3), f"{where}.eta")
-    if eta <= 1 or not float(eta).is_integer():
-        raise r.fail(f"{where}.eta", f"got {cfg.show(eta)}; Optuna's HyperbandPruner takes a "
-                                     "whole reduction factor > 1 (W&B allows any number > 1): "
-                                     "use 2 or 3")
-    eta = int(eta)
-    max_iter = None
+    if eta <= 1:
+        raise r.fail(f"{where}.eta", f"got {cfg.show(eta)}; W&B takes a number > 1")
     if "max_iter" in raw:
-        max_iter = r.integer(raw["max_iter"], f"{where}.max_iter", 1, 10_000)
-    if "min_iter" in raw:
-        min_iter = r.integer(raw["min_iter"], f"{where}.min_iter", 1, 10_000)
-    elif max_iter is not None and "s" in raw:
+        r.integer(raw["max_iter"], f"{where}.max_iter", 1, 10_000)
+        if "s" not in raw:
+            raise r.fail(f"{where}.s", "missing: W&B's engine reads max_iter with s (with "
+                                       "max_iter and no s it fails, KeyError 's'); give s, "
+                                       "or drop max_iter and give min_iter")
         s = r.number(raw["s"], f"{where}.s")
-        if s < 1:
-            raise r.fail(f"{where}.s", f"expected a number of bands >= 1 (as W&B), got {s}")
-        # W&B's bands are int(max_iter / eta^k), k = 1..s: the first rung is the last band.
-        min_iter = max(1, int(max_iter / eta**s))
+        if s < 1 or not float(s).is_integer():
+            raise r.fail(f"{where}.s", f"got {cfg.show(s)}; W&B's engine counts s bands "
+                                       "(range(s)): a whole number >= 1")
+        if "min_iter" in raw:
+            notes.append("early_terminate.min_iter: ignored, as W&B ignores it when max_iter "
+                         "and s are given")
+    elif "min_iter" in raw:
+        r.integer(raw["min_iter"], f"{where}.min_iter", 1, 10_000)
     else:
         raise r.fail(where, "give min_iter, or max_iter with s (W&B's two forms)")
-    if max_iter is not None and max_iter < min_iter:
-        raise r.fail(f"{where}.max_iter", f"{max_iter} is below the first rung, {min_iter}")
-    strict = raw.get("strict")
-    if strict is not None and not isinstance(strict, bool):
+    strict = raw.get("strict", True)
+    if not isinstance(strict, bool):
         raise r.fail(f"{where}.strict", f"expected true or false, got {cfg.show(strict)}")
-    pruner = Pruner("hyperband", min_resource=min_iter, max_resource=max_iter,
-                    reduction_factor=eta, strict=strict, source="early_terminate")
-    notes.append(f"early_terminate: hyperband -> Optuna HyperbandPruner(min_resource="
-                 f"{min_iter}, max_resource={max_iter or 'the most epochs a trial trains'}, "
-                 f"reduction_factor={eta})")
-    if strict is not None:
-        notes.append("early_terminate.strict: recorded; Optuna's Hyperband has no strict mode")
+    try:
+        bands = hyperband.bands(raw)
+    except ValueError as e:
+        raise r.fail(where, str(e)) from None
+    pruner = Pruner("hyperband", min_resource=bands[0], max_resource=raw.get("max_iter"),
+                    strict=strict, source="early_terminate", bands=tuple(bands),
+                    wandb=dict(raw))
+    notes.append(f"early_terminate: {pruner}")
     return pruner

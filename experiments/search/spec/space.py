@@ -11,13 +11,15 @@ that trains as user attr `value.<key>`, which is also the MLflow param.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
+from experiments.core import config as cfg
 from experiments.core import words
 
 DISTRIBUTIONS = (
@@ -82,62 +84,31 @@ class Param:
             return math.exp(-hi), math.exp(-lo), True
         raise ValueError(d)
 
+    @functools.cached_property
+    def law(self) -> Any:
+        """W&B's own HyperParameter for this law (its defaults filled, e.g. q: 1.0)."""
+        return wandb_law(self.key, self.wandb)
+
     def ppf(self, u: float) -> Any:
-        """W&B's value at quantile `u` (its `HyperParameter.ppf`)."""
-        d = self.distribution
-        if self.probabilities:
-            cdf = np.cumsum(self.probabilities)
-            return self.values[min(int(np.searchsorted(cdf, u, side="right")),
-                                   len(self.values) - 1)]
-        if d == "categorical":
-            return self.values[min(int(u * len(self.values)), len(self.values) - 1)]
-        if d == "constant":
+        """W&B's value at quantile `u`: its `HyperParameter.ppf`, as a plain Python value.
+        u is kept a hair inside (0, 1): at the very ends W&B's own formulas leave the law's
+        range (int_uniform at 0 gives min - 1, q_normal at 0 or 1 gives -2^63)."""
+        if self.distribution == "constant":
             return self.values[0]
-        u = min(max(u, _EDGE), 1 - _EDGE)
-        if d in ("uniform", "q_uniform"):
-            x = self.low + u * (self.high - self.low)
-        elif d == "int_uniform":
-            x = int(self.low + math.floor(u * (self.high - self.low + 1)))
-        elif d in ("log_uniform", "q_log_uniform"):
-            x = math.exp(self.low + u * (self.high - self.low))
-        elif d in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values"):
-            x = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
-        elif d == "inv_log_uniform":
-            x = math.exp(-(self.low + (1 - u) * (self.high - self.low)))
-        elif d in ("normal", "q_normal"):
-            x = NormalDist(self.mu, self.sigma).inv_cdf(u)
-        elif d in ("log_normal", "q_log_normal"):
-            x = math.exp(NormalDist(self.mu, self.sigma).inv_cdf(u))
-        else:  # beta, q_beta
-            from scipy import stats  # only a beta law needs SciPy (MindSpore's dependency)
-
-            x = float(stats.beta.ppf(u, self.a, self.b))
-        return self.quantise(x) if d in QUANTISED else x
-
-    def quantise(self, x: float) -> int | float:
-        """round(x / q) * q, an integer when q is one (as W&B returns it)."""
-        q = self.q if self.q is not None else 1
-        if isinstance(q, int):
-            return round(x / q) * q
-        # Rounded to q's own decimals, so 0.1 * 3 is recorded as 0.3, not 0.30000000000000004.
-        return float(round(round(x / q) * q, _decimals(q)))
+        return plain(self.law.ppf(min(max(u, _EDGE), 1 - _EDGE)))
 
     def grid_values(self) -> tuple:
-        """The values a grid visits, as W&B's grid enumerates them."""
+        """The values a grid visits, as W&B's grid enumerates them (its grid_search.py):
+        int_uniform range(min, max + 1), q_uniform numpy.arange(min, max, q) as arange
+        gives it (max left out, save where float steps land a hair above or below it; 0.1
+        steps give 0.30000000000000004 as W&B does), values once each."""
         d = self.distribution
         if d in ("categorical", "constant"):
             return tuple(dict.fromkeys(self.values))  # a repeated value is one point
+        c = self.law.config
         if d == "int_uniform":
-            return tuple(range(int(self.low), int(self.high) + 1))
-        q = self.q if self.q is not None else 1
-        # W&B: numpy.arange(min, max, q), the values as arange gives them (max left out,
-        # save where float steps land a hair below it), rounded to the decimals of min
-        # and q so that 0.05 + 0.1 is 0.15, not 0.15000000000000002.
-        values = np.arange(self.low, self.high, q).tolist()
-        if all(isinstance(v, int) for v in (self.low, q)):
-            return tuple(int(v) for v in values)
-        digits = max(_decimals(float(self.low)), _decimals(float(q)))
-        return tuple(round(v, digits) for v in values)
+            return tuple(range(c["min"], c["max"] + 1))
+        return tuple(plain(v) for v in np.arange(c["min"], c["max"], c["q"]).tolist())
 
     def optuna_distribution(self, grid: bool = False) -> Any:
         """The Optuna distribution the parameter is suggested from (under `optuna_name`);
@@ -193,28 +164,44 @@ class Param:
             return low, high
         if d == "beta":
             return 0.0, 1.0
-        if d == "q_beta":  # the quantised ends can be drawn
-            return self.quantise(0.0), self.quantise(1.0)
         if d in ("log_normal", "q_log_normal"):
             return 0.0, math.inf
         if d in NORMAL_FAMILY:
             return -math.inf, math.inf
+        if d == "q_log_uniform":
+            math.exp(self.high)  # an exponent past ~709: OverflowError, as a native law's
         return self.ppf(0.0), self.ppf(1.0)  # the quantised uniform families
 
 
-def _decimals(q: float) -> int:
-    text = repr(q)
-    if "e-" in text:
-        mantissa, exponent = text.split("e-")
-        return int(exponent) + len(mantissa.partition(".")[2])
-    return len(text.partition(".")[2])
+def wandb_law(key: str, spec: dict) -> Any:
+    """W&B's HyperParameter for a law as the file wrote it (imported quietly: the `sweeps`
+    package's pydantic models warn on import)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sweeps.params import HyperParameter
+
+        return HyperParameter(key, dict(spec))
+
+
+def plain(value: Any) -> Any:
+    """A NumPy scalar or 0-d array as the Python number it holds."""
+    return value.item() if isinstance(value, np.generic | np.ndarray) else value
+
+
+def typed(key: str, value: Any) -> Any:
+    """A drawn value as the config key's type (W&B's 3.0 for an integer key is 3). Whether
+    the key takes it is the config's rule, checked when the trial's config is built: a draw
+    it cannot take fails that trial with the rule, and the sweep goes on."""
+    value = plain(value)
+    whole = isinstance(value, float) and value.is_integer()
+    return int(value) if whole and cfg.known(key) and cfg.kind(key) == "int" else value
 
 
 def suggest(trial: Any, params: tuple[Param, ...], grid: bool = False) -> dict[str, Any]:
     """Sample one configuration: {config key: value}, each value recorded on the trial."""
     out: dict[str, Any] = {}
     for p in params:
-        out[p.key] = p.suggest(trial, grid)
+        out[p.key] = typed(p.key, p.suggest(trial, grid))
         trial.set_user_attr(VALUE_ATTR + p.key, out[p.key])
     return out
 

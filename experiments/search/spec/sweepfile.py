@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.core import config as cfg
-from experiments.search.spec import models_kept, settings
+from experiments.search.spec import models_kept, settings, wandb_schema
 from experiments.search.spec.metrics import (
     Objective,
     check_multi,
@@ -80,6 +80,7 @@ class SweepSpec:
     # The file's W&B keys W&B's engine decides on (method, metric, early_terminate), as
     # written; wandb_config() adds the parameters.
     engine: dict[str, Any] = field(default_factory=dict, compare=False)
+    warnings: tuple[str, ...] = ()  # W&B's deprecation notes: said when the sweep starts
 
     @property
     def metrics(self) -> tuple[Objective, ...]:
@@ -102,8 +103,8 @@ class SweepSpec:
 
     @property
     def sampler(self) -> str:
-        """The Optuna sampler: W&B's model-based `bayes` is Optuna's TPE."""
-        return "tpe" if self.method == "bayes" else self.method
+        """The sampler: W&B's own for `bayes` (study/wandb_bayes.py), Optuna's otherwise."""
+        return self.method
 
     @property
     def warmup_epochs(self) -> int:
@@ -165,7 +166,10 @@ class SweepSpec:
     def wandb_config(self) -> dict[str, Any]:
         """The sweep as W&B's engine (the `sweeps` package) reads it: the file's method,
         metric and early_terminate, and every searched key's law under its dotted name."""
-        return {**self.engine, "method": self.method,
+        metric = self.engine.get("metric")
+        if not isinstance(metric, dict):  # none given (W&B's default), or a trade-off's list
+            metric = {"name": self.metric, "goal": self.goal}
+        return {**self.engine, "method": self.method, "metric": {**metric, "goal": self.goal},
                 "parameters": {p.key: dict(p.wandb) for p in self.parameters}}
 
     def fingerprint(self) -> str:
@@ -229,12 +233,9 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
     ablation: tuple[str, ...] = ()
     with r.each():
         ablation = settings.ablation(r, raw.get("ablation"), fixed, params)
-    # A file with a key only W&B has and none of this runner's is in W&B's form.
-    wandb_form = (any(k in raw for k in WANDB_ONLY) or method == "bayes") \
-        and not any(k in raw for k in RUNNER_KEYS)
     pruner = Pruner("none")
     with r.each():
-        pruner = read_pruner(r, raw, notes, wandb_form)  # checked whole in any case
+        pruner = read_pruner(r, raw, notes)  # checked whole in any case
     if len(metrics) > 1:  # a trade-off is never pruned (check_multi refused one)
         pruner = Pruner("none")
     repeats, warm, project, recorded = 1, None, None, ()
@@ -260,6 +261,11 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
         models = models_kept.read(r, raw.get("models"))
     with r.each():
         ordered = settings.ordered(r, raw)
+    # W&B's schema decides on the file's W&B part. Told last, so that a key this runner
+    # told about already keeps its own line; W&B's deprecation notes join the notes.
+    deprecated: list[str] = []
+    wandb_schema.tell(r, raw, RUNNER_KEYS, deprecated)
+    notes += deprecated
     r.check()
     (metric, goal) = metrics[0]
     return SweepSpec(path=path, name=name, method=method, metric=metric, goal=goal,
@@ -271,4 +277,5 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
                      models=models, ordered=ordered,
                      task_digest="" if task is None or task.name in cfg.BUILT_IN_TASKS
                      else task.digest,
-                     engine={k: raw[k] for k in ("metric", "early_terminate") if k in raw})
+                     engine={k: raw[k] for k in ("metric", "early_terminate") if k in raw},
+                     warnings=tuple(deprecated))

@@ -17,8 +17,9 @@ SWEEP_S) or that its own process left running, and after MAX_WAIT_S, so workers 
 deadlock; a trial that waited that long is tagged `ordered=false` and waits no more.
 Ctrl-C ends a wait. Warm-start and retried trials are enqueued trials
 whose numbers the sweep's history decides, so a sweep with a crash or a retry is the
-one-worker sweep only up to it. Hyperband builds its brackets from the storage itself,
-and QMC numbers its points in the order they are drawn: neither is ordered here.
+one-worker sweep only up to it. Optuna's Hyperband (`pruner: {type: hyperband}`) builds
+its brackets from the storage itself, and QMC numbers its points in the order they are
+drawn: neither is ordered here (W&B's hyperband, early_terminate, is).
 """
 
 from __future__ import annotations

@@ -12,7 +12,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.search.spec.sweepfile import SweepSpec
-from experiments.search.study import internals, liveness, ordered
+from experiments.search.study import (
+    internals,
+    liveness,
+    ordered,
+    wandb_bayes,
+    wandb_hyperband,
+)
 
 # Whose trial is alive, and how the dead ones elsewhere are failed: liveness.py's judgement,
 # handed to every wait.
@@ -27,15 +33,21 @@ def trial_seed(seed: int, number: int) -> int:
 TPE_STARTUP = 10  # Optuna's default: TPE's first 10 trials are random draws
 
 
-def _make_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
+# W&B's bayes proposes a random point until two trials have a value (its next_sample).
+BAYES_STARTUP = 2
+
+
+def _make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         # QMC and GP are marked experimental; the warning says nothing the user can act on.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _new_sampler(method, seed)
+        return _new_sampler(spec, seed)
 
 
-def _new_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
-    samplers = optuna.samplers
+def _new_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
+    samplers, method = optuna.samplers, spec.sampler
+    if method == "bayes":  # W&B's own Gaussian-process search (wandb_bayes.py)
+        return wandb_bayes.WandbBayesSampler(spec.wandb_config(), spec.parameters, seed)
     if method == "cmaes":
         return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if method == "qmc":
@@ -57,16 +69,17 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
     `before_trial` to `after_trial`, with one seed.
     """
 
-    def __init__(self, method: str, seed: int, ordered: bool = True) -> None:
-        self._method, self._seed, self._ordered = method, seed, ordered
+    def __init__(self, spec: SweepSpec) -> None:
+        self._spec, self._method = spec, spec.sampler
+        self._seed, self._ordered = spec.seed, spec.ordered
         self._number: int | None = None
         self._waited: int | None = None
-        self._inner = _make_sampler(method, seed)
+        self._inner = _make_sampler(spec, spec.seed)
 
     def _for(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
         if trial.number != self._number:
             self._number = trial.number
-            self._inner = _make_sampler(self._method, trial_seed(self._seed, trial.number))
+            self._inner = _make_sampler(self._spec, trial_seed(self._seed, trial.number))
         return self._inner
 
     def _seen(self, study: optuna.Study, trial: FrozenTrial) -> Any:
@@ -75,7 +88,8 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
         if not self._ordered:  # `ordered: false`: whatever is done when it is drawn
             return study
         free = self._method in ("random", "grid") or (
-            self._method == "tpe" and trial.number < TPE_STARTUP)
+            self._method == "tpe" and trial.number < TPE_STARTUP) or (
+            self._method == "bayes" and trial.number < BAYES_STARTUP)
         if not free and self._waited != trial.number:
             ordered.wait_for_earlier(study, trial, JUDGE)
             self._waited = trial.number
@@ -104,8 +118,8 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
 def sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     # QMC indexes its sequence by trial number already and must keep one seed.
     if spec.sampler == "qmc":
-        return _make_sampler("qmc", spec.seed)
-    return PerTrialSeed(spec.sampler, spec.seed, spec.ordered)
+        return _make_sampler(spec, spec.seed)
+    return PerTrialSeed(spec)
 
 
 def pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
@@ -113,9 +127,14 @@ def pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     if p.type == "median":
         median = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=p.warmup_epochs)
         return ordered.OrderedPruner(median, JUDGE) if spec.ordered else median
+    if p.type == "hyperband" and p.source == "early_terminate":
+        # W&B's own rule decides; like the median rule it sees the earlier trials only.
+        rule = wandb_hyperband.WandbHyperband(p, spec.goal)
+        return ordered.OrderedPruner(rule, JUDGE) if spec.ordered else rule
     if p.type == "hyperband":
-        # W&B's max_iter, or the most epochs a trial trains (Optuna's "auto" would guess it
-        # from the first trial to finish, which a pruned sweep may not have yet).
+        # This runner's `pruner: {type: hyperband}`: its rungs end at the most epochs a
+        # trial trains (Optuna's "auto" would guess that from the first trial to finish,
+        # which a pruned sweep may not have yet).
         return optuna.pruners.HyperbandPruner(
             min_resource=p.min_resource, max_resource=p.max_resource or spec.max_epochs(),
             reduction_factor=p.reduction_factor)

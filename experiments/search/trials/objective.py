@@ -206,7 +206,7 @@ class TrialRunner:
             trial.report(getattr(result, self.spec.metric), result.epoch)
             # Pruning after the last epoch would only throw a finished result away.
             if result.epoch < epochs and trial.should_prune():
-                raise Stop("PRUNED", f"pruned by {self.spec.pruner.type} after epoch "
+                raise Stop("PRUNED", f"pruned by {self.spec.pruner.rule} after epoch "
                                      f"{result.epoch}")
 
         return Callbacks(on_epoch_end=report)

@@ -317,7 +317,9 @@ def test_a_grid_over_int_uniform_and_q_uniform_trains_its_points(store):
     trained = sorted((t.params["epochs"], t.params["learning_rate"]) for t in trials)
     # W&B's grid is numpy.arange(min, max, q): with float steps it reaches 0.2 here
     # (0.05 + 3 * 0.05 falls a hair below 0.2), and so does this runner's.
-    assert trained == [(e, lr) for e in (1, 2) for lr in (0.05, 0.1, 0.15, 0.2)]
+    points = np.arange(0.05, 0.2, 0.05).tolist()  # W&B's own: 0.15000000000000002 too
+    assert points == [0.05, 0.1, 0.15000000000000002, 0.2]
+    assert trained == [(e, lr) for e in (1, 2) for lr in points]
     _, _, children = sweep_runs(store, "g")
     assert sorted((int(r.data.params["epochs"]), float(r.data.params["learning_rate"]))
                   for r in children) == trained

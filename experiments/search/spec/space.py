@@ -86,8 +86,18 @@ class Param:
 
     @functools.cached_property
     def law(self) -> Any:
-        """W&B's own HyperParameter for this law (its defaults filled, e.g. q: 1.0)."""
+        """W&B's own HyperParameter for this law, for drawing (it imports SciPy)."""
         return wandb_law(self.key, self.wandb)
+
+    @functools.cached_property
+    def filled(self) -> dict:
+        """The law with W&B's defaults filled in (e.g. q: 1.0), by W&B's own schema; light
+        enough for validation (no SciPy)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from sweeps.config import fill_parameter
+
+            return fill_parameter(self.key, dict(self.wandb))[1]
 
     def ppf(self, u: float) -> Any:
         """W&B's value at quantile `u`: its `HyperParameter.ppf`, as a plain Python value.
@@ -105,7 +115,7 @@ class Param:
         d = self.distribution
         if d in ("categorical", "constant"):
             return tuple(dict.fromkeys(self.values))  # a repeated value is one point
-        c = self.law.config
+        c = self.filled
         if d == "int_uniform":
             return tuple(range(c["min"], c["max"] + 1))
         return tuple(plain(v) for v in np.arange(c["min"], c["max"], c["q"]).tolist())
@@ -164,13 +174,24 @@ class Param:
             return low, high
         if d == "beta":
             return 0.0, 1.0
+        if d == "q_beta":  # the quantised ends can be drawn
+            return self.ppf(0.0), self.ppf(1.0)
         if d in ("log_normal", "q_log_normal"):
             return 0.0, math.inf
         if d in NORMAL_FAMILY:
             return -math.inf, math.inf
-        if d == "q_log_uniform":
-            math.exp(self.high)  # an exponent past ~709: OverflowError, as a native law's
-        return self.ppf(0.0), self.ppf(1.0)  # the quantised uniform families
+        # The quantised uniform families: W&B's round(x / q) * q of the law's ends (the
+        # formula of its ppf, without its SciPy import).
+        q = self.filled.get("q", 1.0)
+        lo, hi = self.low, self.high
+        if d == "q_log_uniform_values":
+            lo, hi = math.log(lo), math.log(hi)
+        at = (lo + u * (hi - lo) for u in (_EDGE, 1 - _EDGE))  # as ppf keeps u inside
+        ends = [math.exp(x) if d != "q_uniform" else x for x in at]  # exp past ~709:
+        # OverflowError, as for a native law's exponent
+        rounded = (np.round(x / q) * q for x in ends)
+        low, high = (int(x) if isinstance(q, int) else float(x) for x in rounded)
+        return low, high
 
 
 def wandb_law(key: str, spec: dict) -> Any:

@@ -551,3 +551,52 @@ def view_filter(sweep: str) -> str:
 
     exp = client().get_experiment_by_name("shared")
     return json.loads(exp.tags[views.PREFIX + views.key(sweep, "runs")])["searchFilter"]
+
+
+def test_one_value_is_recorded_alike_everywhere(tmp_path):
+    """W&B's q_uniform without q (q 1.0) gives 2.0: an integer key's grid points, its
+    Optuna param and its MLflow param are all 2; a float key's whole q gives 1.0, not 1."""
+    spec = spec_of(tmp_path, "method: grid\nmetric: {name: test_loss}\nparameters:\n"
+                             "  epochs: {distribution: q_uniform, min: 1, max: 3}\n")
+    assert spec.parameters[0].grid_values() == (1, 2)
+    assert all(type(v) is int for v in spec.parameters[0].grid_values())
+    decay = spec_of(tmp_path, "method: random\nmetric: {name: test_loss}\nparameters:\n"
+                              "  weight_decay: {distribution: q_uniform, min: 0, max: 1, q: 1}\n")
+    assert {type(d["weight_decay"]) for d in draws(decay, 50)} == {float}
+
+
+def test_a_grid_too_large_to_list_is_one_line(tmp_path):
+    with pytest.raises(SweepError, match="the grid has 1,000,000,000 points; at most"):
+        spec_of(tmp_path, "method: grid\nmetric: {name: test_loss}\nparameters:\n"
+                          "  learning_rate: {distribution: q_uniform, min: 0.0, max: 1.0, "
+                          "q: 1.0e-9}\n")
+
+
+def test_what_changed_with_wandbs_engine_is_a_change_of_question(tmp_path):
+    """A study made when bayes was Optuna's TPE, or when a float grid's points were
+    rounded, asks another question now: its resume is refused before anything is written
+    (unless --allow-change), not continued silently."""
+    bayes = spec_of(tmp_path, "method: bayes\nmetric: {name: test_loss}\nparameters:\n"
+                              "  learning_rate: {min: 0.01, max: 0.1}\n")
+    assert "W&B's bayes" in bayes.meaning()["sampler"]
+    tpe = spec_of(tmp_path, "method: tpe\nmetric: {name: test_loss}\nparameters:\n"
+                            "  learning_rate: {min: 0.01, max: 0.1}\n")
+    assert "sampler" not in tpe.meaning()
+    grid = spec_of(tmp_path, "method: grid\nmetric: {name: test_loss}\nparameters:\n"
+                             "  learning_rate: {distribution: q_uniform, min: 0.05, max: 0.3, "
+                             "q: 0.1}\n  epochs: {distribution: q_uniform, min: 1, max: 3}\n")
+    assert grid.meaning()["grid_points"] == {"learning_rate": [0.05, 0.15000000000000002,
+                                                               0.25000000000000006]}
+
+
+def test_a_law_that_only_draws_nan_is_run_and_said(tmp_path, monkeypatch, capsys):
+    """W&B accepts sigma 0 (its schema's minimum), and its engine draws NaN for it: the
+    file runs as W&B would, and a warning line says every trial will fail."""
+    path = tmp_path / "nan.yaml"
+    path.write_text("method: random\nmetric: {name: test_loss}\nparameters:\n"
+                    "  learning_rate: {distribution: normal, mu: 0.05, sigma: 0}\n")
+    monkeypatch.chdir(tmp_path)
+    assert runner.main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert "warning: parameters.learning_rate: normal mu 0.05 sigma 0" in out.out
+    assert "got nan" in out.out and "RuntimeWarning" not in out.err

@@ -289,3 +289,46 @@ def test_a_study_searches_with_wandb(tmp_path):
         # Between, W&B's expected improvement is flat over most of its 1,000 candidates
         # (five dimensions, two to five points), and its argmax takes the first, which is
         # the same draw as the random point: measured, trials 2-3 of seed 0 repeat it.
+
+
+# --- found by a hostile review, each reproduced first --------------------------------------
+
+
+def test_values_written_as_text_are_drawn_and_recorded_as_the_key_takes_them(tmp_path):
+    """`batch_size: {values: ["128", "256"]}` failed every bayes trial ('256' not in (128,
+    256)): W&B's engine is now given the values as the key takes them."""
+    path = tmp_path / "text.yaml"
+    path.write_text('method: bayes\nmetric: {name: test_accuracy, goal: maximize}\n'
+                    'parameters:\n  batch_size: {values: ["128", "256"]}\n'
+                    '  learning_rate: {min: 0.01, max: 0.1}\n')
+    spec = sweepfile.load(path)
+    assert spec.wandb_config()["parameters"]["batch_size"]["values"] == [128, 256]
+    from experiments.search.study import samplers
+
+    study = optuna.create_study(direction="maximize", sampler=samplers.sampler(spec))
+    for i in range(5):
+        trial = study.ask()
+        values = suggest(trial, spec.parameters)
+        trial.report(0.5 + 0.01 * i, 1)
+        study.tell(trial, 0.5 + 0.01 * i)
+        assert values["batch_size"] in (128, 256)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_cut_short_trials_are_not_shown_to_wandb_and_repeats_give_the_mean(tmp_path):
+    """An interrupted trial is retried, not a failure of its config (W&B would impute the
+    sweep's worst value there); with repeats W&B's best-of-history is the mean."""
+    from experiments.search.study.wandb_bayes import sweep_runs
+
+    spec = spec_of(tmp_path)
+    history = History(spec)
+    history.add(TrialState.COMPLETE, [0.5, 0.95], final=0.7)
+    history.add(TrialState.FAIL, [0.4])
+    history.add(TrialState.FAIL, [0.3])
+    trials = history.study.get_trials()  # copies: their attrs are set as the loop sets them
+    trials[0].user_attrs = {**trials[0].user_attrs, "seeds": [0, 1]}
+    trials[2].user_attrs = {**trials[2].user_attrs, "fail_kind": "interrupted"}
+    runs = sweep_runs(trials, spec.parameters, METRIC)
+    assert [r.name for r in runs] == ["0", "1"]  # the interrupted trial 2 is left out
+    assert runs[0].history == [{METRIC: 0.7}]  # the objective, not the first seed's 0.95
+    assert runs[1].state == "failed"

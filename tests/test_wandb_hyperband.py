@@ -133,6 +133,10 @@ def test_bands_and_strict_are_wandbs(tmp_path):
     ("{type: hyperband, max_iter: 2, s: 1, eta: 3}", "W&B.s hyperband fails on it.*Bands must"),
     ("{type: hyperband}", "give min_iter, or max_iter with s"),
     ("{type: hyperband, min_iter: 1, strict: 1}", "early_terminate.strict"),
+    # Found by a hostile review: each was a 51-line traceback.
+    ('{type: hyperband, max_iter: 27, s: 2, eta: "3"}', "early_terminate.eta: .*got '3'"),
+    ('{type: hyperband, max_iter: 27, s: "2"}', "early_terminate.s"),
+    ("{type: hyperband, min_iter: 1, eta: 1.0e300}", "fails on it .OverflowError"),
 ])
 def test_what_wandbs_engine_cannot_run_is_one_line(tmp_path, terminate, message):
     with pytest.raises(SweepError, match=message):
@@ -148,3 +152,13 @@ def test_nothing_is_pruned_unless_the_file_asks(tmp_path):
     assert isinstance(samplers.pruner(spec), optuna.pruners.NopPruner)
     path.write_text(path.read_text() + "pruner: {type: median}\n")
     assert sweepfile.load(path).pruner.type == "median"
+
+
+def test_wandbs_large_iterations_are_taken_and_a_band_never_reached_is_said(tmp_path):
+    """W&B bounds min_iter and max_iter by nothing; a first band past the trials' epochs
+    stops nothing, and the file is told so."""
+    assert spec_of(tmp_path, "{type: hyperband, min_iter: 100000}").pruner.bands[0] == 100000
+    far = spec_of(tmp_path, "{type: hyperband, max_iter: 27, s: 2}")  # bands 3, 9; 3 epochs
+    assert any("no trial is stopped early" in w for w in far.warnings)
+    near = spec_of(tmp_path, "{type: hyperband, min_iter: 1}")
+    assert not near.warnings

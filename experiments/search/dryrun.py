@@ -63,6 +63,7 @@ def describe(spec: SweepSpec, existing: Any = None, changed: list[str] | None = 
     lines.append(f"MLflow experiment: '{spec.experiment}'"
                  + (" (W&B's project)" if spec.project else " (the sweep's name)"))
     lines += [f"W&B {note}" for note in spec.notes]
+    lines += [f"warning: {w}" for w in spec.warnings if w not in spec.notes]
     lines += [f"differs from W&B (docs/wandb.md): {line}" for line in differences.touched(spec)]
     if spec.ablation:
         lines.append("grad modes per trial: " + ", ".join(modes)

@@ -36,6 +36,7 @@ KEYS_OF = {
 }
 SPEC_KEYS = ("distribution", "values", "value", "probabilities", "min", "max", "mu", "sigma",
              "q", "a", "b", "parameters")
+MAX_GRID = 1_000_000  # grid points (shuffled in memory; a trial each)
 # Laws whose draws are not whole numbers unless quantised by a whole q.
 REAL = {"uniform", "log_uniform", "log_uniform_values", "inv_log_uniform",
          "inv_log_uniform_values", "normal", "log_normal", "beta"}
@@ -58,6 +59,13 @@ def parameters(r: Reader, raw: dict, fixed: dict, method: str) -> tuple[Param, .
             seen[key] = where
             out.append(_param(r, where, key, spec, fixed, method))
     if method == "grid":
+        sizes = [p.grid_size() for p in out]
+        if math.prod(sizes) > MAX_GRID:  # its points are listed and shuffled: memory
+            with r.each():
+                raise r.fail("parameters", f"the grid has {math.prod(sizes):,.0f} points; at "
+                                           f"most {MAX_GRID:,} (each is a trial): give fewer "
+                                           "values, a larger q, or method random")
+            r.check(since=before)
         for p in out:
             with r.each():
                 for i, value in enumerate(p.grid_values()):

@@ -16,6 +16,7 @@ from experiments.search.spec import hyperband
 from experiments.search.spec.reader import Reader
 
 PRUNERS = ("median", "hyperband", "none")
+MAX_ITER = 2**31 - 1  # W&B's schema bounds min_iter and max_iter by nothing but integers
 
 
 @dataclass(frozen=True)
@@ -74,35 +75,37 @@ def _hyperband(r: Reader, raw: dict, notes: list[str]) -> Pruner:
     where = "early_terminate"
     r.known(raw, where, ("type", "min_iter", "max_iter", "s", "eta", "strict"))
     r.choice(raw.get("type"), f"{where}.type", ("hyperband",))
-    eta = r.number(raw.get("eta", 3), f"{where}.eta")
+    # W&B's engine is given the numbers as read here (YAML's "3" is 3), never the text.
+    rule: dict = {"type": "hyperband"}
+    eta = rule["eta"] = r.number(raw.get("eta", 3), f"{where}.eta")
     if eta <= 1:
         raise r.fail(f"{where}.eta", f"got {cfg.show(eta)}; W&B takes a number > 1")
     if "max_iter" in raw:
-        r.integer(raw["max_iter"], f"{where}.max_iter", 1, 10_000)
+        rule["max_iter"] = r.integer(raw["max_iter"], f"{where}.max_iter", 1, MAX_ITER)
         if "s" not in raw:
             raise r.fail(f"{where}.s", "missing: W&B's engine reads max_iter with s (with "
                                        "max_iter and no s it fails, KeyError 's'); give s, "
                                        "or drop max_iter and give min_iter")
-        s = r.number(raw["s"], f"{where}.s")
+        s = rule["s"] = r.number(raw["s"], f"{where}.s")
         if s < 1 or not float(s).is_integer():
             raise r.fail(f"{where}.s", f"got {cfg.show(s)}; W&B's engine counts s bands "
                                        "(range(s)): a whole number >= 1")
+        rule["s"] = int(s)
         if "min_iter" in raw:
             notes.append("early_terminate.min_iter: ignored, as W&B ignores it when max_iter "
                          "and s are given")
     elif "min_iter" in raw:
-        r.integer(raw["min_iter"], f"{where}.min_iter", 1, 10_000)
+        rule["min_iter"] = r.integer(raw["min_iter"], f"{where}.min_iter", 1, MAX_ITER)
     else:
         raise r.fail(where, "give min_iter, or max_iter with s (W&B's two forms)")
-    strict = raw.get("strict", True)
+    strict = rule["strict"] = raw.get("strict", True)
     if not isinstance(strict, bool):
         raise r.fail(f"{where}.strict", f"expected true or false, got {cfg.show(strict)}")
     try:
-        bands = hyperband.bands(raw)
+        bands = hyperband.bands(rule)
     except ValueError as e:
         raise r.fail(where, str(e)) from None
-    pruner = Pruner("hyperband", min_resource=bands[0], max_resource=raw.get("max_iter"),
-                    strict=strict, source="early_terminate", bands=tuple(bands),
-                    wandb=dict(raw))
+    pruner = Pruner("hyperband", min_resource=bands[0], max_resource=rule.get("max_iter"),
+                    strict=strict, source="early_terminate", bands=tuple(bands), wandb=rule)
     notes.append(f"early_terminate: {pruner}")
     return pruner

@@ -84,10 +84,22 @@ class Param:
             return math.exp(-hi), math.exp(-lo), True
         raise ValueError(d)
 
+    @property
+    def engine_law(self) -> dict:
+        """The law as W&B's engine is given it: as the file wrote it, with its values as the
+        key takes them (the file's "128" for batch_size is 128), so that W&B's draws and
+        the values a trial records are the same values."""
+        law = dict(self.wandb)
+        if self.distribution == "categorical":
+            law["values"] = list(self.values)
+        elif self.distribution == "constant":
+            law["value"] = self.values[0]
+        return law
+
     @functools.cached_property
     def law(self) -> Any:
         """W&B's own HyperParameter for this law, for drawing (it imports SciPy)."""
-        return wandb_law(self.key, self.wandb)
+        return wandb_law(self.key, self.engine_law)
 
     @functools.cached_property
     def filled(self) -> dict:
@@ -97,7 +109,7 @@ class Param:
             warnings.simplefilter("ignore")
             from sweeps.config import fill_parameter
 
-            return fill_parameter(self.key, dict(self.wandb))[1]
+            return fill_parameter(self.key, self.engine_law)[1]
 
     def ppf(self, u: float) -> Any:
         """W&B's value at quantile `u`: its `HyperParameter.ppf`, as a plain Python value.
@@ -105,7 +117,11 @@ class Param:
         range (int_uniform at 0 gives min - 1, q_normal at 0 or 1 gives -2^63)."""
         if self.distribution == "constant":
             return self.values[0]
-        return plain(self.law.ppf(min(max(u, _EDGE), 1 - _EDGE)))
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            # A NaN draw (sigma 0) fails its trial with the key's rule; SciPy's warning
+            # about it would only repeat that.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return plain(self.law.ppf(min(max(u, _EDGE), 1 - _EDGE)))
 
     def grid_values(self) -> tuple:
         """The values a grid visits, as W&B's grid enumerates them (its grid_search.py):
@@ -118,7 +134,18 @@ class Param:
         c = self.filled
         if d == "int_uniform":
             return tuple(range(c["min"], c["max"] + 1))
-        return tuple(plain(v) for v in np.arange(c["min"], c["max"], c["q"]).tolist())
+        # Typed as the key takes them, so the Optuna param, the value that trains and the
+        # MLflow param are one value (W&B's 2.0 for epochs is 2 in all three).
+        return tuple(typed(self.key, v) for v in np.arange(c["min"], c["max"], c["q"]).tolist())
+
+    def grid_size(self) -> float:
+        """How many points grid_values() has, without listing them."""
+        d = self.distribution
+        if d in ("categorical", "constant"):
+            return len(dict.fromkeys(self.values))
+        if d == "int_uniform":
+            return self.high - self.low + 1
+        return max(0.0, math.ceil((self.high - self.low) / self.filled["q"]))
 
     def optuna_distribution(self, grid: bool = False) -> Any:
         """The Optuna distribution the parameter is suggested from (under `optuna_name`);
@@ -214,8 +241,12 @@ def typed(key: str, value: Any) -> Any:
     the key takes it is the config's rule, checked when the trial's config is built: a draw
     it cannot take fails that trial with the rule, and the sweep goes on."""
     value = plain(value)
-    whole = isinstance(value, float) and value.is_integer()
-    return int(value) if whole and cfg.known(key) and cfg.kind(key) == "int" else value
+    kind = cfg.kind(key) if cfg.known(key) else ""
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # W&B's whole q gives ints; a float key records 1.0
+    return value
 
 
 def suggest(trial: Any, params: tuple[Param, ...], grid: bool = False) -> dict[str, Any]:

@@ -11,6 +11,7 @@ what is allowed. Nothing here imports Optuna, MindSpore or MLflow: validation is
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -32,7 +33,7 @@ from experiments.search.spec.parameters import parameters
 from experiments.search.spec.pruners import Pruner, read_pruner
 from experiments.search.spec.reader import Reader, SweepError, read
 from experiments.search.spec.settings import MAX_TRIALS, RECORDED_ONLY
-from experiments.search.spec.space import Param
+from experiments.search.spec.space import BETA_FAMILY, NORMAL_FAMILY, Param
 from experiments.search.spec.task_keys import read_task
 from experiments.search.spec.warm_start import WarmStart, read_warm_start
 
@@ -161,6 +162,13 @@ class SweepSpec:
             out["repeats"] = self.repeats
         if self.task_digest:
             out["task_digest"] = self.task_digest
+        if self.method == "bayes":  # W&B's own search since the engine came: not Optuna's TPE
+            out["sampler"] = "W&B's bayes (the sweeps package)"
+        floats = {p.key: list(p.grid_values()) for p in self.parameters
+                  if self.method == "grid" and p.distribution == "q_uniform"
+                  and not all(isinstance(v, int) for v in p.grid_values())}
+        if floats:  # W&B's arange points (0.15000000000000002), no longer rounded (0.15)
+            out["grid_points"] = floats
         return out
 
     def wandb_config(self) -> dict[str, Any]:
@@ -170,7 +178,7 @@ class SweepSpec:
         if not isinstance(metric, dict):  # none given (W&B's default), or a trade-off's list
             metric = {"name": self.metric, "goal": self.goal}
         return {**self.engine, "method": self.method, "metric": {**metric, "goal": self.goal},
-                "parameters": {p.key: dict(p.wandb) for p in self.parameters}}
+                "parameters": {p.key: p.engine_law for p in self.parameters}}
 
     def fingerprint(self) -> str:
         text = json.dumps(self.meaning(), sort_keys=True, default=str)
@@ -268,7 +276,7 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
     notes += deprecated
     r.check()
     (metric, goal) = metrics[0]
-    return SweepSpec(path=path, name=name, method=method, metric=metric, goal=goal,
+    spec = SweepSpec(path=path, name=name, method=method, metric=metric, goal=goal,
                      n_trials=n_trials, timeout_s=None if timeout is None else float(timeout),
                      seed=seed, pruner=pruner, fixed=fixed, parameters=params,
                      ablation=ablation, target=target, project=project, recorded=recorded,
@@ -279,3 +287,21 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec
                      else task.digest,
                      engine={k: raw[k] for k in ("metric", "early_terminate") if k in raw},
                      warnings=tuple(deprecated))
+    return dataclasses.replace(spec, warnings=spec.warnings + tuple(_futile(spec)))
+
+
+def _futile(spec: SweepSpec) -> list[str]:
+    """What the file asks that W&B's engine accepts but that can never do anything: a law
+    whose every draw is NaN, an early_terminate whose first band is never reached."""
+    out = []
+    for p in spec.parameters:
+        if (p.distribution in NORMAL_FAMILY and p.sigma == 0) or (
+                p.distribution in BETA_FAMILY and 0 in (p.a, p.b)):
+            out.append(f"parameters.{p.key}: {p.describe()}: W&B's own engine draws NaN for "
+                       "every trial of it (SciPy's ppf with a zero parameter), so every "
+                       "trial fails")
+    first, epochs = spec.pruner.bands[:1], spec.max_epochs()
+    if spec.pruner.source == "early_terminate" and first and first[0] >= epochs:
+        out.append(f"early_terminate: its first band is epoch {first[0]}, and a trial trains "
+                   f"at most {epochs} epochs: no trial is stopped early")
+    return out

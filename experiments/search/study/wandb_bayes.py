@@ -17,6 +17,7 @@ seed), and nothing else that uses numpy's generator is disturbed.
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from types import ModuleType
 from typing import Any
@@ -39,6 +40,12 @@ from experiments.search.spec.space import Param, values_of
 STATES = {TrialState.COMPLETE: "finished", TrialState.FAIL: "failed",
           TrialState.PRUNED: "killed", TrialState.RUNNING: "running",
           TrialState.WAITING: "pending"}
+
+
+# A FAIL trial with this user attr (trials/budget.py's FAIL_KIND) was cut short (crashed,
+# interrupted, the infrastructure) or refused, not failed by its config: its retry is the
+# config's result, so W&B is not shown it (it would impute the sweep's worst value there).
+CUT_SHORT = "fail_kind"
 
 
 class WandbBayesError(RuntimeError):
@@ -84,10 +91,16 @@ def sweep_runs(trials: list[FrozenTrial], params: tuple[Param, ...], metric: str
     sweeps, _ = _sweeps()
     runs = []
     for t in sorted(trials, key=lambda t: t.number):
-        values = _trained(t, params) if t.state in STATES and t.number != exclude else None
+        shown = t.state in STATES and t.number != exclude and not (
+            t.state == TrialState.FAIL and CUT_SHORT in t.user_attrs)
+        values = _trained(t, params) if shown else None
         if values is None:
             continue
         history = [{metric: v} for _, v in sorted(t.intermediate_values.items())]
+        if t.state == TrialState.COMPLETE and "seeds" in t.user_attrs:
+            # With repeats the objective is the mean over seeds, and the epochs reported
+            # are the first seed's: W&B, which takes a run's best value, is given the mean.
+            history = []
         if t.state == TrialState.COMPLETE and t.values:
             final = t.values[0]
             if not history or history[-1][metric] != final:
@@ -101,7 +114,8 @@ def propose(config: dict[str, Any], runs: list[Any], seed: int) -> dict[str, flo
     """W&B's next point for `runs`: the quantile it chose per searched parameter, under
     numpy's global generator seeded with `seed` (its state is restored afterwards)."""
     _, bayes = _sweeps()
-    state = np.random.get_state()
+    state, muted = np.random.get_state(), logging.root.manager.disable
+    logging.disable(logging.WARNING)  # sweeps logs a NaN row (a NaN draw's run) on root
     try:
         np.random.seed(seed)
         with warnings.catch_warnings():
@@ -118,6 +132,7 @@ def propose(config: dict[str, Any], runs: list[Any], seed: int) -> dict[str, flo
                               ) from exc
     finally:
         np.random.set_state(state)
+        logging.disable(muted)
     return {name: float(suggested[i]) for name, i in hps.param_names_to_index.items()}
 
 

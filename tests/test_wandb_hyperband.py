@@ -162,3 +162,22 @@ def test_wandbs_large_iterations_are_taken_and_a_band_never_reached_is_said(tmp_
     assert any("no trial is stopped early" in w for w in far.warnings)
     near = spec_of(tmp_path, "{type: hyperband, min_iter: 1}")
     assert not near.warnings
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_says_when_its_pruner_changed(store, capsys):
+    """A file without pruner or early_terminate was pruned by the median rule before W&B's
+    engine decided it; now it is not pruned, and a resumed study says so."""
+    import runner
+
+    path = store / "p.yaml"
+    body = ("method: random\nmetric: {name: test_loss}\nn_trials: 1\n"
+            "fixed: {epochs: 1, batch_size: 128, data.download: false}\n"
+            "parameters:\n  learning_rate: {min: 0.01, max: 0.1}\n")
+    path.write_text(body + "pruner: {type: median}\n")
+    assert runner.main(["sweep", str(path)]) == 0
+    path.write_text(body)
+    capsys.readouterr()
+    assert runner.main(["sweep", str(path), "--n-trials", "2"]) == 0
+    assert ("the pruner changed since this sweep last ran: median (warmup 1 epochs) -> none"
+            in capsys.readouterr().err)

@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.runtime import faults
+from experiments.runtime import faults, progress
 from experiments.search.runs import story
 from experiments.search.runs.trial_runs import run_ids
 from experiments.search.spec.metrics import describe, pareto, values_text
@@ -64,6 +64,12 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
         client.log_text(chosen.info.run_id, sweep_text, f"changes/{n}/sweep.yaml")
         MlflowRun(client, chosen.info.run_id).set_tags({
             f"sweep.change.{n}": "; ".join(changed)[:5000], FINGERPRINT: spec.fingerprint()})
+    before = chosen.data.tags.get("sweep.pruner")
+    if before and before != str(spec.pruner):
+        # Not a change of question, but of how trials are stopped (a file without pruner
+        # or early_terminate was pruned by the median rule before W&B's engine came).
+        progress.say(f"{spec.path}: the pruner changed since this sweep last ran: {before} "
+                     f"-> {spec.pruner}")
     MlflowRun(client, chosen.info.run_id).set_tags({
         "sweep.n_trials": spec.n_trials, "sweep.timeout_s": spec.timeout_s or "none",
         "sweep.seed": spec.seed, "sweep.pruner": str(spec.pruner),

@@ -2,8 +2,12 @@
 the command's flags, read and checked whole before anything heavy is imported. Imports
 neither Optuna nor MLflow: a bad file or flag costs nothing and writes nothing.
 
-Read bottom-up: reader (one line per mistake) < space, parameters (the laws), metrics,
-pruners, warm_start, models_kept < sweepfile (the whole file) < options (the flags).
+W&B's own engine (the `sweeps` package) decides what W&B decides: wandb_schema (its
+schema's verdict), space (its laws and grid points), hyperband (its bands).
+
+Read bottom-up: reader (one line per mistake) < wandb_schema, space, parameters (the
+laws), metrics, hyperband, pruners, warm_start, models_kept < sweepfile (the whole file)
+< differences (where W&B would do otherwise) < options (the flags).
 """
 
 from experiments.search.spec.options import (

@@ -8,20 +8,10 @@ and the pruner (study/wandb_hyperband.py) never restate W&B's formula.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+
+from experiments.search.spec.engine import part
 
 METRIC = "objective"  # the name the curves are given for W&B's rule
-
-
-def engine() -> Any:
-    """The `sweeps` package, imported quietly (its pydantic models warn on import)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import sweeps.hyperband_stopping
-
-        import sweeps
-
-    return sweeps
 
 
 def config_for(early_terminate: dict, goal: str) -> dict:
@@ -32,17 +22,17 @@ def config_for(early_terminate: dict, goal: str) -> dict:
 
 def stop_runs(runs: list, early_terminate: dict, goal: str) -> list:
     """W&B's verdict: which of `runs` (sweeps.SweepRun) its hyperband rule stops now."""
-    sweeps = engine()
+    rule = part("sweeps.hyperband_stopping")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return sweeps.hyperband_stopping.hyperband_stop_runs(
+        return rule.hyperband_stop_runs(
             runs, config_for(early_terminate, goal))
 
 
 def bands(early_terminate: dict) -> list[int]:
     """W&B's bands, as its rule computes them (asked with one run, which it annotates).
     Raises ValueError where W&B's engine fails on the mapping."""
-    sweeps = engine()
+    sweeps = part("sweeps")
     probe = sweeps.SweepRun(name="probe", state=sweeps.RunState.running,
                             history=[{METRIC: 0.0}])
     try:

@@ -21,6 +21,7 @@ import numpy as np
 
 from experiments.core import config as cfg
 from experiments.core import words
+from experiments.search.spec.engine import part
 
 DISTRIBUTIONS = (
     "constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform",
@@ -99,17 +100,13 @@ class Param:
     @functools.cached_property
     def law(self) -> Any:
         """W&B's own HyperParameter for this law, for drawing (it imports SciPy)."""
-        return wandb_law(self.key, self.engine_law)
+        return part("sweeps.params").HyperParameter(self.key, self.engine_law)
 
     @functools.cached_property
     def filled(self) -> dict:
         """The law with W&B's defaults filled in (e.g. q: 1.0), by W&B's own schema; light
         enough for validation (no SciPy)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from sweeps.config import fill_parameter
-
-            return fill_parameter(self.key, self.engine_law)[1]
+        return part("sweeps.config").fill_parameter(self.key, self.engine_law)[1]
 
     def ppf(self, u: float) -> Any:
         """W&B's value at quantile `u`: its `HyperParameter.ppf`, as a plain Python value.
@@ -219,16 +216,6 @@ class Param:
         rounded = (np.round(x / q) * q for x in ends)
         low, high = (int(x) if isinstance(q, int) else float(x) for x in rounded)
         return low, high
-
-
-def wandb_law(key: str, spec: dict) -> Any:
-    """W&B's HyperParameter for a law as the file wrote it (imported quietly: the `sweeps`
-    package's pydantic models warn on import)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from sweeps.params import HyperParameter
-
-        return HyperParameter(key, dict(spec))
 
 
 def plain(value: Any) -> Any:

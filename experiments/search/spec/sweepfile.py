@@ -42,7 +42,6 @@ WANDB_KEYS = ("program", "command", "entity", "project", "description", "name", 
               "metric", "parameters", "early_terminate", "run_cap")
 RUNNER_KEYS = ("n_trials", "timeout_s", "seed", "pruner", "fixed", "ablation", "repeats",
                "warm_start", "models", "ordered")
-WANDB_ONLY = ("program", "command", "entity", "project", "run_cap", "early_terminate")
 TOP_KEYS = WANDB_KEYS + RUNNER_KEYS + RECORDED_ONLY
 REFUSED = {"scheduler": "W&B's custom schedulers (Optuna or Ax engines) are not run here; "
                         "use method and early_terminate",
@@ -101,11 +100,6 @@ class SweepSpec:
     def experiment(self) -> str:
         """The MLflow experiment of the sweep's runs: W&B's `project`, or the name."""
         return self.project or self.name
-
-    @property
-    def sampler(self) -> str:
-        """The sampler: W&B's own for `bayes` (study/wandb_bayes.py), Optuna's otherwise."""
-        return self.method
 
     @property
     def warmup_epochs(self) -> int:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import functools
 import re
-import warnings
 from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
 from experiments.core import config as cfg
+from experiments.search.spec.engine import part
 from experiments.search.spec.reader import Reader
 from experiments.search.spec.settings import MAX_RECORDED_ITEMS, _items
 
@@ -35,13 +35,11 @@ _DEPRECATED = {"param_loguniform": "param_loguniform_v2",
 
 @functools.cache
 def _sweeps() -> SimpleNamespace:
-    """W&B's schema, imported on first use, quietly (`sweeps` warns about its pydantic
-    settings); not `sweeps.params`, whose SciPy import is a second of every validation."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from jsonschema import Draft7Validator
-        from sweeps.config import cfg as wandb_cfg
-        from sweeps.config import schema
+    """W&B's schema, imported on first use (engine.py); not `sweeps.params`, whose SciPy
+    import is a second of every validation."""
+    from jsonschema import Draft7Validator
+
+    wandb_cfg, schema = part("sweeps.config.cfg"), part("sweeps.config.schema")
     defs = schema.dereferenced_sweep_config_jsonschema["definitions"]
     return SimpleNamespace(
         verdict=wandb_cfg.schema_violations_from_proposed_config, validator=schema.validator,
@@ -274,8 +272,8 @@ def _error(where: str, error: Any, law: str = "") -> list[Violation]:
 def _key(where: str, path: Iterable[Any]) -> str:
     """parameters.lr.min, metric[0].goal: a key path as the user names it."""
     out = "" if where == "(top level)" else where
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else f"{'.' if out else ''}{step}"
     return out or "(top level)"
 
 

@@ -45,7 +45,7 @@ def _make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def _new_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
-    samplers, method = optuna.samplers, spec.sampler
+    samplers, method = optuna.samplers, spec.method
     if method == "bayes":  # W&B's own Gaussian-process search (wandb_bayes.py)
         return wandb_bayes.WandbBayesSampler(spec.wandb_config(), spec.parameters, seed)
     if method == "cmaes":
@@ -70,7 +70,7 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
     """
 
     def __init__(self, spec: SweepSpec) -> None:
-        self._spec, self._method = spec, spec.sampler
+        self._spec, self._method = spec, spec.method
         self._seed, self._ordered = spec.seed, spec.ordered
         self._number: int | None = None
         self._waited: int | None = None
@@ -117,7 +117,7 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
 
 def sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     # QMC indexes its sequence by trial number already and must keep one seed.
-    if spec.sampler == "qmc":
+    if spec.method == "qmc":
         return _make_sampler(spec, spec.seed)
     return PerTrialSeed(spec)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.search.spec.space import Param, values_of
+from experiments.search.spec.engine import part
+from experiments.search.spec.space import Param, plain, values_of
 
 # What W&B's engine would call each trial. A pruned trial is W&B's early-terminated run:
 # on a hyperband verdict the W&B agent's `_command_stop` sends the run's process SIGTERM,
@@ -50,17 +50,6 @@ CUT_SHORT = "fail_kind"
 
 class WandbBayesError(RuntimeError):
     """W&B's bayes search could not propose a point (its engine refused the history)."""
-
-
-def _sweeps() -> tuple[ModuleType, ModuleType]:
-    """The `sweeps` package and its bayes module, imported on first use: its import warns
-    (pydantic's renamed config keys) and changes the warning filters (sklearn's
-    ConvergenceWarning), and catch_warnings undoes both."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import sweeps
-        from sweeps import bayes_search
-    return sweeps, bayes_search
 
 
 def _trained(t: FrozenTrial, params: tuple[Param, ...]) -> dict[str, Any] | None:
@@ -88,7 +77,7 @@ def sweep_runs(trials: list[FrozenTrial], params: tuple[Param, ...], metric: str
     """The study's trials as W&B's SweepRuns: config {key: {"value": v}}, the history one
     {metric: value} per reported epoch in order, then a complete trial's objective value
     when it is not the last epoch's (a mean over repeats)."""
-    sweeps, _ = _sweeps()
+    sweeps = part("sweeps")
     runs = []
     for t in sorted(trials, key=lambda t: t.number):
         shown = t.state in STATES and t.number != exclude and not (
@@ -113,7 +102,7 @@ def sweep_runs(trials: list[FrozenTrial], params: tuple[Param, ...], metric: str
 def propose(config: dict[str, Any], runs: list[Any], seed: int) -> dict[str, float]:
     """W&B's next point for `runs`: the quantile it chose per searched parameter, under
     numpy's global generator seeded with `seed` (its state is restored afterwards)."""
-    _, bayes = _sweeps()
+    bayes = part("sweeps.bayes_search")
     state, muted = np.random.get_state(), logging.root.manager.disable
     logging.disable(logging.WARNING)  # sweeps logs a NaN row (a NaN draw's run) on root
     try:
@@ -136,17 +125,13 @@ def propose(config: dict[str, Any], runs: list[Any], seed: int) -> dict[str, flo
     return {name: float(suggested[i]) for name, i in hps.param_names_to_index.items()}
 
 
-def in_space(p: Param, u: float, config: dict[str, Any]) -> Any:
+def in_space(p: Param, u: float) -> Any:
     """W&B's quantile `u` for `p` as the Optuna param: u itself for a mapped law, else the
-    value W&B's ppf gives (inside Optuna's bounds, which float error can miss by a hair)."""
+    value W&B's ppf gives (inside Optuna's bounds, which float error can miss by a hair).
+    The law is the one W&B's engine was given (Param.engine_law, in the sweep's config)."""
     if p.mapped:
         return u
-    _sweeps()
-    from sweeps.params import HyperParameter
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = HyperParameter(p.key, config["parameters"][p.key]).ppf(u)
+    value = plain(p.law.ppf(u))
     d = p.optuna_distribution()
     if isinstance(d, CategoricalDistribution):
         return value
@@ -185,7 +170,7 @@ class WandbBayesSampler(optuna.samplers.BaseSampler):
         trials = study.get_trials(deepcopy=False, states=tuple(STATES))
         runs = sweep_runs(trials, self._params, self._metric, exclude=trial.number)
         chosen = propose(self._config, runs, self._seed)
-        return {p.optuna_name(): in_space(p, chosen[p.key], self._config)
+        return {p.optuna_name(): in_space(p, chosen[p.key])
                 for p in self._params
                 if p.optuna_name() in search_space and p.key in chosen}
 

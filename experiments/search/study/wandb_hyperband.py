@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.search.spec import hyperband
+from experiments.search.spec.engine import part
 from experiments.search.spec.pruners import Pruner
 
 
@@ -35,7 +36,7 @@ class WandbHyperband(optuna.pruners.BasePruner):
     def __init__(self, pruner: Pruner, goal: str) -> None:
         self._rule, self._goal = dict(pruner.wandb), goal
         self._first = pruner.bands[0]
-        self._sweeps = hyperband.engine()
+        self._sweeps = part("sweeps")
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step

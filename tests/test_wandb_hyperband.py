@@ -181,3 +181,21 @@ def test_a_resumed_sweep_says_when_its_pruner_changed(store, capsys):
     assert runner.main(["sweep", str(path), "--n-trials", "2"]) == 0
     assert ("the pruner changed since this sweep last ran: median (warmup 1 epochs) -> none"
             in capsys.readouterr().err)
+
+
+def test_a_trial_cut_short_does_not_set_a_bands_threshold_beside_its_retry(tmp_path):
+    """Found by a hostile review: after a Ctrl-C, the cut-short trial's partial curve and
+    its retry's both counted in W&B's thresholds, and stopped a trial that the same sweep
+    without the interrupt keeps. A cut-short trial is left out, as for bayes."""
+    spec = spec_of(tmp_path, "{type: hyperband, min_iter: 1, eta: 3}")
+    study = optuna.create_study(pruner=samplers.pruner(spec))
+    for curve_, cut in (([2.012], True), ([0.944], True), ([0.944, 0.495], False),
+                        ([2.012, 1.459], False)):
+        attrs = {"fail_kind": "interrupted"} if cut else {}
+        state = optuna.trial.TrialState.FAIL if cut else optuna.trial.TrialState.COMPLETE
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=None if cut else curve_[-1], user_attrs=attrs,
+            intermediate_values=dict(enumerate(curve_, start=1))))
+    trial = study.ask()
+    trial.report(0.95, 1)
+    assert not trial.should_prune()  # thresholds from the two retries only

@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.search.spec.engine import part
 from experiments.search.spec.space import Param, plain, values_of
+from experiments.search.study import wandb_hyperband
 
 # What W&B's engine would call each trial. A pruned trial is W&B's early-terminated run:
 # on a hyperband verdict the W&B agent's `_command_stop` sends the run's process SIGTERM,
@@ -40,12 +41,6 @@ from experiments.search.spec.space import Param, plain, values_of
 STATES = {TrialState.COMPLETE: "finished", TrialState.FAIL: "failed",
           TrialState.PRUNED: "killed", TrialState.RUNNING: "running",
           TrialState.WAITING: "pending"}
-
-
-# A FAIL trial with this user attr (trials/budget.py's FAIL_KIND) was cut short (crashed,
-# interrupted, the infrastructure) or refused, not failed by its config: its retry is the
-# config's result, so W&B is not shown it (it would impute the sweep's worst value there).
-CUT_SHORT = "fail_kind"
 
 
 class WandbBayesError(RuntimeError):
@@ -80,9 +75,8 @@ def sweep_runs(trials: list[FrozenTrial], params: tuple[Param, ...], metric: str
     sweeps = part("sweeps")
     runs = []
     for t in sorted(trials, key=lambda t: t.number):
-        shown = t.state in STATES and t.number != exclude and not (
-            t.state == TrialState.FAIL and CUT_SHORT in t.user_attrs)
-        values = _trained(t, params) if shown else None
+        seen = t.state in STATES and t.number != exclude and not wandb_hyperband.cut_short(t)
+        values = _trained(t, params) if seen else None
         if values is None:
             continue
         history = [{metric: v} for _, v in sorted(t.intermediate_values.items())]

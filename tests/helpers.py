@@ -340,7 +340,8 @@ def check_complete(trials, client, runs, budget, epochs):
 
 # What a sweep says while it works, beside what a test looks for: the data, the compile,
 # the workers, each counted trial, an outage waited out.
-PROGRESS = ("data:", "compiling the graphs ", "trial ", "waiting: ")
+PROGRESS = ("data:", "compiling the graphs ", "trial ", "waiting: ",
+            "stopping: ")  # the last is said when a stop takes over a second
 
 
 def said(stderr: str) -> list[str]:

@@ -153,6 +153,23 @@ def test_interrupted_trials_are_retried_as_often_as_it_takes_and_keep_their_orig
 
 
 
+def test_a_trial_whose_process_died_before_failing_it_keeps_its_cause_and_one_retry():
+    """A worker cut short by a full disk records why and queues the retry, then dies
+    before its FAIL reaches the journal (the disk is full). The rerun that finds it
+    RUNNING keeps its cause and queues no second retry: CI saw it called 'crashed', with
+    a twin retry refused as a duplicate."""
+    study = optuna.create_study()
+    lost = study.ask({"x": CategoricalDistribution([1, 2])})
+    assert mark_failed(study, study.trials[lost.number], "infrastructure", set_state=False)
+    assert study.trials[lost.number].state == TrialState.RUNNING
+    assert mark_failed(study, study.trials[lost.number], "crashed", how="process gone")
+    trials = study.get_trials()
+    assert trials[lost.number].state == TrialState.FAIL
+    assert trials[lost.number].user_attrs["fail_kind"] == "infrastructure"
+    (queued,) = [t for t in trials if t.state == TrialState.WAITING]
+    assert queued.user_attrs["retry_reason"] == "infrastructure"
+
+
 def test_a_met_budget_leaves_nothing_queued():
     """Two workers that top up a grid at once queue a point twice; once the budget is met,
     the spare copy is turned away on the record, never left QUEUED for ever (CI saw a

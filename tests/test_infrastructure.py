@@ -188,7 +188,7 @@ def test_a_full_disk_stops_in_one_line_and_costs_no_budget(tmp_path, small_disk,
     assert len(complete) == 4 and "4/4 trials counted" in again.stdout
     failed = [t for t in trials if t.state.name == "FAIL"]
     assert failed and all(t.user_attrs.get("fail_kind") in ("infrastructure", "crashed")
-                          for t in failed)
+                          for t in failed), [(t.number, t.user_attrs) for t in failed]
     assert all("fail_reason" not in t.user_attrs for t in failed)
     _, parents, children = sweep_runs(tmp_path, "tiny")
     assert parents[0].info.status == "FINISHED"

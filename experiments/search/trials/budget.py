@@ -53,6 +53,11 @@ class Word(StrEnum):
     QUEUED = "QUEUED"  # waiting to be trained: a retry, a warm start, a grid point
 
 
+def holds(t: FrozenTrial) -> bool:
+    """Whether a trial holds its claim: will train, trains, or trained and counts."""
+    return t.state in (TrialState.WAITING, TrialState.RUNNING) or counts(t)
+
+
 def word(t: FrozenTrial) -> Word:
     if t.state == TrialState.FAIL:
         kind = t.user_attrs.get(FAIL_KIND)

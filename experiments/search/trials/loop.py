@@ -31,6 +31,7 @@ from experiments.search.trials.budget import (
     REFUSALS,
     Budget,
     grid_point,
+    holds,
     point_of,
     reached,
 )
@@ -84,7 +85,8 @@ class Recovery:
     def lost(self, study: optuna.Study, t: FrozenTrial, kind: str, how: str = "",
              set_state: bool = True) -> None:
         if mark_failed(study, t, kind, set_state=set_state, how=how):
-            self.close_runs(study, internals.latest(study, t), kind)
+            latest = internals.latest(study, t)  # with the cause mark_failed kept
+            self.close_runs(study, latest, latest.user_attrs.get(FAIL_KIND, kind))
 
     def stale(self, study: optuna.Study, t: FrozenTrial) -> None:
         """For the RDB storage's heartbeat check, which has failed `t` already."""
@@ -125,7 +127,13 @@ def _turn_away_queue(study: optuna.Study, b: Budget) -> None:
 def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool = True,
                 how: str = "") -> bool:
     """Fail a trial that will not finish, and queue its params for one retry. False when
-    someone else finished it meanwhile (then it is theirs, and so are its runs)."""
+    someone else finished it meanwhile (then it is theirs, and so are its runs).
+
+    A trial found RUNNING after its process died may have recorded its cause and queued
+    its retry already, its FAIL being the one write a full disk refused: the cause it gave
+    stays (not 'crashed'), and no second retry is queued for a claim another trial holds
+    (CI saw the twin refused as a duplicate, and the resume line count it as queued)."""
+    kind = t.user_attrs.get(FAIL_KIND) or kind
     try:
         internals.set_attr(study, t, FAIL_KIND, kind)
         if set_state:
@@ -140,9 +148,12 @@ def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool 
     # takes (neither is its fault, and a worker stops after a few infrastructure failures
     # in a row).
     crashed_again = kind == "crashed" and t.user_attrs.get("retry_reason") == "crashed"
-    if not crashed_again and t.params:
+    claim = t.user_attrs.get(CLAIM) or f"retry:{t.number}"
+    held = any(u.number != t.number and u.user_attrs.get(CLAIM) == claim and holds(u)
+               for u in study.get_trials(deepcopy=False))
+    if not crashed_again and t.params and kind not in REFUSALS and not held:
         attrs = {"retry_of": t.number, "retry_reason": kind, "crash_detected_by": how,
-                 CLAIM: t.user_attrs.get(CLAIM) or f"retry:{t.number}"}
+                 CLAIM: claim}
         if FROM_ATTR in t.user_attrs:  # the retry trains the warm start's config
             attrs[FROM_ATTR] = t.user_attrs[FROM_ATTR]
         if GRID_POINT in t.user_attrs:

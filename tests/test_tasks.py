@@ -27,7 +27,9 @@ NO_AUX_DIVERGED = {64: "loss became nan at epoch 1, step 5",
                    100: "loss became nan at epoch 1, step 4"}
 
 
-@pytest.mark.parametrize("mode", ["has_aux", "stop_gradient"])
+# The stop_gradient graphs compile apart (11 s): the slow tier holds their bits.
+@pytest.mark.parametrize("mode", ["has_aux", pytest.param("stop_gradient",
+                                                          marks=pytest.mark.slow)])
 @pytest.mark.parametrize("batch_size,learning_rate", list(SEED_BITS))
 def test_the_built_in_task_trains_the_landed_bits(prepared, mode, batch_size, learning_rate):
     config = cfg.build({"epochs": 2, "seed": 3, "grad_mode": mode, "batch_size": batch_size,
@@ -42,7 +44,7 @@ def test_the_built_in_task_trains_the_landed_bits(prepared, mode, batch_size, le
     assert weights_digest(trainer.weights()) == digest
 
 
-@pytest.mark.parametrize("batch_size", [64, 100])
+@pytest.mark.parametrize("batch_size", [pytest.param(64, marks=pytest.mark.slow), 100])
 def test_the_built_in_task_diverges_where_it_did(prepared, batch_size):
     lr = {64: 0.01, 100: 0.2}[batch_size]
     config = cfg.build({"epochs": 2, "seed": 3, "grad_mode": "no_aux",
@@ -87,6 +89,7 @@ def test_adam_takes_no_momentum():
         cfg.build({"optimizer": "adam", "momentum": 0.9})
 
 
+@pytest.mark.slow  # a CNN compiles and trains: 11 s
 def test_a_network_with_dropout_is_found_random_and_said_so(store, capsys):
     """MindSpore's CPU dropout kernels do not repeat their draws for a seed (docs/tasks.md):
     such a task is found out before it trains, said to be so, and its runs are tagged."""

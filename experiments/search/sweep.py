@@ -23,9 +23,11 @@ def run_sweep(options: SweepOptions) -> str:
                               "(another process on the same storage?); rerun the same command "
                               "to resume")
     if end == End.WORKERS_DIED:
-        raise SweepIncomplete("worker processes died before the budget was met; their trials "
-                              "are marked FAIL and queued for a retry: rerun the same command "
-                              "to resume")
+        # Not "their trials are queued again": a worker may die after its trial counted,
+        # or before a grid trial had its point (the review saw both).
+        raise SweepIncomplete("worker processes died before the budget was met; nothing "
+                              "finished is lost, and a trial they cut short trains again: "
+                              "rerun the same command to resume")
     return summary
 
 

@@ -1,12 +1,12 @@
 """Sweep files: W&B's sweep YAML as W&B documents it, plus this runner's own keys, checked
 whole before anything runs.
 
-Every W&B key is accepted with W&B's meaning and mapped onto Optuna and MLflow (`bayes` is
-Optuna's TPE sampler, `early_terminate` its Hyperband pruner, `run_cap` the budget,
-`metric.target` a stopping rule, `project` the MLflow experiment); what does not apply
-here (`program`, `command`, `entity`, ...) is recorded on the parent run and said in
-`--dry-run`. Every mistake is one `SweepError` line naming the file, the key path and
-what is allowed. Nothing here imports Optuna, MindSpore or MLflow: validation is instant.
+Every W&B key is accepted with W&B's meaning, and W&B's own engine decides what W&B
+decides (its schema, laws and grids here; `bayes` and `early_terminate` through study/);
+`run_cap` is the budget, `metric.target` a stopping rule, `project` the MLflow
+experiment; what does not apply here (`program`, `command`, `entity`, ...) is recorded on
+the parent run and said in `--dry-run`. Every mistake is one `SweepError` line naming the
+file, the key path and what is allowed. Nothing here imports Optuna, MindSpore or MLflow.
 """
 
 from __future__ import annotations

@@ -158,9 +158,9 @@ class SweepSpec:
             out["task_digest"] = self.task_digest
         if self.method == "bayes":  # W&B's own search since the engine came: not Optuna's TPE
             out["sampler"] = "W&B's bayes (the sweeps package)"
-        floats = {p.key: list(p.grid_values()) for p in self.parameters
-                  if self.method == "grid" and p.distribution == "q_uniform"
-                  and not all(isinstance(v, int) for v in p.grid_values())}
+        points = {p.key: list(p.grid_values()) for p in self.parameters
+                  if self.method == "grid" and p.distribution == "q_uniform"}
+        floats = {k: v for k, v in points.items() if not all(isinstance(x, int) for x in v)}
         if floats:  # W&B's arange points (0.15000000000000002), no longer rounded (0.15)
             out["grid_points"] = floats
         return out

@@ -20,12 +20,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from experiments.search.study import internals, storage
 
 # A trial that names no worker after GRACE_S was left by a process killed as it created it.
 GRACE_S = storage.GRACE_S
+# A FAIL trial's user attr: why it does not count (crashed, interrupted, the
+# infrastructure, refused), not failed by its config. The budget's rules (trials/) and
+# what W&B's engine is shown (wandb_*.py) read it.
+FAIL_KIND = "fail_kind"
+
+
+def cut_short(t: FrozenTrial) -> bool:
+    """Whether trial `t` was cut short or refused: queued again (its retry is the config's
+    result) or turned away, never a result of its own."""
+    return t.state == TrialState.FAIL and FAIL_KIND in t.user_attrs
 
 
 def worker_id() -> str:

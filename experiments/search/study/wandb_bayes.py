@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.search.spec.engine import part
 from experiments.search.spec.space import Param, plain, values_of
-from experiments.search.study import wandb_hyperband
+from experiments.search.study import liveness
 
 # What W&B's engine would call each trial. A pruned trial is W&B's early-terminated run:
 # on a hyperband verdict the W&B agent's `_command_stop` sends the run's process SIGTERM,
@@ -75,7 +75,9 @@ def sweep_runs(trials: list[FrozenTrial], params: tuple[Param, ...], metric: str
     sweeps = part("sweeps")
     runs = []
     for t in sorted(trials, key=lambda t: t.number):
-        seen = t.state in STATES and t.number != exclude and not wandb_hyperband.cut_short(t)
+        # A trial cut short is left out: its retry is the config's result, which would
+        # otherwise count twice (once as an imputed worst).
+        seen = t.state in STATES and t.number != exclude and not liveness.cut_short(t)
         values = _trained(t, params) if seen else None
         if values is None:
             continue

@@ -22,17 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from experiments.search.spec import hyperband
 from experiments.search.spec.engine import part
 from experiments.search.spec.pruners import Pruner
-
-# A FAIL trial with this user attr (trials/budget.py's FAIL_KIND) was cut short (crashed,
-# interrupted, the infrastructure) or refused, not failed by its config: it is queued
-# again, and its retry is the config's result. W&B's engine is not shown it, or the retry's
-# curve would count twice (in a band's threshold here, as an imputed worst in bayes).
-CUT_SHORT = "fail_kind"
-
-
-def cut_short(t: FrozenTrial) -> bool:
-    """Whether trial `t` was cut short (and queued again): W&B's engine is not shown it."""
-    return t.state == TrialState.FAIL and CUT_SHORT in t.user_attrs
+from experiments.search.study import liveness
 
 
 def curve(trial: FrozenTrial) -> list[dict[str, float]]:
@@ -54,10 +44,12 @@ class WandbHyperband(optuna.pruners.BasePruner):
         if step is None or step < self._first:
             return False  # no band reached: W&B checks nothing yet
         run, state = self._sweeps.SweepRun, self._sweeps.RunState
+        # A trial cut short is left out: its retry is the config's curve, which would
+        # otherwise count twice in a band's threshold.
         others = [run(name=str(t.number), state=state.finished, history=curve(t))
                   for t in study.get_trials(deepcopy=False)
                   if t.number != trial.number and t.intermediate_values
-                  and t.state != TrialState.WAITING and not cut_short(t)]
+                  and t.state != TrialState.WAITING and not liveness.cut_short(t)]
         me = run(name=str(trial.number), state=state.running, history=curve(trial))
         stopped = hyperband.stop_runs([*others, me], self._rule, self._goal)
         return any(r.name == me.name for r in stopped)

@@ -22,8 +22,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.search.spec.metrics import pareto
 from experiments.search.spec.sweepfile import SweepSpec
+from experiments.search.study import liveness
 
-FAIL_KIND = "fail_kind"  # user attr: why a FAIL trial does not count towards the budget
+FAIL_KIND = liveness.FAIL_KIND  # user attr: why a FAIL trial does not count
 REFUSALS = ("over_budget", "duplicate", "no_grid_point")  # trials refused before training
 INFRA = "infrastructure"  # fail_kind of a trial cut short by the store, disk or network
 # A claim names what a trial is for (a grid point, the retry of a trial): of the trials

@@ -132,7 +132,7 @@ def mark_failed(study: optuna.Study, t: FrozenTrial, kind: str, set_state: bool 
     A trial found RUNNING after its process died may have recorded its cause and queued
     its retry already, its FAIL being the one write a full disk refused: the cause it gave
     stays (not 'crashed'), and no second retry is queued for a claim another trial holds
-    (CI saw the twin refused as a duplicate, and the resume line count it as queued)."""
+    (CI saw the twin refused as a duplicate, and the resume line counted it as queued)."""
     kind = t.user_attrs.get(FAIL_KIND) or kind
     try:
         internals.set_attr(study, t, FAIL_KIND, kind)

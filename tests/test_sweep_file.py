@@ -1,6 +1,7 @@
 """Sweep files: every shipped one is valid, and every mistake is one line naming the file
 and the key, exit 2, nothing written."""
 
+import os
 import subprocess
 import sys
 
@@ -159,6 +160,17 @@ def test_missing_file_is_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert runner.main(["sweep", "nope.yaml"]) == 2
     assert "nope.yaml: cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["sweep"], ["sweep", "--dry-run"], ["status"]])
+def test_a_fifo_is_refused_not_waited_on(tmp_path, command):
+    """A FIFO given as the sweep file blocked the read for ever (review), deaf to SIGTERM."""
+    os.mkfifo(tmp_path / "f.yaml")
+    done = run_cli(command[0], "f.yaml", *command[1:], cwd=tmp_path, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: f.yaml: cannot read: not a regular file (a FIFO or a device)"]
+    assert [p.name for p in tmp_path.iterdir()] == ["f.yaml"]
 
 
 def test_dry_run_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,9 @@ class Reader:
 def read(path: str) -> Any:
     """The file's YAML, or SweepError naming the line."""
     try:
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO blocked the read for ever
+            raise SweepError(f"{path}: cannot read: not a regular file (a FIFO or a device)")
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc

@@ -50,7 +50,8 @@ def ride_out(broke: str, probe: Callable[[], None], say: Callable[[str], None],
     while True:
         left = budget - (time.monotonic() - start)
         if left <= 0:
-            _tell(say, None)
+            # The waiting line is not taken back: a parent that saw no worker waiting any
+            # more said the server was back when it never came (review, reproduced).
             raise infra.InfrastructureDown(f"{broke}; waited {span(budget)} for it", tries)
         _sleep(min(pause, left))
         pause = min(pause * 2, MAX_PAUSE_S)

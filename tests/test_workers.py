@@ -180,3 +180,38 @@ def test_four_local_workers(tmp_path):
     assert len(children) == 10 and len(parents) == 1
     assert len({t.user_attrs["worker"] for t in complete}) == 4
 
+
+
+@pytest.mark.parametrize("back", [True, False], ids=["back", "gave up"])
+def test_the_parent_says_a_workers_outage_once_and_its_end_even_as_the_worker_exits(
+        tmp_path, back):
+    """A worker waiting out an outage leaves word; the parent says it once, and says the
+    end once the word is taken back. A worker that saw the server back could meet the
+    budget and exit within the parent's one-second look: `waiting:` was said and `back
+    after` never (CI, reproduced). A worker that gave up leaves its word: no `back`."""
+    from experiments.runtime import workers
+
+    heard = tmp_path / "heard"
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        heard.write_text(line, encoding="utf-8")
+
+    def body(i: int) -> int:
+        workers.leave_word("waiting", "waiting: server unreachable")
+        end = time.time() + 30
+        while not heard.exists() and time.time() < end:  # until the parent has said it
+            time.sleep(0.05)
+        if back:
+            workers.leave_word("waiting", None)
+        return 0  # and exit at once, as a worker whose budget is met
+
+    died = workers.fork_workers(1, body, recover=lambda: 0, say=say, pin=False)
+    assert died == []
+    assert lines[0] == "waiting: server unreachable", lines
+    if back:
+        assert len(lines) == 2 and lines[1].startswith("back after "), lines
+        assert lines[1].endswith(": the sweep goes on"), lines
+    else:
+        assert lines == ["waiting: server unreachable"]

@@ -22,7 +22,7 @@ from typing import Any
 from experiments.core import config as cfg
 from experiments.core import devices
 from experiments.core.config import Config, UserError, one_line
-from experiments.runtime import interrupts
+from experiments.runtime import interrupts, kernels
 from experiments.tracking.bits import (
     AGGREGATE_SUFFIXES,
     TIMING_SUFFIX,
@@ -90,7 +90,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
     from experiments.core.data import load
     from experiments.core.hooks import Callbacks, compose
     from experiments.core.train import Prepared, trainer_for
-    from experiments.tracking.tracked_fit import TrackContext, tracked_fit
+    from experiments.tracking.tracked_fit import ISA_TAG, TrackContext, tracked_fit
 
     c = _client()
     original, experiment = _training_run(c, run_id)
@@ -114,6 +114,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
     for message in said:
         say(message)
     cores = _same_cores(original.data.tags)
+    isa = kernels.hold_to(original.data.tags.get(ISA_TAG, ""))  # before any kernel runs
     interrupts.check()  # a Ctrl-C during the checks ends here, before any write
     interrupts.waiting_for("the replay to stop at its next step and close its run as KILLED")
     tags = {"replay_of": run_id, "grad_mode": config.grad_mode,
@@ -139,7 +140,7 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
             f"{recorded.get('diverged_step', '?')}" if "diverged_epoch" in recorded else
             f"over {epochs} epoch{'s' * (epochs != 1)}")
     report = Report(run_id, outcome.run_id, experiment, span, checks,
-                    _notes(original, config, epochs, differences) + ([cores] if cores else []))
+                    _notes(original, config, epochs, differences) + [n for n in (cores, isa) if n])
     MlflowRun(c, outcome.run_id).set_tags({"replay.identical": str(report.identical).lower()})
     return report
 

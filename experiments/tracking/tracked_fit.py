@@ -18,7 +18,7 @@ from experiments.core.hooks import Callbacks, Diverged, EpochResult, Stop, compo
 from experiments.core.task import Task
 from experiments.core.task_checks import TaskData
 from experiments.core.train import Prepared, Trainer, fit, trainer_for
-from experiments.runtime import faults, infra, interrupts
+from experiments.runtime import faults, infra, interrupts, kernels
 from experiments.runtime.workers import usable_cores
 from experiments.tracking import figures
 from experiments.tracking.mlflow_run import MlflowRun
@@ -66,9 +66,11 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
     # The exact config's digest: a retry finds a lost trial's finished runs by it.
     # The cores it trained on: a convolution sums in another order on another thread
     # count (measured: a sweep worker pinned to one core and a replay on two differed in
-    # the last bits of every LeNet-style metric), so replay trains on as many.
+    # the last bits of every LeNet-style metric), so replay trains on as many; and the
+    # kernels' vector ISA, which rounds differently too (runtime/kernels.py).
     tags = {**(tags or {}), DIGEST_TAG: config_digest(config),
-            CORES_TAG: str(len(usable_cores())), **task_tags(ctx.task)}
+            CORES_TAG: str(len(usable_cores())), ISA_TAG: kernels.isa(),
+            **task_tags(ctx.task)}
     run = MlflowRun.start(ctx.client, ctx.experiment, run_name, flatten(config), tags,
                           ctx.parent_run_id)
     faults.point("run_started")
@@ -160,6 +162,7 @@ def _close(run: MlflowRun, status: str, tags: dict[str, str], history: list[Epoc
 
 
 CORES_TAG = "cores"
+ISA_TAG = "cpu.isa"
 
 
 def task_tags(task: Task) -> dict[str, str]:

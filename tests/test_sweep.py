@@ -196,6 +196,15 @@ def test_n_trials_on_the_command_line_lowers_the_budget(store, capsys):
     assert runner.main(["sweep", path, "--n-trials", "2"]) == 0
     assert "2/2 trials counted" in capsys.readouterr().out
     assert len(journal_study(store, "question").get_trials()) == 2
+    # Lowered below what has counted: said as such, not '2 of 1' (review).
+    lowered = "2 trials counted, more than the 1 asked for now (all kept)"
+    assert runner.main(["sweep", path, "--n-trials", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert f"(budget met): {lowered} (2 COMPLETE)" in out
+    assert f"resuming sweep 'question': {lowered}; the budget is met: nothing to train" in err
+    assert runner.main(["status", path, "--n-trials", "1"]) == 0
+    assert f"): {lowered}, 0 left" in capsys.readouterr().out
+    assert len(journal_study(store, "question").get_trials()) == 2
 
 
 @pytest.mark.slow

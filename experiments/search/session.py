@@ -197,7 +197,7 @@ def _resuming(s: Session) -> None:
     counted = len(s.budget.counted(trials))
     again = [t.number for t in trials if t.state == TrialState.WAITING and "retry_of" in
              t.user_attrs]
-    progress.say(f"resuming sweep '{s.spec.name}': {counted} of {s.budget.limit} trials "
-                 "counted" + (f"; {len(again)} cut short, queued again" if again else "")
+    progress.say(f"resuming sweep '{s.spec.name}': {s.budget.said(counted)}"
+                 + (f"; {len(again)} cut short, queued again" if again else "")
                  + ("; the budget is met: nothing to train" if counted >= s.budget.limit
                     else ""))

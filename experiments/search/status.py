@@ -40,7 +40,7 @@ def status(options: SweepOptions) -> str:
     trials = study.get_trials(deepcopy=False)
     budget = Budget.of(spec)
     counted = budget.counted(trials)
-    lines = [f"sweep '{spec.name}' ({shown}): {len(counted)} of {budget.limit} trials counted, "
+    lines = [f"sweep '{spec.name}' ({shown}): {budget.said(len(counted))}, "
              f"{max(0, budget.limit - len(counted))} left"
              + ("; a trial reached metric.target" if reached(trials, spec) else "")]
     lines.append("trials: " + (tally(trials, budget) if trials else "-"))

@@ -157,8 +157,8 @@ def summary(study: optuna.Study, spec: SweepSpec, budget: Budget, parent_run_id:
             end: End, links: list[str], top: int = 5) -> str:
     trials = study.get_trials(deepcopy=False)
     done = ranked(trials, spec)
-    lines = [f"sweep '{spec.name}' ({end.text}): {len(budget.counted(trials))}/"
-             f"{budget.limit} trials counted ({tally(trials, budget)})"]
+    lines = [f"sweep '{spec.name}' ({end.text}): {budget.said(len(budget.counted(trials)), '/')}"
+             f" ({tally(trials, budget)})"]
     lines += ablation.lines(trials, spec)
     if done and spec.multi:
         front = ranked(pareto(trials, spec.metrics), spec)

@@ -146,6 +146,13 @@ class Budget:
     def met(self, study: optuna.Study) -> bool:
         return len(self.finished(study)) >= self.limit
 
+    def said(self, n: int, sep: str = " of ") -> str:
+        """'3 of 12 trials counted'. A budget lowered (--n-trials) below what had counted
+        says so: it read '4 of 2 trials counted' (review)."""
+        if n <= self.limit:
+            return f"{n}{sep}{self.limit} trials counted"
+        return f"{n} trials counted, more than the {self.limit} asked for now (all kept)"
+
     def refusal(self, trials: list[FrozenTrial], number: int, attrs: dict[str, Any]) -> str:
         """Why trial `number` (with user attrs `attrs`) must not train, or ''. Every worker
         applies the same rules to the same trial numbers, so the budget is never overshot

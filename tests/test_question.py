@@ -37,6 +37,10 @@ def test_a_sweep_is_one_question(store, capsys):
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
 
     assert runner.main(["sweep", changed, "--n-trials", "3", "--allow-change"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "changed" in line]
+    assert len(said) == 1 and said[0].startswith(f"{changed}: the sweep changed since it "
+                                                 "last ran, recorded on its parent run as "
+                                                 "sweep.change.1: parameters.learning_rate"), said
     client, parents, children = sweep_runs(store, "question")
     assert len(parents) == 1 and len(children) == 3
     tags = parents[0].data.tags

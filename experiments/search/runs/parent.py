@@ -64,6 +64,9 @@ def parent_run(client: Any, spec: SweepSpec, sweep_text: str, changed: list[str]
         client.log_text(chosen.info.run_id, sweep_text, f"changes/{n}/sweep.yaml")
         MlflowRun(client, chosen.info.run_id).set_tags({
             f"sweep.change.{n}": "; ".join(changed)[:5000], FINGERPRINT: spec.fingerprint()})
+        # Said as --dry-run says it: the real run used to record it without a word (review).
+        progress.say(f"{spec.path}: the sweep changed since it last ran, recorded on its "
+                     f"parent run as sweep.change.{n}: {'; '.join(changed)}")
     before = chosen.data.tags.get("sweep.pruner")
     if before and before != str(spec.pruner):
         # Not a change of question, but of how trials are stopped (a file without pruner

@@ -348,3 +348,19 @@ def test_runs_cut_short_by_the_infrastructure_are_closed_with_a_reason(store):
     assert closed.info.status == "KILLED" and closed.data.tags["fail_kind"] == INFRA
     assert closed.data.tags["failure_reason"] == trial_runs.REASONS[INFRA]
 
+
+
+def test_a_server_down_at_the_start_writes_nothing(tmp_path):
+    """A tracking server that does not answer when the sweep starts is one line, exit 1,
+    and no study is left behind: it used to be, and `status` then said '0 of 4 trials
+    counted' of a sweep that never ran (review)."""
+    env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    done = run("sweep", str(TINY), cwd=tmp_path, **env)
+    assert done.returncode == 1, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: server unreachable"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "mlruns").exists() or not any((tmp_path / "mlruns").rglob("*.log"))
+    status = run("status", str(TINY), cwd=tmp_path, **env)
+    assert status.returncode == 2 and "has never run here" in status.stderr, status.stderr

@@ -98,6 +98,10 @@ def run(options: SweepOptions, spec: SweepSpec) -> tuple[str, End]:
             task = check(task, config, Prepared.of(mnist).test_x, classes_of(mnist))
     interrupts.check()  # a Ctrl-C while the task was read: nothing is written yet
     tracking = client()
+    if options.parent_run is None:
+        # The tracking store answers before the study is created: a server down at the
+        # start left a study of no trials, which `status` then showed as begun (review).
+        tracking.search_experiments(max_results=1)
     recovery.close_runs = trial_runs.close_runs(tracking, spec.experiment)
     store = store or open_storage(store_url, MLRUNS, recovery.stale)
     session = Session(options=options, spec=spec, budget=Budget.of(spec), store_url=store_url,

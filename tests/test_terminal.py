@@ -111,7 +111,7 @@ def test_quiet_prints_only_the_summary_and_a_sweep_has_no_warnings(tmp_path):
     (tmp_path / "other.yaml").write_text((tmp_path / "one.yaml").read_text().replace(
         "max: 0.3", "max: 0.5"))
     other = run_cli("status", "other.yaml", cwd=tmp_path)
-    assert other.returncode == 2 and "was created for another sweep" in other.stderr, other
+    assert other.returncode == 2 and "was last run from another sweep file" in other.stderr, other
     quiet = run_cli("sweep", "one.yaml", "--quiet", cwd=tmp_path)
     assert quiet.returncode == 0, quiet.stderr
     assert not quiet.stderr.strip(), quiet.stderr

@@ -78,8 +78,8 @@ def check(spec: SweepSpec, store: Any, url: str, allow_change: bool = False) -> 
                          f"another MLflow experiment ({what}); a sweep's runs stay in one: "
                          "give the sweep a new `name`")
     if not allow_change:
-        raise SweepError(f"{spec.path}: study '{spec.name}' ({n} trials) was created for "
-                         f"another sweep: {what}; give the sweep a new `name`, or rerun with "
+        raise SweepError(f"{spec.path}: study '{spec.name}' ({n} trials) was last run from "
+                         f"another sweep file: {what}; give the sweep a new `name`, or rerun with "
                          "--allow-change to continue it and record the change on its parent run")
     clash = _clash(spec, study)
     if clash:

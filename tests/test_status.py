@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 
 from helpers import LIVE, database, run_cli
@@ -60,3 +63,22 @@ def test_status_and_dry_run_write_no_sqlite_storage(tmp_path):
     assert secret.returncode == 2 and "u:***@127.0.0.1" in secret.stderr
     assert "hunter2" not in secret.stderr + secret.stdout
 
+
+
+def test_the_eta_of_a_stopped_sweep_is_over_the_workers_a_rerun_starts(tmp_path):
+    """With no worker at work, the ETA is a rerun's: over one worker per core (or
+    RUNNER_WORKERS), no more than trials left. It said '/ 1 worker' of a sweep that had
+    run two (review)."""
+    (tmp_path / "live.yaml").write_text(LIVE)
+    done = run_cli("sweep", "live.yaml", "--n-trials", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cores = len(os.sched_getaffinity(0))
+    auto = run_cli("status", "live.yaml", "--n-trials", "6", cwd=tmp_path,
+                   env={"RUNNER_WORKERS": None})
+    n = min(cores, 5)
+    assert re.search(rf"^ETA of a rerun: about \S+ \(5 trials left x median [0-9.]+s / {n} "
+                     rf"worker{'s' * (n > 1)}\)$", auto.stdout, re.M), auto.stdout
+    one = run_cli("status", "live.yaml", "--n-trials", "6", cwd=tmp_path,
+                  env={"RUNNER_WORKERS": "1"})
+    assert re.search(r"^ETA of a rerun: about \S+ \(5 trials left x median [0-9.]+s / 1 "
+                     r"worker\)$", one.stdout, re.M), one.stdout

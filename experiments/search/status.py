@@ -68,21 +68,37 @@ def status(options: SweepOptions) -> str:
         lines.append(f"best so far: trial {best.number}, {spec.metric}={best.value:.4f}  "
                      f"{values}")
     lines += ablation.lines(trials, spec)
-    lines.append(_eta(counted, running, budget.limit))
+    lines.append(_eta(counted, running, budget.limit, _rerun_workers(spec)))
     return "\n".join(lines)
 
 
-def _eta(counted: list, running: list, limit: int) -> str:
+def _eta(counted: list, running: list, limit: int, rerun: int) -> str:
+    """From the median counted trial: over the workers at work, or, with none, over the
+    workers a rerun starts (it said '/ 1 worker' of a sweep that had run two: review)."""
     left = max(0, limit - len(counted))
     times = [t.duration.total_seconds() for t in counted if t.duration]
     if not left:
         return "ETA: done"
     if not times:
         return "ETA: unknown until a trial is counted"
-    workers = max(1, len(_workers(counted, running)))
+    workers = len(_workers(counted, running))
+    what = "ETA" if workers else "ETA of a rerun"
+    workers = workers or max(1, min(rerun, left))
     seconds = statistics.median(times) * left / workers
-    return (f"ETA: about {span(seconds)} ({left} trials left x median "
+    return (f"{what}: about {span(seconds)} ({left} trials left x median "
             f"{statistics.median(times):.1f}s / {workers} worker{'s' * (workers > 1)})")
+
+
+def _rerun_workers(spec: sweepfile.SweepSpec) -> int:
+    """How many workers the same `sweep` command starts: RUNNER_WORKERS, or one per usable
+    core on CPU and one on a card (as execution.run_trials decides)."""
+    from experiments.core import config as cfg
+    from experiments.runtime.workers import usable_cores
+    from experiments.search.spec.options import default_workers
+
+    if cfg.build(spec.fixed).device != "CPU":
+        return 1
+    return default_workers() or len(usable_cores())
 
 
 def _workers(counted: list, running: list) -> set[str]:

@@ -21,7 +21,8 @@ from pathlib import Path
 ENV = "DNNL_MAX_CPU_ISA"
 # oneDNN's x86 ISAs told apart here, narrowest first, with the cpuinfo flags each needs;
 # a CPU with none of them (or not x86) is named by its architecture and never capped.
-LEVELS = (("avx2", frozenset({"avx2", "fma"})),
+LEVELS = (("sse41", frozenset({"sse4_1"})), ("avx", frozenset({"avx"})),
+          ("avx2", frozenset({"avx2", "fma"})),
           ("avx512_core", frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})))
 NAMES = [name for name, _ in LEVELS]
 
@@ -33,10 +34,22 @@ def isa() -> str:
     level = next((name for name, need in reversed(LEVELS) if need <= flags), "")
     if not level:
         return platform.machine() or "unknown"
-    cap = os.environ.get(ENV, "").lower()
-    if cap in NAMES and NAMES.index(cap) < NAMES.index(level):
+    cap = _level_of(os.environ.get(ENV, ""))
+    if cap and NAMES.index(cap) < NAMES.index(level):
         return cap
     return level
+
+
+def _level_of(cap: str) -> str:
+    """The level told apart here that a DNNL_MAX_CPU_ISA value caps at ('' for none):
+    oneDNN's finer names (AVX2_VNNI, AVX512_CORE_BF16, AVX10_1_512...) run the same float32
+    kernels as their family's."""
+    cap = cap.strip().lower()
+    for name, family in (("avx512_core", ("avx512", "avx10")), ("avx2", ("avx2",)),
+                         ("avx", ("avx",)), ("sse41", ("sse41",))):
+        if cap.startswith(family):
+            return name
+    return ""
 
 
 def hold_to(recorded: str) -> str:

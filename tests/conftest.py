@@ -23,6 +23,7 @@ import pytest
 # same trial values) were recorded with AVX2 kernels, so every test process uses AVX2's,
 # on any x86 machine. Set before MindSpore runs a kernel; the replay tests lift it.
 os.environ["DNNL_MAX_CPU_ISA"] = "AVX2"
+os.environ.pop("ONEDNN_MAX_CPU_ISA", None)  # it would win over the line above
 
 import runner
 from helpers import PROJECT_SWEEP, ROOT, database, env_without_tracking, free_port

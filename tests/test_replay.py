@@ -316,38 +316,71 @@ def test_a_file_that_is_not_a_store_is_refused_and_left_alone(tmp_path, monkeypa
     assert db.read_bytes() == content  # MLflow would have written its schema into it
 
 
-def _trained(folder: Path, isa: str | None) -> str:
+# The seed's MLP, from a task file that runs a kernel as it is read: oneDNN fixes its
+# vector ISA at its first kernel, so a replay must cap it before reading the task.
+KERNEL_AS_READ = """
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+from experiments.core.model import Network
+
+a = Tensor(np.ones((64, 64), np.float32))
+ops.matmul(a, a).asnumpy()
+nn.Dense(64, 64)(a).asnumpy()
+
+
+def network(config):
+    return Network()
+"""
+
+
+def _trained(folder: Path, isa: str | None, *sets: str) -> str:
     """A `train` run made with the kernels capped at `isa` (None: the CPU's own); its id."""
-    done = run_cli("train", "--set", "epochs=2", cwd=folder, env={"DNNL_MAX_CPU_ISA": isa})
+    done = run_cli("train", "--set", "epochs=2", *sets, cwd=folder,
+                   env={"DNNL_MAX_CPU_ISA": isa})
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow_client(folder)
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     return run.info.run_id
 
 
+def _replayed(folder: Path, run_id: str, isa: str | None, **oneDNN: str | None):
+    return run_cli("replay", run_id, cwd=folder, env={"DNNL_MAX_CPU_ISA": isa, **oneDNN})
+
+
 @pytest.mark.slow
 def test_a_run_replays_with_the_kernels_it_trained_with(tmp_path):
     """AVX-512 kernels round otherwise than AVX2's (measured: the seed's MLP's train loss at
     the 8th digit, every weight's last bits). A run records its kernels' ISA; a replay on a
-    wider CPU caps its own at the run's and is bit-identical, and one on a narrower CPU
-    says why its last bits may differ. Here the narrower machine is this one, capped."""
+    wider CPU caps its own at the run's, before the task file runs a kernel, and is
+    bit-identical; one on a narrower CPU, or of a run that did not record it, says why its
+    last bits may differ. Here the narrower machine is this one, capped."""
     cpu = Path("/proc/cpuinfo")
     if not cpu.exists() or "avx512f" not in cpu.read_text():
         pytest.skip("this CPU has no AVX-512: its kernels are the only ones it can run")
     narrow, wide = tmp_path / "narrow", tmp_path / "wide"
     narrow.mkdir()
     wide.mkdir()
-    run_id = _trained(narrow, "AVX2")
-    assert mlflow_client(narrow).get_run(run_id).data.tags["cpu.isa"] == "avx2"
-    replayed = run_cli("replay", run_id, cwd=narrow, env={"DNNL_MAX_CPU_ISA": None})
+    (narrow / "mine.py").write_text(KERNEL_AS_READ)
+    run_id = _trained(narrow, "AVX2", "--set", "task=mine.py")
+    client = mlflow_client(narrow)
+    assert client.get_run(run_id).data.tags["cpu.isa"] == "avx2"
+    # oneDNN obeys ONEDNN_MAX_CPU_ISA before DNNL_MAX_CPU_ISA: the replay sets both.
+    replayed = _replayed(narrow, run_id, None, ONEDNN_MAX_CPU_ISA="AVX512_CORE")
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "trained with avx2 kernels as the run was (this CPU has avx512_core)" in \
         replayed.stdout
     assert f"replay of {run_id}: bit-identical over 2 epochs" in replayed.stdout
+    client.delete_tag(run_id, "cpu.isa")  # as a run made before runs recorded it
+    replayed = _replayed(narrow, run_id, None)
+    assert replayed.returncode == 1 and "DIFFERS" in replayed.stdout, replayed.stdout
+    assert "the run did not record its kernels' vector ISA (cpu.isa): made with another, " \
+           "its last bits may differ for that" in replayed.stdout
 
-    run_id = _trained(wide, None)
+    # A cap oneDNN does not know is not a cap: the run records the CPU's own ISA.
+    run_id = _trained(wide, "AVX2 ")
     assert mlflow_client(wide).get_run(run_id).data.tags["cpu.isa"] == "avx512_core"
-    replayed = run_cli("replay", run_id, cwd=wide, env={"DNNL_MAX_CPU_ISA": "AVX2"})
+    replayed = _replayed(wide, run_id, "AVX2")
     assert replayed.returncode == 1, replayed.stdout + replayed.stderr
     assert "the run trained with avx512_core kernels, this process has avx2: they round " \
            "differently, so its last bits may differ for that" in replayed.stdout

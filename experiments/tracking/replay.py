@@ -12,7 +12,6 @@ back from the store, so both sides went through the same float round trip.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,13 +89,22 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
     from experiments.core.data import load
     from experiments.core.hooks import Callbacks, compose
     from experiments.core.train import Prepared, trainer_for
-    from experiments.tracking.tracked_fit import ISA_TAG, TrackContext, tracked_fit
+    from experiments.tracking.tracked_fit import (
+        CORES_TAG,
+        ISA_TAG,
+        TrackContext,
+        tracked_fit,
+    )
 
     c = _client()
     original, experiment = _training_run(c, run_id)
     config, missing = _recorded_config(c, original)
     devices.check(config.device, [config.device_id])
     epochs = _epochs_to_train(c, original, config)
+    # The run's cores and vector ISA, before any kernel runs: a task file may run one as
+    # it is read or loads its data, and the replay then differed (review, reproduced).
+    cores = kernels.hold_cores(original.data.tags.get(CORES_TAG, ""))
+    isa = kernels.hold_to(original.data.tags.get(ISA_TAG, ""))
     # What loading says (the offline sample, a failed download) is said only once the
     # replay goes ahead: a refusal is its one line.
     said: list[str] = []
@@ -113,8 +121,6 @@ def replay(run_id: str, force: bool, say: Callable[[str], None],
                             + "; pass --force to replay anyway")
     for message in said:
         say(message)
-    cores = _same_cores(original.data.tags)
-    isa = kernels.hold_to(original.data.tags.get(ISA_TAG, ""))  # before any kernel runs
     interrupts.check()  # a Ctrl-C during the checks ends here, before any write
     interrupts.waiting_for("the replay to stop at its next step and close its run as KILLED")
     tags = {"replay_of": run_id, "grad_mode": config.grad_mode,
@@ -237,24 +243,6 @@ def _epochs_to_train(c: Any, run: Any, config: Config) -> int:
         raise ReplayRefused(f"run {run.info.run_id} recorded no epoch: nothing to compare")
     stopped = "stop_reason" in tags or run.info.status != "FINISHED"
     return max(recorded) if stopped else config.epochs
-
-
-def _same_cores(tags: dict[str, str]) -> str:
-    """Train on as many cores as the run did (its `cores` tag), before MindSpore starts
-    a graph: a convolution's sums follow the thread count. A note when this machine has
-    fewer; nothing for a run that did not record it (trained before the tag)."""
-    from experiments.runtime.workers import usable_cores
-    from experiments.tracking.tracked_fit import CORES_TAG
-
-    recorded, here = tags.get(CORES_TAG, ""), usable_cores()
-    if not recorded.isdigit() or int(recorded) == len(here):
-        return ""
-    if int(recorded) < len(here):
-        os.sched_setaffinity(0, set(here[: int(recorded)]))
-        return f"trained on {recorded} of this machine's {len(here)} cores, as the run was"
-    return (f"the run trained on {recorded} cores, this process has {len(here)}: a "
-            "convolution sums in another order on another thread count, so its last bits "
-            "may differ for that")
 
 
 def _task(config: Config, tags: dict[str, str]) -> tuple[Config, Any]:

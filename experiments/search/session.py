@@ -162,7 +162,9 @@ def _met(s: Session) -> bool:
 
 def _finish(s: Session, end: End) -> str:
     """Close what the store did not let close, and the parent run; '' or what broke. An
-    outage at the end is waited out as one mid-sweep, unless the user is stopping it; with
+    outage at the end is waited out as one mid-sweep, unless the user is stopping it or
+    the sweep stopped because it was already waited out (a second wait doubled the stop,
+    said `waiting:` twice, and could say `back` of a sweep that then stopped: review); with
     the store or the storage down for good the parent run stays as it was (a rerun
     finalises it)."""
     interrupts.waiting_for("the sweep's parent run to be brought up to date and closed")
@@ -176,7 +178,8 @@ def _finish(s: Session, end: End) -> str:
                 broke = infra.what_broke(exc)
                 if not broke:
                     raise
-                if end == End.INTERRUPTED or not outage.passes(broke) or not outage.ride_out(
+                if end in (End.INTERRUPTED, End.INFRASTRUCTURE) or not outage.passes(broke) \
+                        or not outage.ride_out(
                         broke, s.probe, progress.say):
                     return broke
 

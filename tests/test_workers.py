@@ -215,3 +215,15 @@ def test_the_parent_says_a_workers_outage_once_and_its_end_even_as_the_worker_ex
         assert lines[1].endswith(": the sweep goes on"), lines
     else:
         assert lines == ["waiting: server unreachable"]
+
+
+def test_a_met_budget_starts_no_workers(tmp_path):
+    """Rerun with its budget met, `--workers 2` trains nothing and starts nothing: two
+    workers used to start, compile for ~11 s and stop (review)."""
+    first = run_cli("sweep", str(TINY), "--n-trials", "1", "--workers", "1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli("sweep", str(TINY), "--n-trials", "1", "--workers", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "the budget is met: nothing to train" in again.stderr
+    assert "workers:" not in again.stderr and "compiling" not in again.stderr, again.stderr
+    assert "1/1 trials counted" in again.stdout

@@ -45,10 +45,13 @@ def run_trials(s: Session) -> End:
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
     n, ids = options.worker_count, options.device_ids
     cpu = cfg.build(spec.fixed).device == "CPU"
+    left = s.budget.limit - len(s.budget.finished(s.study))
     if options.workers is None and not ids:
         # auto: one per core on CPU (one card without --devices), and no more workers than
         # trials left to run (a worker without one would wait).
-        n = max(1, min(n if cpu else 1, s.budget.limit - len(s.budget.finished(s.study))))
+        n = max(1, min(n if cpu else 1, left))
+    elif left <= 0:
+        n = 1  # a met budget: workers would start, compile (~11 s) and stop (review)
     if n > 1 and options.parent_run is None:
         return _with_workers(s, n, cpu, deadline)
     shown = options.parent_run is None

@@ -9,7 +9,7 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from helpers import ROOT, journal_study, start, store_client, sweep_runs, trials_of
+from helpers import ROOT, TINY, journal_study, start, store_client, sweep_runs, trials_of
 
 pytestmark = pytest.mark.slow  # processes
 LR = ROOT / "sweeps" / "lr.yaml"  # the main job, as the fault was first seen
@@ -76,3 +76,35 @@ def test_tag_writes_from_two_processes_at_once_never_collide(tmp_path):
                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
     assert [p.communicate(timeout=120)[0].strip() for p in procs] == ["0", "0"]
     assert len(client.get_run(run_id).data.tags) >= 150
+
+
+def test_a_twin_with_a_lower_budget_leaves_the_parent_run_to_the_one_still_training(tmp_path):
+    """A second command given a lower --n-trials meets its budget at once while the first
+    trains on: it used to close the shared parent run FINISHED of a sweep still training
+    (review, reproduced). Now it says so and leaves the parent RUNNING; the first closes
+    it when it ends."""
+    first = start("sweep", str(TINY), "--n-trials", "4", "--workers", "1", "--set",
+                  "epochs=6", cwd=tmp_path)
+    try:
+        end = time.time() + 300
+        while not any(t.state == TrialState.COMPLETE for t in trials_of(tmp_path, "tiny")):
+            assert time.time() < end and first.poll() is None, first.communicate()
+            time.sleep(0.2)
+        twin = start("sweep", str(TINY), "--n-trials", "1", "--workers", "1", "--set",
+                     "epochs=6", cwd=tmp_path)
+        _, err = twin.communicate(timeout=300)
+        assert twin.returncode == 0, err[-3000:]
+        still = first.poll() is None
+        _, parents, _ = sweep_runs(tmp_path, "tiny")
+        if still:  # the first was training as the twin ended (nearly always)
+            assert "still train in another command: the parent run stays RUNNING" in err, err
+            assert parents[0].info.status == "RUNNING"
+        first_out, first_err = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, first_err[-3000:]
+    assert "4/4 trials counted" in first_out, first_out
+    _, parents, _ = sweep_runs(tmp_path, "tiny")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert still, "the first command ended before its twin: nothing was tested"

@@ -217,13 +217,17 @@ def test_the_parent_says_a_workers_outage_once_and_its_end_even_as_the_worker_ex
         assert lines == ["waiting: server unreachable"]
 
 
-def test_a_met_budget_starts_no_workers(tmp_path):
-    """Rerun with its budget met, `--workers 2` trains nothing and starts nothing: two
-    workers used to start, compile for ~11 s and stop (review)."""
+def test_no_more_workers_start_than_trials_are_left(tmp_path):
+    """`--workers 2` with one trial left trains it in one process, and with the budget met
+    starts nothing: the workers used to start, compile for ~11 s and stop (review)."""
     first = run_cli("sweep", str(TINY), "--n-trials", "1", "--workers", "1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    again = run_cli("sweep", str(TINY), "--n-trials", "1", "--workers", "2", cwd=tmp_path)
+    one_left = run_cli("sweep", str(TINY), "--n-trials", "2", "--workers", "2", cwd=tmp_path)
+    assert one_left.returncode == 0, one_left.stderr[-3000:]
+    assert "workers:" not in one_left.stderr, one_left.stderr
+    assert "2/2 trials counted" in one_left.stdout
+    again = run_cli("sweep", str(TINY), "--n-trials", "2", "--workers", "2", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "the budget is met: nothing to train" in again.stderr
     assert "workers:" not in again.stderr and "compiling" not in again.stderr, again.stderr
-    assert "1/1 trials counted" in again.stdout
+    assert "2/2 trials counted" in again.stdout

@@ -47,11 +47,10 @@ def run_trials(s: Session) -> End:
     cpu = cfg.build(spec.fixed).device == "CPU"
     left = s.budget.limit - len(s.budget.finished(s.study))
     if options.workers is None and not ids:
-        # auto: one per core on CPU (one card without --devices), and no more workers than
-        # trials left to run (a worker without one would wait).
-        n = max(1, min(n if cpu else 1, left))
-    elif left <= 0:
-        n = 1  # a met budget: workers would start, compile (~11 s) and stop (review)
+        n = n if cpu else 1  # auto: one per core on CPU, one card without --devices
+    # No more workers than trials left to run: one without a trial would start, compile
+    # (~11 s on 2 cores) and stop (review: --workers 3 with one trial left started 3).
+    n = max(1, min(n, left))
     if n > 1 and options.parent_run is None:
         return _with_workers(s, n, cpu, deadline)
     shown = options.parent_run is None

@@ -85,7 +85,7 @@ def _eta(counted: list, running: list, limit: int, rerun: int) -> str:
     what = "ETA" if workers else "ETA of a rerun"
     workers = workers or max(1, min(rerun, left))
     seconds = statistics.median(times) * left / workers
-    return (f"{what}: about {span(seconds)} ({left} trials left x median "
+    return (f"{what}: about {span(seconds)} ({left} trial{'s' * (left > 1)} left x median "
             f"{statistics.median(times):.1f}s / {workers} worker{'s' * (workers > 1)})")
 
 
@@ -96,9 +96,8 @@ def _rerun_workers(spec: sweepfile.SweepSpec) -> int:
     from experiments.runtime.workers import usable_cores
     from experiments.search.spec.options import default_workers
 
-    if cfg.build(spec.fixed).device != "CPU":
-        return 1
-    return default_workers() or len(usable_cores())
+    return default_workers() or (len(usable_cores()) if cfg.build(spec.fixed).device == "CPU"
+                                 else 1)
 
 
 def _workers(counted: list, running: list) -> set[str]:

@@ -18,6 +18,7 @@ from experiments.search.spec.metrics import describe, pareto, values_text
 from experiments.search.spec.space import shown, values_of
 from experiments.search.spec.sweepfile import SweepSpec
 from experiments.search.spec.warm_start import FROM_ATTR
+from experiments.search.study import liveness
 from experiments.search.study.study import FINGERPRINT
 from experiments.search.trials import ablation
 from experiments.search.trials.budget import Budget, ranked, tally, word
@@ -129,6 +130,15 @@ def _finalize(client: Any, parent_run_id: str, study: optuna.Study, spec: SweepS
     client.log_text(parent_run_id, frame.to_csv(index=False), "trials.csv")
     faults.point("finalize")
     story.update(client, parent_run_id, study, spec, budget, plots=True)
+    training = [t.number for t in trials if t.state == TrialState.RUNNING
+                and liveness.alive(t.user_attrs.get("worker"))]
+    if training:
+        # Another command trains on (a twin given a lower --n-trials met its budget at
+        # once): it closes the parent run when it ends. This one closed it FINISHED of a
+        # sweep still training (review, reproduced).
+        progress.say(f"trial(s) {', '.join(map(str, training))} still train in another "
+                     "command: the parent run stays RUNNING until that command ends")
+        return best
     MlflowRun(client, parent_run_id).end(end.status, {"end_reason": end})
     return best
 

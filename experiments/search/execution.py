@@ -45,7 +45,8 @@ def run_trials(s: Session) -> End:
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
     n, ids = options.worker_count, options.device_ids
     cpu = cfg.build(spec.fixed).device == "CPU"
-    left = s.budget.limit - len(s.budget.finished(s.study))
+    done = len(s.budget.finished(s.study))  # read once: the workers and the bar use it
+    left = s.budget.limit - done
     if options.workers is None and not ids:
         n = n if cpu else 1  # auto: one per core on CPU, one card without --devices
     # No more workers than trials left to run: one without a trial would start, compile
@@ -54,7 +55,7 @@ def run_trials(s: Session) -> End:
     if n > 1 and options.parent_run is None:
         return _with_workers(s, n, cpu, deadline)
     shown = options.parent_run is None
-    bar = progress.trial_bar(s.budget.limit, len(s.budget.finished(s.study)), enabled=shown)
+    bar = progress.trial_bar(s.budget.limit, done, enabled=shown)
 
     def done(t: FrozenTrial) -> None:
         trial_runs.tag_trial_runs(s.client, t)

@@ -64,10 +64,8 @@ def tracked_fit(ctx: TrackContext, config: Config, trainer: Trainer, run_name: s
     so a pruning callback that stops training never loses an epoch's metrics.
     """
     # The exact config's digest: a retry finds a lost trial's finished runs by it.
-    # The cores it trained on: a convolution sums in another order on another thread
-    # count (measured: a sweep worker pinned to one core and a replay on two differed in
-    # the last bits of every LeNet-style metric), so replay trains on as many; and the
-    # kernels' vector ISA, which rounds differently too (runtime/kernels.py).
+    # The cores it trained on and its kernels' vector ISA: both set the last bits, and a
+    # replay holds itself to them (measured in runtime/kernels.py).
     tags = {**(tags or {}), DIGEST_TAG: config_digest(config),
             CORES_TAG: str(len(usable_cores())), ISA_TAG: kernels.isa(),
             **task_tags(ctx.task)}
